@@ -1,0 +1,487 @@
+"""The station TOML config file: identity, CSMS link, data dir, control API, drivers,
+configuration-key overrides and the simulated EV.
+
+Layout (every option is documented in ``twin/data/station.example.toml``)::
+
+    [station]   charge_point_id, connectors, fixed_cable, data_dir, log_level
+    [csms]      url, password | password_file, ca_file
+    [control]   host, port, debug
+    [identity]  BootNotification fields (chargePointVendor, chargePointModel, serials, ...)
+    [keys]      OCPP configuration-key overrides, validated by twin.core.keys
+    [ev]        the simulated EV: max_power_w, battery_wh, soc_start, phases, voltage
+    [drivers]   passed through to drivers.registry (validated there)
+    [firmware]  passed through to twin.firmware
+
+Every problem is a :class:`ConfigError` whose text is ``<file>: <dotted key>: <problem>``;
+unknown sections and keys are errors too, so a typo never passes silently. Relative
+paths in the file are relative to the file's directory (so a unit started with cwd
+``/`` finds them); relative paths on the command line are relative to the cwd.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from twin.core.keys import ConfigKeys, KeyConfigError, canonical_name
+
+DEFAULT_CSMS_URL = "ws://127.0.0.1:9000/ocpp"
+DEFAULT_CHARGE_POINT_ID = "iEVQC33-TWIN-001"
+DEV_DATA_DIR = Path("var/twin")  # relative to the cwd: a source checkout
+SERVICE_DATA_DIR = Path("/var/lib/ocpp-twin")  # under systemd without StateDirectory=
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+CLI = "<command line>"  # the "file" named by errors in command-line overrides
+
+# BootNotification.req fields and their CiString lengths (SPEC §6.3). firmwareVersion
+# is not configurable: it is "V" + twin.__version__, bumped by firmware updates.
+IDENTITY_FIELDS: dict[str, int] = {
+    "chargePointVendor": 20,
+    "chargePointModel": 20,
+    "chargePointSerialNumber": 25,
+    "chargeBoxSerialNumber": 25,
+    "iccid": 20,
+    "imsi": 20,
+    "meterType": 25,
+    "meterSerialNumber": 25,
+}
+DEFAULT_IDENTITY = {"chargePointVendor": "XJ Power Co., Ltd.", "chargePointModel": "iEVQC33"}
+
+# The id is the last path segment of the URL and the HTTP Basic user name (security
+# profile 1, where ':' is forbidden): RFC 3986 unreserved characters only, 1..48
+# (the OCPP 1.6 security whitepaper's identity length).
+CHARGE_POINT_ID_RE = re.compile(r"[A-Za-z0-9._~-]{1,48}")
+HOSTNAME_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+
+# What a credential looks like in a dotted key, for redacted(). "key" alone would hit
+# "keys" (the OCPP table) and "max_length_key"; match it as a whole word part instead.
+SECRET_RE = re.compile(r"password|passwd|secret|token|credential|(^|[._-])(api_?)?key([._-]|$)|authorizationkey", re.I)
+
+
+class ConfigError(Exception):
+    """A bad station config: ``str()`` is ``<file>: <key>: <problem>``."""
+
+    def __init__(self, file: str | Path | None, key: str, problem: str):
+        self.file = str(file) if file is not None else "<defaults>"
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{self.file}: {key}: {problem}" if key else f"{self.file}: {problem}")
+
+
+@dataclass
+class EvConfig:
+    """The simulated EV behind each connector (twin.core.metering.EvModel)."""
+
+    max_power_w: float = 11000.0
+    battery_wh: float = 60000.0
+    soc_start: float = 20.0
+    phases: int = 3
+    voltage: float = 230.0
+
+
+@dataclass
+class StationConfig:
+    config_file: Path | None
+    charge_point_id: str
+    csms_url: str  # the station connects to ws_url (csms_url + "/" + charge_point_id)
+    password: str | None
+    ca_file: Path | None
+    data_dir: Path
+    control_host: str = "127.0.0.1"
+    control_port: int = 8180
+    control_debug: bool = False
+    connectors: int = 2
+    fixed_cable: bool = True
+    identity: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_IDENTITY))
+    # Canonical key names -> normalized values; always includes NumberOfConnectors
+    # (from ``connectors``), so ``ConfigKeys(cfg.keys, stored)`` is the whole profile.
+    keys: dict[str, str] = field(default_factory=dict)
+    drivers: dict[str, Any] = field(default_factory=dict)
+    ev: EvConfig = field(default_factory=EvConfig)
+    log_level: str = "INFO"
+    firmware: dict[str, Any] = field(default_factory=dict)
+    force_sim: bool = False  # --sim: drivers.registry.build_drivers(..., force_sim=...)
+
+    @property
+    def ws_url(self) -> str:
+        return f"{self.csms_url.rstrip('/')}/{self.charge_point_id}"
+
+
+# ----------------------------------------------------------------------------- reading
+
+class _Reader:
+    """Takes values out of one table, checking types; remembers the file for errors."""
+
+    def __init__(self, file: str | Path | None, prefix: str, table: Mapping[str, Any]):
+        self.file, self.prefix, self.table = file, prefix, dict(table)
+        self.known: list[str] = []
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.file, f"{self.prefix}{key}", problem)
+
+    def take(self, key: str, types: type | tuple[type, ...], default: Any = None) -> Any:
+        self.known.append(key)
+        if key not in self.table:
+            return default
+        value = self.table.pop(key)
+        # bool is an int in Python; TOML true is never a number here.
+        if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+            raise self.error(key, f"expected {_type_names(types)}, got a boolean")
+        if not isinstance(value, types):
+            raise self.error(key, f"expected {_type_names(types)}, got {_toml_type(value)}")
+        return value
+
+    def number(self, key: str, default: float, check: Callable[[float], bool], rule: str) -> float:
+        value = self.take(key, (int, float), default)
+        if not check(value):
+            raise self.error(key, f"{value} is out of range: must be {rule}")
+        return float(value)
+
+    def done(self) -> None:
+        """Anything left over is unknown: a typo must not pass silently."""
+        for key in self.table:
+            raise self.error(key, f"unknown key (known here: {', '.join(self.known)})")
+
+
+def _type_names(types: type | tuple[type, ...]) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", dict: "a table", list: "an array"}
+    types = types if isinstance(types, tuple) else (types,)
+    if types == (int, float):
+        return "a number"
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def _toml_type(value: Any) -> str:
+    for t in (bool, int, float, str, dict, list):
+        if isinstance(value, t):
+            return _type_names(t)
+    return type(value).__name__  # datetime and friends
+
+
+def _path(file: Path | None, text: str) -> Path:
+    path = Path(text).expanduser()
+    if file is not None and not path.is_absolute():
+        return file.parent / path
+    return path
+
+
+def default_data_dir(env: Mapping[str, str]) -> Path:
+    """systemd's StateDirectory= (STATE_DIRECTORY), else /var/lib/ocpp-twin when run
+    as a service (INVOCATION_ID is set by systemd for every unit), else ./var/twin."""
+    if env.get("STATE_DIRECTORY"):
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    if env.get("INVOCATION_ID"):
+        return SERVICE_DATA_DIR
+    return DEV_DATA_DIR
+
+
+# ------------------------------------------------------------------------- validating
+
+def check_csms_url(url: str) -> str | None:
+    """The problem with a CSMS URL, or None. Only ws:// and wss:// (OCPP-J 1.6 §3)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        return f"{url!r} is not a valid URL ({exc})"
+    if parts.scheme not in ("ws", "wss"):
+        return f"{url!r}: the scheme must be ws:// or wss://, not {parts.scheme + '://' if parts.scheme else 'missing'}"
+    if not parts.hostname:
+        return f"{url!r} has no host"
+    if parts.username is not None or parts.password is not None:
+        return f"{url!r}: put credentials in csms.password, not in the URL"
+    if parts.query or parts.fragment:
+        return f"{url!r}: no query or fragment allowed (the charge point id is appended to the path)"
+    return None
+
+
+def check_charge_point_id(cp_id: str) -> str | None:
+    if not CHARGE_POINT_ID_RE.fullmatch(cp_id):
+        return f"{cp_id!r} must be 1 to 48 characters from A-Z a-z 0-9 . _ ~ - (it goes in the URL path and Basic auth)"
+    return None
+
+
+def check_host(host: str) -> str | None:
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    if HOSTNAME_RE.fullmatch(host):
+        return None
+    return f"{host!r} is not an IP address or host name"
+
+
+def check_port(port: int) -> str | None:
+    # 0 = any free port (tests); the runtime reports the port it got.
+    return None if 0 <= port <= 65535 else f"port {port} is out of range 0..65535"
+
+
+def parse_control_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPv6]:PORT`` -> (host, port); ValueError with the problem."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:8180)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not (port.isascii() and port.isdigit()):
+        raise ValueError(f"{text!r}: port {port!r} is not a number")
+    problem = check_host(host) or check_port(int(port))
+    if problem:
+        raise ValueError(f"{text!r}: {problem}")
+    return host, int(port)
+
+
+def _key_value(reader: _Reader, name: str, value: Any) -> str:
+    """A TOML value for an OCPP key -> its OCPP string (true -> "true", [a, b] -> "a,b")."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, str)):
+        return str(value)
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return ",".join(value)
+    raise reader.error(name, f"expected a string, integer, boolean or array of strings, got {_toml_type(value)}")
+
+
+# ---------------------------------------------------------------------------- loading
+
+SECTIONS = ("station", "csms", "control", "identity", "keys", "ev", "drivers", "firmware")
+CLI_FLAGS = {"csms_url": "--csms", "charge_point_id": "--id", "data_dir": "--data-dir", "control": "--control", "sim": "--sim"}
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, "", "no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(path, "", "is a directory, not a TOML file") from None
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # The message already carries "(at line L, column C)".
+        raise ConfigError(path, "", f"invalid TOML: {exc}") from None
+
+
+def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None,
+                *, env: Mapping[str, str] | None = None) -> StationConfig:
+    """Read and validate the station config. ``path`` None = built-in defaults.
+
+    ``overrides`` come from CLI flags and win over the file: ``csms_url``,
+    ``charge_point_id``, ``data_dir``, ``control`` ("HOST:PORT"), ``sim`` (bool);
+    a None value means "flag not given". ``env`` defaults to ``os.environ`` (used only
+    to pick the default data dir).
+    """
+    path = Path(path) if path is not None else None
+    env = os.environ if env is None else env
+    doc = read_toml(path) if path is not None else {}
+    top = _Reader(path, "", doc)
+    tables: dict[str, _Reader] = {}
+    for name in SECTIONS:
+        tables[name] = _Reader(path, f"{name}.", top.take(name, dict, {}))
+    top.done()
+
+    cfg = StationConfig(config_file=path, charge_point_id=DEFAULT_CHARGE_POINT_ID, csms_url=DEFAULT_CSMS_URL,
+                        password=None, ca_file=None, data_dir=default_data_dir(env))
+    _load_station(cfg, tables["station"])
+    _load_csms(cfg, tables["csms"])
+    _load_control(cfg, tables["control"])
+    _load_identity(cfg, tables["identity"])
+    _load_ev(cfg, tables["ev"])
+    cfg.drivers = tables["drivers"].table  # validated by drivers.registry
+    cfg.firmware = tables["firmware"].table  # validated by twin.firmware
+    _apply_cli(cfg, dict(overrides or {}))
+    _load_keys(cfg, tables["keys"])
+    if cfg.ca_file is not None and not cfg.csms_url.startswith("wss://"):
+        raise ConfigError(path, "csms.ca_file", f"only used with a wss:// URL, but the URL is {cfg.csms_url}")
+    return cfg
+
+
+def _load_station(cfg: StationConfig, t: _Reader) -> None:
+    cfg.charge_point_id = t.take("charge_point_id", str, cfg.charge_point_id)
+    if problem := check_charge_point_id(cfg.charge_point_id):
+        raise t.error("charge_point_id", problem)
+    cfg.connectors = t.take("connectors", int, cfg.connectors)
+    if not 1 <= cfg.connectors <= 99:
+        raise t.error("connectors", f"{cfg.connectors} is out of range: must be 1..99")
+    cfg.fixed_cable = t.take("fixed_cable", bool, cfg.fixed_cable)
+    data_dir = t.take("data_dir", str)
+    if data_dir is not None:
+        if not data_dir.strip():
+            raise t.error("data_dir", "must not be empty")
+        cfg.data_dir = _path(t.file, data_dir)
+    level = t.take("log_level", str, cfg.log_level)
+    if level.upper() not in LOG_LEVELS:
+        raise t.error("log_level", f"{level!r} is not one of {', '.join(LOG_LEVELS)}")
+    cfg.log_level = level.upper()
+    t.done()
+
+
+def _load_csms(cfg: StationConfig, t: _Reader) -> None:
+    cfg.csms_url = t.take("url", str, cfg.csms_url)
+    if problem := check_csms_url(cfg.csms_url):
+        raise t.error("url", problem)
+    password = t.take("password", str)
+    password_file = t.take("password_file", str)
+    if password is not None and password_file is not None:
+        raise t.error("password_file", "give either password or password_file, not both")
+    if password_file is not None:
+        password = _read_secret(t, "password_file", _path(t.file, password_file))
+    if password is not None and not password:
+        raise t.error("password", "must not be empty (leave it out for no authentication)")
+    cfg.password = password
+    ca_file = t.take("ca_file", str)
+    if ca_file is not None:
+        cfg.ca_file = _path(t.file, ca_file)
+        if not cfg.ca_file.is_file():
+            raise t.error("ca_file", f"{cfg.ca_file} does not exist or is not a file")
+    t.done()
+
+
+def _read_secret(t: _Reader, key: str, path: Path) -> str:
+    try:
+        # Only the trailing newline an editor adds is dropped: spaces may be part of it.
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise t.error(key, f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise t.error(key, f"{path} is not UTF-8 text") from None
+
+
+def _load_control(cfg: StationConfig, t: _Reader) -> None:
+    cfg.control_host = t.take("host", str, cfg.control_host)
+    if problem := check_host(cfg.control_host):
+        raise t.error("host", problem)
+    cfg.control_port = t.take("port", int, cfg.control_port)
+    if problem := check_port(cfg.control_port):
+        raise t.error("port", problem)
+    cfg.control_debug = t.take("debug", bool, cfg.control_debug)
+    t.done()
+
+
+def _load_identity(cfg: StationConfig, t: _Reader) -> None:
+    identity = dict(DEFAULT_IDENTITY)
+    for name, max_len in IDENTITY_FIELDS.items():
+        value = t.take(name, str)
+        if value is None:
+            continue
+        if not value or len(value) > max_len:
+            raise t.error(name, f"must be 1 to {max_len} characters (BootNotification CiString{max_len}), got {len(value)}")
+        identity[name] = value
+    if "firmwareVersion" in t.table:
+        raise t.error("firmwareVersion", "not configurable: the station reports its own version (twin.__version__)")
+    t.done()
+    cfg.identity = identity
+
+
+def _load_ev(cfg: StationConfig, t: _Reader) -> None:
+    ev = EvConfig()
+    ev.max_power_w = t.number("max_power_w", ev.max_power_w, lambda v: 0 < v <= 1_000_000, "> 0 and <= 1000000 W")
+    ev.battery_wh = t.number("battery_wh", ev.battery_wh, lambda v: 0 < v <= 1_000_000, "> 0 and <= 1000000 Wh")
+    ev.soc_start = t.number("soc_start", ev.soc_start, lambda v: 0 <= v <= 100, "0..100 %")
+    ev.voltage = t.number("voltage", ev.voltage, lambda v: 0 < v <= 1000, "> 0 and <= 1000 V")
+    ev.phases = t.take("phases", int, ev.phases)
+    if ev.phases not in (1, 2, 3):
+        raise t.error("phases", f"{ev.phases} is not 1, 2 or 3")
+    t.done()
+    cfg.ev = ev
+
+
+def _apply_cli(cfg: StationConfig, overrides: dict[str, Any]) -> None:
+    for name, value in overrides.items():
+        if name not in CLI_FLAGS:
+            raise ConfigError(CLI, name, f"unknown override (known: {', '.join(CLI_FLAGS)})")
+        if value is None:
+            continue
+        flag = CLI_FLAGS[name]
+        problem = None
+        if name == "csms_url":
+            problem = check_csms_url(str(value))
+            cfg.csms_url = str(value)
+        elif name == "charge_point_id":
+            problem = check_charge_point_id(str(value))
+            cfg.charge_point_id = str(value)
+        elif name == "data_dir":
+            if not str(value).strip():
+                problem = "must not be empty"
+            cfg.data_dir = Path(value).expanduser()
+        elif name == "control":
+            try:
+                cfg.control_host, cfg.control_port = parse_control_address(str(value))
+            except ValueError as exc:
+                problem = str(exc)
+        elif name == "sim":
+            cfg.force_sim = bool(value)
+        if problem:
+            raise ConfigError(CLI, flag, problem)
+
+
+def _load_keys(cfg: StationConfig, t: _Reader) -> None:
+    keys: dict[str, str] = {}
+    for raw, value in t.table.items():
+        name = canonical_name(raw)
+        if name is None:
+            raise t.error(raw, "unknown OCPP configuration key")
+        if name in keys:
+            raise t.error(raw, f"given twice (keys are case-insensitive: also {name})")
+        keys[name] = _key_value(t, raw, value)
+    # NumberOfConnectors is the station's shape, set by station.connectors.
+    given = keys.get("NumberOfConnectors")
+    if given is not None and given.strip() != str(cfg.connectors):
+        raise t.error("NumberOfConnectors", f"{given} conflicts with station.connectors = {cfg.connectors}; "
+                                            "set station.connectors only")
+    keys["NumberOfConnectors"] = str(cfg.connectors)
+    try:
+        checked = ConfigKeys(keys)
+    except KeyConfigError as exc:
+        raise t.error(exc.key, exc.problem) from None
+    cfg.keys = {name: checked.get(name) for name in keys}
+
+
+# -------------------------------------------------------------------------- diagnostics
+
+def redacted(cfg: StationConfig) -> dict[str, Any]:
+    """The config as plain JSON-able data for diagnostics, with credentials replaced
+    by "***": the CSMS password and any key (at any depth, e.g. in [drivers] or
+    [firmware]) whose name looks like a password, secret, token or key."""
+    data = {
+        "config_file": str(cfg.config_file) if cfg.config_file else None,
+        "charge_point_id": cfg.charge_point_id,
+        "csms_url": cfg.csms_url,
+        "password": cfg.password,
+        "ca_file": str(cfg.ca_file) if cfg.ca_file else None,
+        "data_dir": str(cfg.data_dir),
+        "control_host": cfg.control_host,
+        "control_port": cfg.control_port,
+        "control_debug": cfg.control_debug,
+        "connectors": cfg.connectors,
+        "fixed_cable": cfg.fixed_cable,
+        "identity": dict(cfg.identity),
+        "keys": dict(cfg.keys),
+        "drivers": cfg.drivers,
+        "ev": vars(cfg.ev).copy(),
+        "log_level": cfg.log_level,
+        "firmware": cfg.firmware,
+        "force_sim": cfg.force_sim,
+    }
+    return _redact(data)
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: ("***" if v is not None and SECRET_RE.search(str(k)) else _redact(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
