@@ -1,0 +1,324 @@
+"""The ``twin`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import twin
+
+log = logging.getLogger("twin.cli")
+
+
+def _add_station_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="station TOML file (see twin/data/station.example.toml)")
+    p.add_argument("--csms", dest="csms_url", help="CSMS websocket URL, e.g. ws://127.0.0.1:9000/ocpp")
+    p.add_argument("--id", dest="charge_point_id", help="chargePointId (appended to the CSMS URL)")
+    p.add_argument("--data-dir", type=Path, help="where the store, logs and firmware slots live")
+    p.add_argument("--control", help="bench control API address HOST:PORT (default 127.0.0.1:8180)")
+    p.add_argument("--sim", action="store_true", help="simulate every driver (fake-driver mode)")
+
+
+def _overrides(args) -> dict:
+    out = {}
+    for name in ("csms_url", "charge_point_id", "data_dir", "control"):
+        value = getattr(args, name, None)
+        if value is not None:
+            out[name] = value
+    if getattr(args, "sim", False):
+        out["sim"] = True
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="twin", description="ocpp-twin: an OCPP 1.6J charging station (XJ Power iEVQC33 twin)")
+    parser.add_argument("--version", action="version", version=f"ocpp-twin {twin.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one station in the foreground")
+    _add_station_args(run)
+
+    demo = sub.add_parser("demo", help="start a built-in CSMS and a simulated station, and run a charging session")
+    demo.add_argument("--control", default="127.0.0.1:8180", help="control API address (default 127.0.0.1:8180)")
+    demo.add_argument("--csms-port", type=int, default=0, help="port of the built-in CSMS (default: any free port)")
+    demo.add_argument("--data-dir", type=Path, help="data dir (default: a temporary directory)")
+    demo.add_argument("--once", action="store_true", help="exit after the scripted session")
+    demo.add_argument("--session-s", type=float, default=20.0, help="how long the demo EV charges")
+
+    queue = sub.add_parser("queue", help="list queued transaction messages from the store (station may be stopped)")
+    queue.add_argument("--config", type=Path)
+    queue.add_argument("--data-dir", type=Path)
+    queue.add_argument("--discarded", action="store_true", help="also list discarded messages")
+    queue.add_argument("--json", action="store_true", help="print JSON")
+
+    drv = sub.add_parser("drivers", help="list driver backends and what each configured driver resolves to")
+    drv.add_argument("--config", type=Path)
+    drv.add_argument("--probe", action="store_true", help="check the configured hardware without starting the station")
+    drv.add_argument("--sim", action="store_true")
+
+    try:
+        from twin.sim_client import add_sim_subcommands
+
+        add_sim_subcommands(sub)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from twin.firmware.bundle import add_firmware_subcommands
+
+        add_firmware_subcommands(sub)
+    except ImportError:  # pragma: no cover
+        pass
+    csms = sub.add_parser("csms", help="run a standalone CSMS that logs every message")
+    csms.add_argument("--host", default="127.0.0.1")
+    csms.add_argument("--port", type=int, default=9000)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    cmd = args.command
+    try:
+        if cmd == "run":
+            return cmd_run(args, argv)
+        if cmd == "demo":
+            return cmd_demo(args)
+        if cmd == "queue":
+            return cmd_queue(args)
+        if cmd == "drivers":
+            return cmd_drivers(args)
+        if cmd == "sim":
+            from twin.sim_client import run_sim_command
+
+            return run_sim_command(args)
+        if cmd == "firmware":
+            from twin.firmware.bundle import run_firmware_command
+
+            return run_firmware_command(args)
+        if cmd == "csms":
+            return cmd_csms(args)
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+def _load(args) -> "object":
+    from twin.config import ConfigError, load_config
+
+    try:
+        return load_config(getattr(args, "config", None), _overrides(args))
+    except ConfigError as e:
+        print(f"twin: configuration error: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
+
+
+# ------------------------------------------------------------------------------ run
+def cmd_run(args, argv: list[str]) -> int:
+    cfg = _load(args)
+    from twin.service.logs import setup_logging
+
+    setup_logging(cfg.log_level, Path(cfg.data_dir))
+    if os.environ.get("OCPP_TWIN_CHILD") != "1":
+        try:
+            from twin.firmware.launcher import run_with_slots
+        except ImportError:  # pragma: no cover
+            run_with_slots = None
+        if run_with_slots is not None:
+            code = run_with_slots(["run"] + [a for a in argv if a != "run"], Path(cfg.data_dir),
+                                  lambda: _run_in_process(cfg))
+            return _maybe_reexec(code, argv)
+    return _maybe_reexec(_run_in_process(cfg), argv)
+
+
+def _maybe_reexec(code: int, argv: list[str]) -> int:
+    from twin.runtime import RESTART_EXIT_CODE
+
+    if code == RESTART_EXIT_CODE and os.environ.get("OCPP_TWIN_CHILD") != "1":
+        # Reset / firmware restart without a supervisor: replace this process (same PID under systemd).
+        log.warning("restarting: exec %s -m twin %s", sys.executable, " ".join(argv))
+        logging.shutdown()
+        os.execv(sys.executable, [sys.executable, "-m", "twin"] + argv)
+    return code
+
+
+def _run_in_process(cfg) -> int:
+    return asyncio.run(run_station(cfg))
+
+
+async def run_station(cfg) -> int:
+    from twin.runtime import Runtime
+    from twin.store import StoreError
+
+    rt = Runtime(cfg)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def on_signal(signame: str) -> None:
+        log.warning("%s received: stopping transactions and shutting down", signame)
+        stopping.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    try:
+        await rt.start()
+    except StoreError as e:
+        log.critical("cannot open the store: %s", e)
+        print(f"twin: {e}", file=sys.stderr)
+        await rt.shutdown(graceful=False)
+        return 3
+    except Exception as e:  # noqa: BLE001 - e.g. strict drivers missing hardware
+        log.critical("station failed to start: %s", e)
+        print(f"twin: station failed to start: {e}", file=sys.stderr)
+        await rt.shutdown(graceful=False)
+        return 4
+    stop_task = asyncio.ensure_future(stopping.wait())
+    done_task = asyncio.ensure_future(rt.wait())
+    await asyncio.wait({stop_task, done_task}, return_when=asyncio.FIRST_COMPLETED)
+    if done_task.done():
+        stop_task.cancel()
+        return done_task.result()
+    done_task.cancel()
+    await rt.shutdown("Reboot", graceful=True)
+    return 0
+
+
+# ------------------------------------------------------------------------------ queue
+def cmd_queue(args) -> int:
+    from twin.store import Store, StoreError
+
+    data_dir = args.data_dir
+    if data_dir is None:
+        data_dir = Path(_load(args).data_dir)
+    try:
+        snap = Store.snapshot(Path(data_dir) / "twin.db")
+    except StoreError as e:
+        print(f"twin: {e}", file=sys.stderr)
+        return 1
+    rows = snap["queue"]
+    if args.json:
+        print(json.dumps({"queue": rows, "discarded": snap["discarded"] if args.discarded else []}, indent=2))
+        return 0
+    print(f"{len(rows)} queued transaction message(s) in {Path(data_dir) / 'twin.db'}")
+    print(f"{'seq':>6}  {'action':<17} {'tx':>5} {'attempts':>8}  created_at")
+    for r in rows:
+        print(f"{r['seq']:>6}  {r['action']:<17} {str(r.get('tx_local_id') or ''):>5} {r.get('attempts', 0):>8}  "
+              f"{r['created_at']}")
+    if args.discarded:
+        print(f"\n{len(snap['discarded'])} discarded message(s)")
+        for r in snap["discarded"]:
+            print(f"{r['seq']:>6}  {r['action']:<17} {r.get('reason', '')}  {json.dumps(r['payload'])}")
+    return 0
+
+
+# ------------------------------------------------------------------------------ drivers
+def cmd_drivers(args) -> int:
+    from drivers.registry import list_backends, probe
+
+    cfg = _load(args)
+    print("backends:")
+    for kind, names in list_backends().items():
+        print(f"  {kind:<12} {', '.join(names)}")
+    reports = asyncio.run(probe(cfg.drivers or {}, cfg.connectors)) if args.probe else None
+    if reports is None:
+        from drivers.registry import describe
+
+        reports = describe(cfg.drivers or {}, cfg.connectors)
+    print("\nconfigured drivers:")
+    failed = False
+    for r in reports:
+        print(f"  {r.kind:<12} {r.name:<14} requested {r.requested:<8} -> {r.backend:<10} {r.reason}")
+        if r.warning:
+            print(f"  {'':<12} WARNING: {r.warning}")
+            failed = failed or args.probe
+    return 1 if failed else 0
+
+
+# ------------------------------------------------------------------------------ csms
+def cmd_csms(args) -> int:
+    from twin.csms import main as csms_main
+
+    return csms_main(["--host", args.host, "--port", str(args.port)])
+
+
+# ------------------------------------------------------------------------------ demo
+def cmd_demo(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    return asyncio.run(_demo(args))
+
+
+async def _demo(args) -> int:
+    from twin.config import load_config
+    from twin.csms import Csms
+    from twin.runtime import Runtime
+
+    csms = Csms(port=args.csms_port, heartbeat_interval=60)
+    await csms.start()
+    tmp = None
+    data_dir = args.data_dir
+    if data_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="twin-demo-")
+        data_dir = Path(tmp.name)
+    cfg = load_config(None, {"csms_url": csms.url, "charge_point_id": "iEVQC33-DEMO", "data_dir": data_dir,
+                             "control": args.control, "sim": True})
+    cfg.keys.update({"MeterValueSampleInterval": "5"})
+    rt = Runtime(cfg)
+    await rt.start()
+    print(f"\n  CSMS:        {csms.url}/iEVQC33-DEMO\n  control API: {rt.api.url}   (try: curl {rt.api.url}/api/state)\n",
+          flush=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await csms.wait_connected(timeout=15)
+        await _wait_registered(rt)
+        log.info("demo: an EV plugs into connector 1")
+        await rt.plug(1)
+        log.info("demo: the driver taps card DEMO-CARD-01 on the reader")
+        await rt.rfid("DEMO-CARD-01")
+        await _sleep_or(stop, args.session_s)
+        s = rt.state()["connectors"][0]
+        log.info("demo: charging: status %s, %.0f W, %.1f Wh so far", s["status"], s["powerW"], s["energyWh"])
+        log.info("demo: the driver taps the card again to stop")
+        await rt.rfid("DEMO-CARD-01")
+        await asyncio.sleep(1)
+        await rt.unplug(1)
+        await asyncio.sleep(1)
+        stops = csms.calls("StopTransaction")
+        log.info("demo: session done: CSMS received %d StartTransaction, %d MeterValues, %d StopTransaction",
+                 len(csms.calls("StartTransaction")), len(csms.calls("MeterValues")), len(stops))
+        if not args.once:
+            print("\nThe station keeps running; drive it with `twin sim ...` or curl. Ctrl-C to stop.", flush=True)
+            await stop.wait()
+        return 0 if stops else 1
+    finally:
+        await rt.shutdown("Other", graceful=True, drain_s=2)
+        await csms.stop()
+        if tmp is not None:
+            tmp.cleanup()
+
+
+async def _wait_registered(rt, timeout: float = 15.0) -> None:
+    for _ in range(int(timeout * 10)):
+        if rt.station.registration == "Accepted":
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError("station did not register with the CSMS")
+
+
+async def _sleep_or(event: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), timeout=seconds)
+    except asyncio.TimeoutError:
+        pass
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

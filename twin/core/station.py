@@ -1,0 +1,1066 @@
+"""The station: a pure state machine. Events plus ``now`` in, actions out.
+
+Every public method takes ``now`` (aware UTC datetime) and returns a list of actions
+(``twin.core.actions``). It never sleeps, reads the clock, opens sockets or touches
+hardware; the runtime executes the actions in order (``Persist`` is awaited before the
+actions after it, so a contactor never closes before its transaction is on disk).
+
+The rules and their sources are cited where they are applied. The shared-reader rule
+(one RFID reader, two connectors) is documented in docs/station-behaviour.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Callable
+
+from twin.core import auth
+from twin.core.actions import (Action, Delegate, LinkSetting, Persist, Reply, ReplyError, Restart, Send,
+                               SetPilot, SetRelay)
+from twin.core.connector import Connector, Pending, Status, derive, derive_station
+from twin.core.metering import EvModel, reading_values, sampled_values
+from twin.core.reservation import Reservation, Reservations
+from twin.core.timeutil import next_aligned, parse_ts, ts
+from twin.core.txqueue import Entry, TxQueue
+
+log = logging.getLogger("twin.station")
+
+MIN_CHARGING_CURRENT_A = 6.0  # IEC 61851-1: below 6 A an EV cannot be told to charge
+
+
+@dataclass
+class StationSpec:
+    connectors: int = 2
+    fixed_cable: bool = True
+    identity: dict = field(default_factory=lambda: {
+        "chargePointVendor": "XJ Power Co., Ltd.", "chargePointModel": "iEVQC33", "firmwareVersion": "V1.10"})
+    max_current_a: float = 32.0
+    voltage: float = 230.0
+    phases: int = 3
+    ev: dict = field(default_factory=dict)  # EvModel fields
+    boot_retry_s: int = 10  # BootNotification retry after a CALLERROR/timeout or interval 0
+
+
+class Station:
+    def __init__(self, spec: StationSpec, keys: Any, smart: Any, state: dict | None = None):
+        self.spec = spec
+        self.keys = keys
+        self.smart = smart
+        state = state or {}
+        kv = state.get("kv", {})
+        n = spec.connectors
+        self.n = n
+        self.connectors: dict[int, Connector] = {
+            cid: Connector(cid, ev=EvModel(**spec.ev), phases=spec.phases) for cid in range(1, n + 1)}
+        avail = kv.get("availability", {})
+        self.availability0: str = avail.get("0", "Operative")
+        for cid, c in self.connectors.items():
+            c.availability = avail.get(str(cid), "Operative")
+        station_kv = kv.get("station", {})
+        for cid, plugged in (station_kv.get("plugged") or {}).items():
+            if int(cid) in self.connectors:
+                self.connectors[int(cid)].plugged = bool(plugged)
+        self.meter_floor: dict[int, float] = {int(k): v for k, v in (station_kv.get("meter_energy") or {}).items()}
+        self.hard_reset_pending = bool(station_kv.get("hard_reset"))
+        self.station_fault: tuple[str, str | None] | None = None
+        self.scheduled0: str | None = None
+        self.maintenance = False  # firmware install waiting: idle connectors Unavailable (errata 3.47-3.49)
+        self.reported0: Status | None = None
+        self.current0: Status | None = None
+        self.since0: datetime | None = None
+
+        self.cache = auth.AuthCache({k: v for k, v in kv.get("auth_cache", {}).items()})
+        self.local_list = auth.LocalList.from_store(kv.get("local_list", {}))
+        self.reservations = Reservations([Reservation.from_record(r) for r in kv.get("reservations", {}).values()])
+        if kv.get("profiles", {}).get("all"):
+            self.smart.load_json(kv["profiles"]["all"])
+
+        self.txs: dict[int, dict] = {int(k): dict(v) for k, v in state.get("transactions", {}).items()}
+        self.next_local_id = max([0] + list(self.txs)) + 1
+        # Transactions that are finished and fully delivered need not stay in memory.
+        self.queue = TxQueue([Entry.from_record(r) for r in state.get("queue", [])])
+        self.discarded_count = len(state.get("discarded", []))
+        self._gc_txs()
+
+        self.online = False
+        self.registration = "None"  # None | Pending | Accepted | Rejected
+        self.heartbeat_interval = self.keys.get_int("HeartbeatInterval")
+        self.next_boot_at: datetime | None = None
+        self.boot_in_flight = False
+        self.next_heartbeat_at: datetime | None = None
+        self.next_aligned_at: datetime | None = None
+        self.pending_calls: dict[int, dict] = {}
+        self.next_ref = 1
+        self.tx_in_flight: int | None = None  # ref of the queue entry being transmitted
+        self.held_tag: tuple[str, datetime] | None = None
+        self.sample_at: dict[int, datetime] = {}
+        self.firmware_status = "Idle"
+        self.diagnostics_status = "Idle"
+        self.booted = False
+
+    # ------------------------------------------------------------------ helpers
+    def _ref(self) -> int:
+        ref = self.next_ref
+        self.next_ref += 1
+        return ref
+
+    def _connected(self) -> bool:
+        return self.online and self.registration == "Accepted"
+
+    def _call(self, action: str, payload: dict, ctx: dict, *, force: bool = False) -> list[Action]:
+        """Send a non-transaction CALL if the link and registration allow it (§4.2)."""
+        if not self.online or not (force or self.registration == "Accepted"):
+            return []
+        ref = self._ref()
+        ctx = dict(ctx, action=action)
+        self.pending_calls[ref] = ctx
+        return [Send(ref, action, payload, timeout=self._message_timeout())]
+
+    def _message_timeout(self) -> float:
+        return float(max(1, self._key_int("MessageTimeout", 30)))
+
+    def _key_int(self, name: str, default: int) -> int:
+        try:
+            return self.keys.get_int(name)
+        except (KeyError, ValueError):
+            return default
+
+    def _key_bool(self, name: str, default: bool) -> bool:
+        try:
+            return self.keys.get_bool(name)
+        except (KeyError, ValueError):
+            return default
+
+    def _key_list(self, name: str) -> list[str]:
+        try:
+            return self.keys.get_list(name)
+        except (KeyError, ValueError):
+            return []
+
+    def _operative(self, c: Connector) -> bool:
+        return self.availability0 == "Operative" and c.availability == "Operative" and not self.maintenance
+
+    def _energy(self, c: Connector) -> float:
+        if c.reading is not None and getattr(c.reading, "energy_wh", None) is not None:
+            return float(c.reading.energy_wh)
+        return float(self.meter_floor.get(c.id, 0.0))
+
+    def _tx_info(self) -> dict:
+        from twin.core.smart_charging import TxInfo
+
+        out = {}
+        for cid, c in self.connectors.items():
+            if c.tx is not None:
+                tx = self.txs[c.tx]
+                out[cid] = TxInfo(transaction_id=tx.get("transaction_id"), start=parse_ts(tx["start_time"]))
+        return out
+
+    def _reserved_for(self, c: Connector) -> Reservation | None:
+        """The reservation that holds this connector, if any (connector or connector-0 reservation)."""
+        r = self.reservations.for_connector(c.id)
+        if r is not None:
+            return r
+        zero = self.reservations.zero()
+        if not zero:
+            return None
+        # A connector-0 reservation keeps one free connector for its tag (§5.13): the free
+        # connectors show Reserved when there are no more of them than such reservations.
+        free = [x for x in self.connectors.values() if self._is_free(x)]
+        if c in free and len(free) <= len(zero):
+            return zero[0]
+        return None
+
+    def _is_free(self, c: Connector) -> bool:
+        return (c.idle() and not c.plugged and c.fault is None and self.station_fault is None
+                and self._operative(c) and self.reservations.for_connector(c.id) is None)
+
+    def _evse_suspended(self, c: Connector) -> bool:
+        if c.tx is None:
+            return False
+        tx = self.txs[c.tx]
+        if tx.get("invalid"):
+            allowed = self._key_int("MaxEnergyOnInvalidId", 0)
+            if self._energy(c) - tx.get("energy_at_invalid", 0.0) >= allowed:
+                return True
+        return c.limit_a is not None and c.limit_a < MIN_CHARGING_CURRENT_A and c.limit_a <= 0
+
+    def offered_a(self, c: Connector) -> float:
+        limit = self.spec.max_current_a
+        if c.limit_a is not None:
+            limit = min(limit, c.limit_a)
+        return max(0.0, limit)
+
+    def ev_power_w(self, cid: int) -> float:
+        """What the simulated EV draws right now (the sim meter integrates it)."""
+        c = self.connectors[cid]
+        if not c.relay:
+            return 0.0
+        offered_w = self.offered_a(c) * self.spec.voltage * c.phases
+        return max(0.0, min(c.ev.demand_w(self._energy(c)), offered_w))
+
+    def ev_soc(self, cid: int) -> float | None:
+        c = self.connectors[cid]
+        if not c.plugged:
+            return None
+        return c.ev.soc(self._energy(c))
+
+    def _ev_drawing(self, c: Connector) -> bool:
+        return c.ev.demand_w(self._energy(c)) > 0
+
+    def status_of(self, c: Connector) -> Status:
+        r = self._reserved_for(c)
+        return derive(c, operative=self._operative(c), station_fault=self.station_fault,
+                      reserved=r is not None, evse_suspended=self._evse_suspended(c),
+                      ev_drawing=self._ev_drawing(c))
+
+    # ------------------------------------------------------------------ boot and link
+    def boot(self, now: datetime) -> list[Action]:
+        """After power-up: transactions that were running are stopped (TC_032_2, TC_015)."""
+        acts: list[Action] = []
+        reason = "HardReset" if self.hard_reset_pending else "PowerLoss"
+        for local_id, tx in sorted(self.txs.items()):
+            if tx.get("stopped"):
+                continue
+            c = self.connectors.get(tx["connector_id"])
+            if c is None:
+                continue
+            c.tx = local_id
+            log.warning("transaction %s on connector %s was interrupted; stopping it with reason %s",
+                        local_id, c.id, reason, extra={"connector": c.id})
+            acts += self._stop_tx(c, reason, None, now, when=parse_ts(tx.get("last_meter_time")) or now,
+                                  meter=tx.get("last_meter_wh", tx["meter_start"]))
+        if self.hard_reset_pending:
+            self.hard_reset_pending = False
+            acts.append(Persist([("kv_put", "station", "hard_reset", False)]))
+        self.booted = True
+        self._refresh_limits(now)
+        acts += self._outputs()
+        return acts
+
+    def link_up(self, now: datetime) -> list[Action]:
+        self.online = True
+        self.queue.link_restored(now)
+        if self.registration == "Accepted":
+            # Reconnect: report statuses that changed while offline (§4.9), then drain.
+            acts = self._report_statuses(now)
+            return acts + self._pump(now)
+        self.next_boot_at = now
+        return self._maybe_boot(now)
+
+    def link_down(self, now: datetime) -> list[Action]:
+        self.online = False
+        self.boot_in_flight = False
+        acts: list[Action] = []
+        for ref, ctx in list(self.pending_calls.items()):
+            acts += self._call_aborted(ref, ctx, now)
+        self.pending_calls.clear()
+        self.tx_in_flight = None
+        self.queue.link_lost(now)
+        if self.registration != "Accepted":
+            self.registration = "None"
+        return acts
+
+    def _maybe_boot(self, now: datetime) -> list[Action]:
+        if not self.online or self.boot_in_flight or self.registration == "Accepted":
+            return []
+        if self.next_boot_at is None or self.next_boot_at > now:
+            return []
+        self.boot_in_flight = True
+        self.next_boot_at = None
+        payload = {k: v for k, v in self.spec.identity.items() if v}
+        return self._call("BootNotification", payload, {"kind": "boot"}, force=True)
+
+    # ------------------------------------------------------------------ call outcomes
+    def call_result(self, ref: int, payload: dict, now: datetime) -> list[Action]:
+        ctx = self.pending_calls.pop(ref, None)
+        if ctx is None:
+            return []
+        kind = ctx["kind"]
+        if kind == "boot":
+            return self._on_boot_conf(payload, now)
+        if kind == "tx":
+            return self._on_tx_conf(ctx["entry"], payload, now)
+        if kind == "authorize":
+            info = payload.get("idTagInfo") or {}
+            return self._on_authorize_conf(ctx, info, now)
+        return []
+
+    def call_failed(self, ref: int, reason: str, now: datetime) -> list[Action]:
+        """A CALLERROR or a response timeout: a failure to process (§3.7.1)."""
+        ctx = self.pending_calls.pop(ref, None)
+        if ctx is None:
+            return []
+        kind = ctx["kind"]
+        if kind == "boot":
+            self.boot_in_flight = False
+            self.next_boot_at = now + timedelta(seconds=self.spec.boot_retry_s)
+            return []
+        if kind == "tx":
+            return self._on_tx_failed(ctx["entry"], reason, now)
+        if kind == "authorize":
+            return self._authorize_unanswered(ctx, now)
+        return []
+
+    def _call_aborted(self, ref: int, ctx: dict, now: datetime) -> list[Action]:
+        """The link went down with the call outstanding: not a failure to process."""
+        if ctx["kind"] == "authorize":
+            return self._authorize_unanswered(ctx, now)
+        return []
+
+    def _on_boot_conf(self, payload: dict, now: datetime) -> list[Action]:
+        self.boot_in_flight = False
+        status = payload.get("status")
+        interval = int(payload.get("interval") or 0)
+        acts: list[Action] = []
+        if status == "Accepted":
+            self.registration = "Accepted"
+            if interval > 0:
+                self.heartbeat_interval = interval
+                acts += self._set_key("HeartbeatInterval", str(interval))
+            self.next_heartbeat_at = now + timedelta(seconds=self.heartbeat_interval) if self.heartbeat_interval else None
+            self._schedule_aligned(now)
+            # Errata 3.22: after every BootNotification Accepted, an SN for connector 0 and every connector.
+            acts += self._report_statuses(now, force_all=True)
+            acts += self._pump(now)
+            return acts
+        # Pending or Rejected: retry after the interval (§4.2); Rejected also stops answering calls.
+        self.registration = status if status in ("Pending", "Rejected") else "None"
+        self.next_boot_at = now + timedelta(seconds=interval if interval > 0 else self.spec.boot_retry_s)
+        return acts
+
+    def _set_key(self, name: str, value: str) -> list[Action]:
+        try:
+            status, changes = self.keys.change(name, value)
+        except Exception:  # noqa: BLE001 - a key the profile lacks must not break the flow
+            return []
+        return [Persist([("kv_put", "config", k, v) for k, v in changes.items()])] if changes else []
+
+    # ------------------------------------------------------------------ timers
+    def next_deadline(self) -> datetime | None:
+        times: list[datetime | None] = [self.next_boot_at if self.online else None]
+        if self._connected():
+            times += [self.next_heartbeat_at, self.queue.next_deadline() if self.tx_in_flight is None else None]
+        times.append(self.next_aligned_at)
+        times += list(self.sample_at.values())
+        for c in self.connectors.values():
+            if c.pending:
+                times.append(c.pending.deadline)
+            times.append(c.plug_deadline)
+            msd = self._key_int("MinimumStatusDuration", 0)
+            if c.since and c.current != c.reported and msd > 0:
+                times.append(c.since + timedelta(seconds=msd))
+        if self.held_tag:
+            times.append(self.held_tag[1])
+        times.append(self.reservations.next_expiry())
+        try:
+            times.append(self.smart.next_change(self._now_hint, self._tx_info()) if hasattr(self, "_now_hint") else None)
+        except Exception:  # noqa: BLE001
+            pass
+        valid = [t for t in times if t is not None]
+        return min(valid) if valid else None
+
+    def tick(self, now: datetime) -> list[Action]:
+        self._now_hint = now
+        acts: list[Action] = []
+        acts += self._maybe_boot(now)
+        if self._connected() and self.next_heartbeat_at and now >= self.next_heartbeat_at:
+            self.next_heartbeat_at = now + timedelta(seconds=self.heartbeat_interval) if self.heartbeat_interval else None
+            acts += self._call("Heartbeat", {}, {"kind": "heartbeat"})
+        # ConnectionTimeOut (§9.1.6, errata 3.20): an authorized tag with no cable lapses.
+        for c in self.connectors.values():
+            if c.pending and now >= c.pending.deadline:
+                log.info("connector %s: no cable within ConnectionTimeOut; authorization of %s lapses",
+                         c.id, c.pending.id_tag, extra={"connector": c.id})
+                c.pending = None
+            if c.plug_deadline and now >= c.plug_deadline:
+                c.plug_deadline = None
+                if c.plugged and c.tx is None:
+                    c.finishing = True  # B6: Preparing -> Finishing (errata 3.20)
+        if self.held_tag and now >= self.held_tag[1]:
+            self.held_tag = None
+        for r in self.reservations.expired(now):
+            log.info("reservation %s expired", r.reservation_id)
+            acts.append(Persist(self.reservations.remove(r.reservation_id)))
+        acts += self._sample(now)
+        acts += self._clock_aligned(now)
+        acts += self._settle(now)
+        return acts
+
+    def _schedule_aligned(self, now: datetime) -> None:
+        interval = self._key_int("ClockAlignedDataInterval", 0)
+        self.next_aligned_at = next_aligned(now, interval) if interval > 0 else None
+
+    def _settle(self, now: datetime) -> list[Action]:
+        """After every event: limits, outputs, status notifications, queue."""
+        self._now_hint = now
+        self._refresh_limits(now)
+        acts = self._outputs()
+        acts += self._report_statuses(now)
+        acts += self._pump(now)
+        return acts
+
+    # ------------------------------------------------------------------ status notifications
+    def _report_statuses(self, now: datetime, force_all: bool = False) -> list[Action]:
+        acts: list[Action] = []
+        msd = self._key_int("MinimumStatusDuration", 0)
+        cur0 = derive_station(self.availability0, self.station_fault)
+        if cur0 != self.current0:
+            self.current0, self.since0 = cur0, now
+        if self._connected() and (force_all or cur0 != self.reported0):
+            acts += self._send_status(0, cur0, now)
+            self.reported0 = cur0
+        for c in self.connectors.values():
+            cur = self.status_of(c)
+            if cur != c.current:
+                if c.current is not None:
+                    log.info("connector %s: %s -> %s", c.id, c.current[0], cur[0], extra={"connector": c.id})
+                c.current, c.since = cur, now
+            if not self._connected():
+                continue
+            # MinimumStatusDuration (§4.9): a state must last this long before it is reported.
+            due = force_all or (cur != c.reported and (msd <= 0 or now - c.since >= timedelta(seconds=msd)))
+            if due:
+                acts += self._send_status(c.id, cur, now)
+                c.reported, c.reported_at = cur, now
+        return acts
+
+    def _send_status(self, cid: int, st: Status, now: datetime) -> list[Action]:
+        status, code, info = st
+        payload = {"connectorId": cid, "errorCode": code, "status": status, "timestamp": ts(now)}
+        if info:
+            payload["info"] = info[:50]
+        return self._call("StatusNotification", payload, {"kind": "status"})
+
+    # ------------------------------------------------------------------ outputs
+    def _refresh_limits(self, now: datetime) -> None:
+        try:
+            txs = self._tx_info()
+            for c in self.connectors.values():
+                c.limit_a, phases = self.smart.limit_at(c.id, now, txs)
+                c.phases = phases or self.spec.phases
+        except Exception:  # noqa: BLE001 - a smart-charging bug must never stop charging control
+            log.exception("smart charging limit evaluation failed; charging unconstrained")
+
+    def _outputs(self) -> list[Action]:
+        acts: list[Action] = []
+        for c in self.connectors.values():
+            want = (c.tx is not None and c.plugged and not c.ev_disconnected and c.fault is None
+                    and self.station_fault is None and not self._evse_suspended(c))
+            if want != c.relay:
+                c.relay = want
+                acts.append(SetRelay(c.id, want))
+            pilot = self.offered_a(c) if c.tx is not None and want else None
+            if pilot != c.pilot:
+                c.pilot = pilot
+                acts.append(SetPilot(c.id, pilot))
+        return acts
+
+    # ------------------------------------------------------------------ transaction queue
+    def _enqueue(self, action: str, payload: dict, tx_local_id: int | None, now: datetime) -> list[tuple]:
+        _entry, ops = self.queue.append(action, payload, tx_local_id, ts(now))
+        return ops
+
+    def _pump(self, now: datetime) -> list[Action]:
+        # §3.7 / §4.2: transaction messages only once Accepted, one at a time, in order.
+        if not self._connected() or self.tx_in_flight is not None:
+            return []
+        entry = self.queue.ready(now)
+        if entry is None:
+            return []
+        payload = self._bind(entry)
+        ref = self._ref()
+        self.pending_calls[ref] = {"kind": "tx", "entry": entry, "action": entry.action}
+        self.tx_in_flight = ref
+        self.queue.mark_sent(entry)
+        return [Send(ref, entry.action, payload, timeout=self._message_timeout())]
+
+    def _bind(self, entry: Entry) -> dict:
+        """Late binding of transactionId at send time (errata 3.18: -1 when unknown)."""
+        payload = dict(entry.payload)
+        if entry.action in ("StopTransaction", "MeterValues") and entry.tx_local_id is not None:
+            tx = self.txs.get(entry.tx_local_id) or {}
+            tid = tx.get("transaction_id")
+            payload["transactionId"] = tid if tid is not None else -1
+        return payload
+
+    def _on_tx_conf(self, entry: Entry, payload: dict, now: datetime) -> list[Action]:
+        self.tx_in_flight = None
+        ops = self.queue.confirm(entry)
+        acts: list[Action] = []
+        tx = self.txs.get(entry.tx_local_id) if entry.tx_local_id is not None else None
+        if entry.action == "StartTransaction" and tx is not None:
+            tx["transaction_id"] = payload.get("transactionId")
+            tx["start_status"] = "confirmed"
+            info = payload.get("idTagInfo") or {}
+            if info.get("parentIdTag"):
+                tx["parent_id_tag"] = info["parentIdTag"]
+            ops.append(("tx_put", tx["local_id"], tx))
+            ops += self._learn(tx["id_tag"], info, now)
+            acts.append(Persist(ops))
+            acts += self._conflict_check(tx["id_tag"], info, now)
+            if info.get("status") != "Accepted" and not tx.get("stopped"):
+                acts += self._invalidated(tx, now)
+        elif entry.action == "StopTransaction":
+            info = payload.get("idTagInfo")
+            if info and entry.payload.get("idTag"):
+                ops += self._learn(entry.payload["idTag"], info, now)
+            if tx is not None:
+                tx["stop_confirmed"] = True
+                ops.append(("tx_put", tx["local_id"], tx))
+            acts.append(Persist(ops))
+        else:
+            acts.append(Persist(ops))
+        self._gc_txs()
+        return acts + self._settle(now)
+
+    def _on_tx_failed(self, entry: Entry, reason: str, now: datetime) -> list[Action]:
+        self.tx_in_flight = None
+        discarded, ops = self.queue.fail(
+            entry, now, max_attempts=self._key_int("TransactionMessageAttempts", 3),
+            retry_interval=self._key_int("TransactionMessageRetryInterval", 5), reason=reason)
+        acts: list[Action] = []
+        if discarded:
+            self.discarded_count += 1
+            log.error("discarding %s after %d failed attempts (%s): %s", entry.action, entry.attempts, reason,
+                      entry.payload, extra={"ocpp_action": entry.action})
+            tx = self.txs.get(entry.tx_local_id) if entry.tx_local_id is not None else None
+            if entry.action == "StartTransaction" and tx is not None:
+                tx["start_status"] = "discarded"  # its later messages go out with transactionId -1
+                ops.append(("tx_put", tx["local_id"], tx))
+        else:
+            log.warning("%s attempt %d failed (%s); retrying at %s", entry.action, entry.attempts, reason,
+                        entry.next_attempt_at, extra={"ocpp_action": entry.action})
+        acts.append(Persist(ops))
+        self._gc_txs()
+        return acts + self._settle(now)
+
+    def _gc_txs(self) -> None:
+        referenced = {e.tx_local_id for e in self.queue.entries}
+        for local_id in [k for k, tx in self.txs.items() if tx.get("stopped") and k not in referenced]:
+            del self.txs[local_id]
+
+    # ------------------------------------------------------------------ authorization
+    def _lookup(self, id_tag: str, now: datetime) -> auth.Lookup:
+        return auth.lookup(id_tag, self.local_list, self.cache,
+                           list_enabled=self._key_bool("LocalAuthListEnabled", True),
+                           cache_enabled=self._key_bool("AuthorizationCacheEnabled", True), now=now)
+
+    def _decide(self, id_tag: str, now: datetime) -> auth.Decision:
+        return auth.decide(self._lookup(id_tag, now), online=self._connected(),
+                           local_pre_authorize=self._key_bool("LocalPreAuthorize", False),
+                           local_authorize_offline=self._key_bool("LocalAuthorizeOffline", True),
+                           allow_offline_unknown=self._key_bool("AllowOfflineTxForUnknownId", False))
+
+    def _learn(self, id_tag: str, info: dict, now: datetime) -> list[tuple]:
+        """Feed the cache from Authorize/StartTransaction/StopTransaction idTagInfo; local-list ids are never cached (§3.5.3)."""
+        if not info or not self._key_bool("AuthorizationCacheEnabled", True):
+            return []
+        if self._key_bool("LocalAuthListEnabled", True) and self.local_list.get(id_tag) is not None:
+            return []
+        return self.cache.update(id_tag, info, now)
+
+    def _conflict_check(self, id_tag: str, info: dict, now: datetime) -> list[Action]:
+        """§3.5.2: the local list disagrees with the CSMS -> StatusNotification LocalListConflict on connector 0."""
+        if not self._key_bool("LocalAuthListEnabled", True):
+            return []
+        listed = auth.effective_info(self.local_list.get(id_tag), now)
+        if listed is None or info.get("status") is None or listed.get("status") == info.get("status"):
+            return []
+        log.warning("local list conflict for %s: list %s, CSMS %s", id_tag, listed.get("status"), info.get("status"))
+        payload = {"connectorId": 0, "errorCode": "LocalListConflict", "status": derive_station(
+            self.availability0, self.station_fault)[0], "timestamp": ts(now),
+            "info": f"{id_tag}: list {listed.get('status')}"[:50]}
+        return self._call("StatusNotification", payload, {"kind": "status"})
+
+    def _authorize(self, id_tag: str, ctx: dict) -> list[Action]:
+        return self._call("Authorize", {"idTag": id_tag}, dict(ctx, kind="authorize", id_tag=id_tag))
+
+    def _on_authorize_conf(self, ctx: dict, info: dict, now: datetime) -> list[Action]:
+        id_tag = ctx["id_tag"]
+        acts: list[Action] = [Persist(self._learn(id_tag, info, now))]
+        acts += self._conflict_check(id_tag, info, now)
+        acts += self._authorized_outcome(ctx, info, now)
+        return acts + self._settle(now)
+
+    def _authorize_unanswered(self, ctx: dict, now: datetime) -> list[Action]:
+        """Authorize got no answer: decide as if offline (§3.5.4)."""
+        found = self._lookup(ctx["id_tag"], now)
+        d = auth.decide(found, online=False, local_pre_authorize=False,
+                        local_authorize_offline=self._key_bool("LocalAuthorizeOffline", True),
+                        allow_offline_unknown=self._key_bool("AllowOfflineTxForUnknownId", False))
+        info = d.info if d.verdict == "accept" else {"status": "Invalid"}
+        return self._authorized_outcome(ctx, info, now)
+
+    def _authorized_outcome(self, ctx: dict, info: dict, now: datetime) -> list[Action]:
+        purpose = ctx.get("purpose")
+        id_tag = ctx["id_tag"]
+        if purpose == "stop-or-start":
+            parent = info.get("parentIdTag")
+            if info.get("status") == "Accepted" and parent:
+                for c in self.connectors.values():
+                    tx = self.txs.get(c.tx) if c.tx is not None else None
+                    if tx and tx.get("parent_id_tag") == parent:
+                        return self._stop_tx(c, "Local", id_tag, now)  # TC_069
+            if info.get("status") != "Accepted":
+                return []
+            return self._route_identification(id_tag, now, known=info)
+        c = self.connectors.get(ctx.get("connector"))
+        if c is None:
+            return []
+        if c.authorizing == id_tag:
+            c.authorizing = None
+        if info.get("status") != "Accepted":
+            # TC_023 / reference §3.3 item 4: no transaction and no further status change.
+            log.info("authorization of %s refused (%s)", id_tag, info.get("status"), extra={"connector": c.id})
+            if purpose == "remote" and c.pending and c.pending.id_tag == id_tag:
+                c.pending = None
+            return []
+        res = self._reserved_for(c)
+        if res is not None:
+            ok = res.admits(id_tag, info.get("parentIdTag"))
+            if not ok:
+                log.info("connector %s is reserved for another identifier; %s may not start", c.id, id_tag)
+                return []
+        return self._authorized(c, id_tag, info, now, remote=purpose == "remote", bound=ctx.get("bound", False))
+
+    def _authorized(self, c: Connector, id_tag: str, info: dict | None, now: datetime, *, remote: bool = False,
+                    bound: bool = False) -> list[Action]:
+        res = self._reserved_for(c)
+        reservation_id = res.reservation_id if res is not None and res.admits(
+            id_tag, (info or {}).get("parentIdTag")) else None
+        if c.plugged:
+            return self._start_tx(c, id_tag, info, reservation_id, now)
+        timeout = self._key_int("ConnectionTimeOut", 60)
+        c.pending = Pending(id_tag, info, now + timedelta(seconds=timeout), remote=remote,
+                            reservation_id=reservation_id, bound=bound)
+        return []
+
+    # ------------------------------------------------------------------ local events
+    def plug(self, cid: int, now: datetime) -> list[Action]:
+        c = self.connectors[cid]
+        acts: list[Action] = []
+        if c.plugged:
+            return acts
+        c.plugged = True
+        c.finishing = False
+        c.ev.energy_at_plug = self._energy(c)
+        acts.append(Persist(self._plug_ops()))
+        if c.tx is not None and c.ev_disconnected:
+            c.ev_disconnected = False  # the EV came back; the transaction resumes
+        elif c.pending is not None:
+            p, c.pending = c.pending, None
+            acts += self._start_tx(c, p.id_tag, p.info, p.reservation_id, now)
+        else:
+            moved = self._take_movable_pending(c)
+            if moved is not None:
+                acts += self._start_tx(c, moved.id_tag, moved.info, None, now)
+            elif self.held_tag is not None:
+                tag, self.held_tag = self.held_tag[0], None
+                acts += self._identify_for(c, tag, now)
+            else:
+                c.plug_deadline = now + timedelta(seconds=self._key_int("ConnectionTimeOut", 60))
+        return acts + self._settle(now)
+
+    def _take_movable_pending(self, target: Connector) -> Pending | None:
+        """Shared reader: a tag presented first goes to the next connector plugged (docs/station-behaviour.md)."""
+        if not self._operative(target) or target.fault or self.reservations.for_connector(target.id):
+            return None
+        for c in self.connectors.values():
+            if c is not target and c.pending and not c.pending.bound and c.pending.reservation_id is None:
+                p, c.pending = c.pending, None
+                return p
+        return None
+
+    def _plug_ops(self) -> list[tuple]:
+        return [("kv_put", "station", "plugged", {str(c.id): c.plugged for c in self.connectors.values()})]
+
+    def unplug(self, cid: int, now: datetime) -> list[Action]:
+        c = self.connectors[cid]
+        if not c.plugged:
+            return []
+        acts: list[Action] = []
+        c.plug_deadline = None
+        if c.tx is not None:
+            if self._key_bool("StopTransactionOnEVSideDisconnect", True):
+                # §4.10: stop with EVDisconnected; report Finishing, then Available as the
+                # fixed cable is free again (errata: Finishing -> Available on unplug).
+                acts += self._stop_tx(c, "EVDisconnected", None, now)
+                acts += self._settle(now)
+            else:
+                c.ev_disconnected = True  # SuspendedEV "EV side disconnected", tx continues
+        c.plugged = False
+        c.finishing = False
+        acts.append(Persist(self._plug_ops()))
+        return acts + self._settle(now)
+
+    def tap(self, id_tag: str, now: datetime) -> list[Action]:
+        """A card on the shared reader (see docs/station-behaviour.md for the routing rule)."""
+        # 1. The tag that started a transaction stops it, without Authorize (§3.4, §4.1).
+        for c in self.connectors.values():
+            if c.tx is not None and self.txs[c.tx]["id_tag"] == id_tag:
+                return self._stop_tx(c, "Local", id_tag, now) + self._settle(now)
+        # 2. Presenting an authorized-but-unplugged tag again cancels it (TC_061 "swipe again").
+        for c in self.connectors.values():
+            if c.pending is not None and c.pending.id_tag == id_tag and not c.pending.remote:
+                c.pending = None
+                return self._settle(now)
+        # 3. A tag with the same parentIdTag may stop (TC_069). Only possible when the
+        #    running transaction's parent is known; else it cannot match (TC_068: no Authorize).
+        parents = {self.txs[c.tx].get("parent_id_tag") for c in self.connectors.values() if c.tx is not None}
+        parents.discard(None)
+        if parents:
+            found = self._lookup(id_tag, now)
+            parent = (found.info or {}).get("parentIdTag")
+            if found.info is not None and auth.is_valid(found.info) and parent in parents:
+                for c in self.connectors.values():
+                    if c.tx is not None and self.txs[c.tx].get("parent_id_tag") == parent:
+                        return self._stop_tx(c, "Local", id_tag, now) + self._settle(now)
+            if self._connected():
+                return self._authorize(id_tag, {"purpose": "stop-or-start"}) + self._settle(now)
+        return self._route_identification(id_tag, now) + self._settle(now)
+
+    def _route_identification(self, id_tag: str, now: datetime, known: dict | None = None) -> list[Action]:
+        def usable(c: Connector) -> bool:
+            return c.tx is None and c.fault is None and self.station_fault is None and self._operative(c)
+
+        plugged = [c for c in self.connectors.values() if usable(c) and c.plugged and c.pending is None
+                   and c.authorizing is None]
+        if plugged:
+            return self._identify_for(plugged[0], id_tag, now, known)
+        if any(c.tx is not None for c in self.connectors.values()):
+            # One reader, a session already running: the new tag is for the next cable
+            # plugged; authorize it then (avoids an Authorize the tag may not need, TC_068).
+            self.held_tag = (id_tag, now + timedelta(seconds=self._key_int("ConnectionTimeOut", 60)))
+            return []
+        free = [c for c in self.connectors.values() if usable(c) and c.idle()]
+        mine = [c for c in free if (r := self._reserved_for(c)) is not None and r.admits(id_tag, None)]
+        free = mine or [c for c in free if self._reserved_for(c) is None] or free
+        if not free:
+            log.info("card %s presented but no connector can take it", id_tag)
+            return []
+        return self._identify_for(free[0], id_tag, now, known)
+
+    def _identify_for(self, c: Connector, id_tag: str, now: datetime, known: dict | None = None) -> list[Action]:
+        res = self._reserved_for(c)
+        if res is not None and res.admits(id_tag, (known or {}).get("parentIdTag")) is False:
+            log.info("connector %s reserved (%s); %s refused", c.id, res.reservation_id, id_tag)
+            return []
+        if known is not None and auth.is_valid(known):
+            return self._authorized(c, id_tag, known, now)
+        d = self._decide(id_tag, now)
+        if res is not None and res.admits(id_tag, (d.info or {}).get("parentIdTag")) is None and self._connected():
+            d = auth.Decision("ask", d.info, d.source)  # must learn the parent (§5.13)
+        if d.verdict == "accept":
+            return self._authorized(c, id_tag, d.info, now)
+        if d.verdict == "ask":
+            c.authorizing = id_tag
+            return self._authorize(id_tag, {"purpose": "start", "connector": c.id})
+        log.info("identifier %s refused locally", id_tag, extra={"connector": c.id})
+        return []
+
+    def fault(self, cid: int, code: str, info: str | None, now: datetime) -> list[Action]:
+        acts: list[Action] = []
+        if cid == 0:
+            self.station_fault = (code, info)
+            for c in self.connectors.values():
+                acts += self._fault_effects(c, now)
+        else:
+            c = self.connectors[cid]
+            c.fault = (code, info)
+            acts += self._fault_effects(c, now)
+        return acts + self._settle(now)
+
+    def _fault_effects(self, c: Connector, now: datetime) -> list[Action]:
+        acts: list[Action] = []
+        if c.tx is not None:
+            acts += self._stop_tx(c, "Other", None, now)
+        c.pending = None
+        res = self.reservations.for_connector(c.id)
+        if res is not None:  # §5.13: a Faulted connector ends its reservation
+            acts.append(Persist(self.reservations.remove(res.reservation_id)))
+        return acts
+
+    def clear_fault(self, cid: int, now: datetime) -> list[Action]:
+        if cid == 0:
+            self.station_fault = None
+        else:
+            self.connectors[cid].fault = None
+        return self._settle(now)
+
+    def ev_update(self, cid: int, suspended: bool | None, max_power_w: float | None, now: datetime) -> list[Action]:
+        c = self.connectors[cid]
+        if suspended is not None:
+            c.ev.suspended = suspended
+        if max_power_w is not None:
+            c.ev.max_power_w = max_power_w
+        return self._settle(now)
+
+    def meter_reading(self, cid: int, reading: Any, now: datetime) -> list[Action]:
+        c = self.connectors[cid]
+        acts: list[Action] = []
+        if c.meter_error is not None:
+            log.info("connector %s: meter answers again", cid, extra={"connector": cid})
+            c.meter_error = None
+        c.reading = reading
+        return acts + self._settle(now)
+
+    def meter_failed(self, cid: int, error: str, now: datetime) -> list[Action]:
+        """The meter stopped answering: report PowerMeterFailure, keep the last good register for billing."""
+        c = self.connectors[cid]
+        if c.meter_error is None:
+            log.error("connector %s: meter failure: %s", cid, error, extra={"connector": cid})
+        c.meter_error = (error or "meter not answering")[:50]
+        return self._settle(now)
+
+    # ------------------------------------------------------------------ transactions
+    def _start_tx(self, c: Connector, id_tag: str, info: dict | None, reservation_id: int | None,
+                  now: datetime) -> list[Action]:
+        c.plug_deadline = None
+        c.finishing = False
+        local_id = self.next_local_id
+        self.next_local_id += 1
+        meter = self._energy(c)
+        tx = {
+            "local_id": local_id, "connector_id": c.id, "id_tag": id_tag,
+            "parent_id_tag": (info or {}).get("parentIdTag"), "meter_start": int(round(meter)),
+            "start_time": ts(now), "reservation_id": reservation_id, "transaction_id": None,
+            "start_status": "queued", "stopped": False, "last_meter_wh": int(round(meter)),
+            "last_meter_time": ts(now), "data": [],
+        }
+        self.txs[local_id] = tx
+        c.tx = local_id
+        payload = {"connectorId": c.id, "idTag": id_tag, "meterStart": tx["meter_start"], "timestamp": ts(now)}
+        if reservation_id is not None:
+            payload["reservationId"] = reservation_id  # §4.8: ST.req MUST carry the reservation it ends
+        values = self._values(c)
+        begin = self._meter_value(values, self._key_list("StopTxnSampledData"), "Transaction.Begin", now)
+        if begin:
+            tx["data"].append(begin)
+        ops = [("tx_put", local_id, tx)] + self._enqueue("StartTransaction", payload, local_id, now)
+        if reservation_id is not None:
+            ops += self.reservations.remove(reservation_id)
+        ops += self._floor_ops(c, meter)
+        try:
+            self.smart.bind_pending_tx_profile(c.id, None)
+        except Exception:  # noqa: BLE001
+            log.exception("binding the remote-start TxProfile failed")
+        interval = self._key_int("MeterValueSampleInterval", 0)
+        if interval > 0:
+            self.sample_at[c.id] = now + timedelta(seconds=interval)
+        log.info("transaction %s started on connector %s for %s", local_id, c.id, id_tag,
+                 extra={"connector": c.id})
+        # Persist first: the contactor closes only after this is on disk (issue 3).
+        return [Persist(ops)]
+
+    def _floor_ops(self, c: Connector, meter: float) -> list[tuple]:
+        self.meter_floor[c.id] = max(self.meter_floor.get(c.id, 0.0), meter)
+        return [("kv_put", "station", "meter_energy", {str(k): v for k, v in self.meter_floor.items()})]
+
+    def _stop_tx(self, c: Connector, reason: str, id_tag: str | None, now: datetime, *, when: datetime | None = None,
+                 meter: float | None = None) -> list[Action]:
+        tx = self.txs[c.tx]
+        when = when or now
+        meter_stop = int(round(meter if meter is not None else max(self._energy(c), tx.get("last_meter_wh", 0))))
+        end = self._meter_value({**self._values(c), "Energy.Active.Import.Register": float(meter_stop)},
+                                self._key_list("StopTxnSampledData"), "Transaction.End", when)
+        data = list(tx.get("data", []))
+        if end and (data or self._key_list("StopTxnSampledData")):
+            data.append(end)
+        data = self._trim(data)
+        payload = {"meterStop": meter_stop, "timestamp": ts(when), "reason": reason}
+        stop_tag = id_tag or tx["id_tag"]
+        if stop_tag:
+            payload["idTag"] = stop_tag  # §6.49: SHALL send the idTag if known
+        if data:
+            payload["transactionData"] = data
+        tx.update(stopped=True, stop_time=ts(when), meter_stop=meter_stop, stop_reason=reason,
+                  stop_id_tag=stop_tag, last_meter_wh=meter_stop)
+        ops = [("tx_put", tx["local_id"], tx)] + self._enqueue("StopTransaction", payload, tx["local_id"], now)
+        ops += self._floor_ops(c, meter_stop)
+        log.info("transaction %s on connector %s stopped: %s", tx["local_id"], c.id, reason, extra={"connector": c.id})
+        c.tx = None
+        c.ev_disconnected = False
+        c.finishing = c.plugged
+        self.sample_at.pop(c.id, None)
+        acts: list[Action] = []
+        if c.relay:
+            c.relay = False
+            acts.append(SetRelay(c.id, False))  # open first: safety does not wait for the disk
+        acts.append(Persist(ops))
+        try:
+            self.smart.on_transaction_end(c.id)
+            acts.append(Persist([("kv_put", "profiles", "all", self.smart.to_json())]))
+        except Exception:  # noqa: BLE001
+            log.exception("removing the TxProfile failed")
+        acts += self._apply_scheduled(c, now)
+        return acts
+
+    def _trim(self, data: list[dict]) -> list[dict]:
+        """StopTransactionMaxMeterValues: drop intermediate values, never Begin/End (errata 3.14/3.91)."""
+        limit = self._key_int("StopTransactionMaxMeterValues", 0)
+        if limit <= 0 or len(data) <= limit:
+            return data
+        if limit < 2:
+            return data[-limit:]
+        return [data[0]] + data[len(data) - (limit - 1):]
+
+    def _invalidated(self, tx: dict, now: datetime) -> list[Action]:
+        """StartTransaction.conf not Accepted (errata 3.17, online too; TC_037_2/3)."""
+        c = self.connectors[tx["connector_id"]]
+        if c.tx != tx["local_id"]:
+            return []
+        if self._key_bool("StopTransactionOnInvalidId", False):
+            return self._stop_tx(c, "DeAuthorized", None, now)
+        tx["invalid"] = True
+        tx["energy_at_invalid"] = self._energy(c)
+        return [Persist([("tx_put", tx["local_id"], tx)])]
+
+    def _apply_scheduled(self, c: Connector, now: datetime) -> list[Action]:
+        ops: list[tuple] = []
+        if c.scheduled is not None and c.tx is None:
+            c.availability, c.scheduled = c.scheduled, None
+            ops.append(("kv_put", "availability", str(c.id), c.availability))
+        if self.scheduled0 and all(x.tx is None for x in self.connectors.values()):
+            self.availability0, self.scheduled0 = self.scheduled0, None
+            ops.append(("kv_put", "availability", "0", self.availability0))
+            for x in self.connectors.values():
+                x.availability = self.availability0
+                ops.append(("kv_put", "availability", str(x.id), x.availability))
+        return [Persist(ops)] if ops else []
+
+    # ------------------------------------------------------------------ meter values
+    def _values(self, c: Connector) -> dict[str, float]:
+        offered = self.offered_a(c) if c.tx is not None else 0.0
+        values = reading_values(c.reading, offered, offered * self.spec.voltage * c.phases)
+        if c.reading is None:
+            values["Energy.Active.Import.Register"] = self._energy(c)
+        soc = self.ev_soc(c.id)
+        if soc is not None and "SoC" not in values:
+            values["SoC"] = soc
+        return values
+
+    def _meter_value(self, values: dict, measurands: list[str], context: str, when: datetime) -> dict | None:
+        sv = sampled_values(values, measurands, context)
+        return {"timestamp": ts(when), "sampledValue": sv} if sv else None
+
+    def _sample(self, now: datetime) -> list[Action]:
+        """Periodic samples (MeterValueSampleInterval, Sample.Periodic), also while offline (TC_036)."""
+        acts: list[Action] = []
+        interval = self._key_int("MeterValueSampleInterval", 0)
+        for cid, due in list(self.sample_at.items()):
+            if due > now:
+                continue
+            c = self.connectors[cid]
+            if c.tx is None or interval <= 0:
+                self.sample_at.pop(cid, None)
+                continue
+            while due <= now:
+                due += timedelta(seconds=interval)
+            self.sample_at[cid] = due
+            acts += self._tx_meter_values(c, "Sample.Periodic", self._key_list("MeterValuesSampledData"),
+                                          self._key_list("StopTxnSampledData"), now)
+        return acts
+
+    def _clock_aligned(self, now: datetime) -> list[Action]:
+        if self.next_aligned_at is None or now < self.next_aligned_at:
+            return []
+        when = self.next_aligned_at
+        self._schedule_aligned(now)
+        acts: list[Action] = []
+        for c in self.connectors.values():
+            if c.tx is not None:
+                acts += self._tx_meter_values(c, "Sample.Clock", self._key_list("MeterValuesAlignedData"),
+                                              self._key_list("StopTxnAlignedData"), when)
+        return acts
+
+    def _tx_meter_values(self, c: Connector, context: str, measurands: list[str], stop_measurands: list[str],
+                         when: datetime) -> list[Action]:
+        tx = self.txs[c.tx]
+        values = self._values(c)
+        energy = values.get("Energy.Active.Import.Register", self._energy(c))
+        mv = self._meter_value(values, measurands, context, when)
+        ops: list[tuple] = []
+        if mv:
+            payload = {"connectorId": c.id, "meterValue": [mv]}
+            ops += self._enqueue("MeterValues", payload, tx["local_id"], when)
+        if stop_measurands:
+            stop_mv = self._meter_value(values, stop_measurands, context, when)
+            if stop_mv:
+                tx.setdefault("data", []).append(stop_mv)
+        tx["last_meter_wh"] = max(int(round(energy)), tx.get("last_meter_wh", 0))
+        tx["last_meter_time"] = ts(when)
+        ops.append(("tx_put", tx["local_id"], tx))
+        ops += self._floor_ops(c, energy)
+        return [Persist(ops)]
+
+    # ------------------------------------------------------------------ firmware adapter hooks
+    def send_firmware_status(self, status: str, now: datetime) -> list[Action]:
+        self.firmware_status = status
+        return self._call("FirmwareStatusNotification", {"status": status}, {"kind": "fw"})
+
+    def send_diagnostics_status(self, status: str, now: datetime) -> list[Action]:
+        self.diagnostics_status = status
+        return self._call("DiagnosticsStatusNotification", {"status": status}, {"kind": "diag"})
+
+    def set_maintenance(self, on: bool, now: datetime) -> list[Action]:
+        """While a firmware update waits to install, idle connectors are Unavailable and
+        take no new transaction (errata 3.47-3.49). Not persisted: a restart ends it."""
+        self.maintenance = on
+        return self._settle(now)
+
+    def active_transactions(self) -> int:
+        return sum(1 for c in self.connectors.values() if c.tx is not None)
+
+    # ------------------------------------------------------------------ CSMS calls
+    def csms_call(self, unique_id: str, action: str, payload: dict, now: datetime) -> list[Action]:
+        if self.registration == "Rejected":
+            return []  # §4.2: while Rejected the CP does not answer CSMS calls
+        from twin.core import handlers
+
+        handler: Callable | None = handlers.HANDLERS.get(action)
+        if handler is None:
+            return [ReplyError(unique_id, "NotSupported", f"{action} is not supported by this charge point")]
+        try:
+            result = handler(self, payload, now)
+        except handlers.CallError as e:
+            return [ReplyError(unique_id, e.code, e.description)]
+        if isinstance(result, Delegate):
+            return [Delegate(unique_id, action, payload)]
+        response, after = result
+        return [Reply(unique_id, response)] + after + self._settle(now)
+
+    # ------------------------------------------------------------------ views
+    def snapshot(self) -> dict:
+        """What GET /api/state shows about the station."""
+        conns = []
+        for c in self.connectors.values():
+            st = c.current or self.status_of(c)
+            tx = self.txs.get(c.tx) if c.tx is not None else None
+            reading = c.reading
+            conns.append({
+                "id": c.id, "status": st[0], "errorCode": st[1], "info": st[2],
+                "transactionId": tx.get("transaction_id") if tx else None,
+                "localTransactionId": tx["local_id"] if tx else None,
+                "idTag": tx["id_tag"] if tx else None,
+                "plugged": c.plugged, "contactorClosed": c.relay,
+                "powerW": round(getattr(reading, "power_w", 0.0) or 0.0, 1) if reading else 0.0,
+                "energyWh": round(self._energy(c), 1),
+                "limitA": c.limit_a, "offeredA": self.offered_a(c) if c.tx is not None else None,
+                "availability": c.availability, "scheduledAvailability": c.scheduled,
+                "soc": round(s, 1) if (s := self.ev_soc(c.id)) is not None else None,
+                "ev": {"suspended": c.ev.suspended, "maxPowerW": c.ev.max_power_w},
+                "reservation": (r.to_record() if (r := self._reserved_for(c)) else None),
+                "pendingIdTag": c.pending.id_tag if c.pending else None,
+            })
+        st0 = derive_station(self.availability0, self.station_fault)
+        return {
+            "registration": self.registration, "link": "online" if self.online else "offline",
+            "station": {"status": st0[0], "errorCode": st0[1], "availability": self.availability0},
+            "connectors": conns,
+            "queue": {"length": len(self.queue), "oldestCreatedAt": self.queue.oldest_created_at(),
+                      "discarded": self.discarded_count},
+            "localListVersion": self.local_list.version,
+            "firmwareStatus": self.firmware_status, "diagnosticsStatus": self.diagnostics_status,
+        }

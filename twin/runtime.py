@@ -1,0 +1,450 @@
+"""The asyncio runtime: wires the pure core to the store, the link, the drivers, the
+control API, systemd and the firmware service.
+
+All core calls go through ``_step`` under one lock, so the core sees one event at a
+time, and their actions run in order: ``Persist`` is awaited before what follows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import twin
+from twin.core import actions as A
+from twin.core.keys import ConfigKeys
+from twin.core.smart_charging import SmartCharging
+from twin.core.station import Station, StationSpec
+from twin.link import Link
+from twin.store import Store, StoreError
+
+log = logging.getLogger("twin.runtime")
+
+RESTART_EXIT_CODE = 75  # "restart me": Reset and firmware installs (see twin/firmware/launcher.py)
+STORAGE_FAULT = ("OtherError", "storage failure: not recording")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Runtime:
+    """One running station. ``await start()``, then ``await wait()`` for the exit code."""
+
+    def __init__(self, cfg: Any, *, clock: Callable[[], datetime] = utcnow, meter_poll_s: float = 1.0):
+        self.cfg = cfg
+        self.clock = clock
+        self.meter_poll_s = meter_poll_s
+        self.lock = asyncio.Lock()
+        self.kick = asyncio.Event()
+        self.done: asyncio.Future | None = None
+        self.tasks: list[asyncio.Task] = []
+        self.unsaved: list[list[tuple]] = []
+        self.store: Store | None = None
+        self.station: Station | None = None
+        self.drivers = None
+        self.link: Link | None = None
+        self.api = None
+        self.firmware = None
+        self.notifier = None
+        self.feedback_since: dict[int, float] = {}
+        self.last_status_text = ""
+        self.started_monotonic = time.monotonic()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        from drivers.registry import build_drivers
+        from twin.service.notify import Notifier
+
+        cfg = self.cfg
+        self.done = asyncio.get_running_loop().create_future()
+        self.notifier = Notifier()
+        data_dir = Path(cfg.data_dir)
+        self.store = await Store.open(data_dir / "twin.db")
+        state = await self.store.load()
+        keys = ConfigKeys(overrides=cfg.keys, stored=state["kv"].get("config", {}))
+        smart = SmartCharging(
+            cfg.connectors, max_stack_level=keys.get_int("ChargeProfileMaxStackLevel"),
+            max_periods=keys.get_int("ChargingScheduleMaxPeriods"),
+            max_installed=keys.get_int("MaxChargingProfilesInstalled"),
+            station_max_amps=float(getattr(cfg, "max_current_a", 32.0)))
+        identity = {"chargePointVendor": "XJ Power Co., Ltd.", "chargePointModel": "iEVQC33"}
+        identity.update({k: v for k, v in (cfg.identity or {}).items() if v})
+        identity["firmwareVersion"] = "V" + twin.__version__  # the package version is the firmware version
+        ev = cfg.ev
+        spec = StationSpec(connectors=cfg.connectors, fixed_cable=cfg.fixed_cable, identity=identity,
+                           ev={"max_power_w": ev.max_power_w, "battery_wh": ev.battery_wh,
+                               "soc_start": ev.soc_start},
+                           phases=getattr(ev, "phases", 3), voltage=getattr(ev, "voltage", 230.0))
+        self.station = st = Station(spec, keys, smart, state)
+        floors = {cid: st.meter_floor.get(cid, 0.0) for cid in st.connectors}
+        for tx in state["transactions"].values():
+            cid = tx["connector_id"]
+            floors[cid] = max(floors.get(cid, 0.0), float(tx.get("last_meter_wh") or 0))
+        st.meter_floor.update(floors)
+        self.drivers = await build_drivers(
+            cfg.drivers or {}, cfg.connectors,
+            power_sources={cid: (lambda cid=cid: self.station.ev_power_w(cid)) for cid in st.connectors},
+            soc_sources={cid: (lambda cid=cid: self.station.ev_soc(cid)) for cid in st.connectors},
+            energy_floors=floors, force_sim=bool(getattr(cfg, "sim", False)))
+        await self._start_inputs()
+        await self._start_firmware(data_dir)
+        # Boot: interrupted transactions are stopped (PowerLoss / HardReset) and queued.
+        await self._step(st.boot)
+        if self.api_enabled():
+            from twin.control_api import ControlApi
+
+            self.api = ControlApi(self, cfg.control_host, cfg.control_port, debug=cfg.control_debug)
+            await self.api.start()
+            log.info("control API on %s", self.api.url)
+        self.link = Link(
+            cfg.csms_url, cfg.charge_point_id, password=cfg.password, ca_file=cfg.ca_file,
+            ping_interval=keys.get_int("WebSocketPingInterval"),
+            on_up=lambda: self._spawn(st.link_up), on_down=lambda: self._spawn(st.link_down),
+            on_call=lambda uid, action, payload: self._spawn(st.csms_call, uid, action, payload),
+            on_result=lambda ref, payload: self._spawn(st.call_result, ref, payload),
+            on_failed=lambda ref, reason: self._spawn(st.call_failed, ref, reason))
+        self.link.start()
+        for coro, name in ((self._timer_loop(), "timers"), (self._meter_loop(), "meters"),
+                           (self._watchdog_loop(), "watchdog")):
+            self.tasks.append(asyncio.create_task(coro, name=name))
+        self.notifier.ready(self._status_text())
+        log.info("station %s up: %d connectors, firmware %s, CSMS %s", cfg.charge_point_id, cfg.connectors,
+                 identity["firmwareVersion"], self.link.url)
+
+    def api_enabled(self) -> bool:
+        return getattr(self.cfg, "control_port", None) is not None
+
+    async def _start_inputs(self) -> None:
+        reader = self.drivers.reader
+        await reader.start(lambda tag: self._spawn(self.station.tap, tag))
+        for cid, inp in self.drivers.ev_inputs.items():
+            await inp.start(lambda present, cid=cid: self._spawn(
+                self.station.plug if present else self.station.unplug, cid))
+
+    async def _start_firmware(self, data_dir: Path) -> None:
+        try:
+            from twin.firmware.service import FirmwareService
+        except ImportError:  # pragma: no cover - the firmware package is part of the install
+            return
+        from twin.service.logs import log_files
+
+        self.firmware = FirmwareService(data_dir, _FirmwareHooks(self), log_files=lambda: log_files(data_dir))
+        self.station.firmware_status = self.firmware.firmware_status
+        self.station.diagnostics_status = self.firmware.diagnostics_status
+
+    async def wait(self) -> int:
+        return await self.done
+
+    def request_exit(self, code: int) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_result(code)
+
+    async def shutdown(self, reason: str = "Reboot", *, graceful: bool = True, drain_s: float = 5.0) -> None:
+        """SIGTERM and Soft reset: open contactors, stop transactions, try to deliver, flush, close."""
+        if self.notifier:
+            self.notifier.stopping()
+        st = self.station
+        if st is not None and graceful:
+            async with self.lock:
+                now = self.clock()
+                acts: list = []
+                for c in st.connectors.values():
+                    if c.tx is not None:
+                        acts += st._stop_tx(c, reason, None, now)
+                acts += st._settle(now)
+                await self._execute(acts)
+            deadline = time.monotonic() + drain_s
+            while len(st.queue) and st.online and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+        for t in self.tasks:
+            t.cancel()
+        if self.link:
+            await self.link.close()
+        if self.api:
+            await self.api.stop()
+        if self.firmware:
+            await self.firmware.close()
+        if self.drivers:
+            await self.drivers.close()  # opens every contactor
+        if self.store:
+            await self._flush_unsaved()
+            await self.store.close()
+
+    # ------------------------------------------------------------------ stepping the core
+    def _spawn(self, fn: Callable, *args) -> None:
+        asyncio.ensure_future(self._step(fn, *args))
+
+    async def _step(self, fn: Callable, *args) -> Any:
+        async with self.lock:
+            try:
+                acts = fn(*args, self.clock())
+            except Exception:  # noqa: BLE001 - a core bug must not take the station down
+                log.exception("station core failed handling %s%r", getattr(fn, "__name__", fn), args[:3])
+                return None
+            await self._execute(acts or [])
+        self.kick.set()
+        self._update_status()
+        return acts
+
+    async def _execute(self, acts: list) -> None:
+        unsafe = False  # a failed Persist: do not close contactors on unrecorded data
+        for act in acts:
+            try:
+                if isinstance(act, A.Persist):
+                    if not act.ops:
+                        continue
+                    if not await self._persist(act.ops):
+                        unsafe = True
+                elif isinstance(act, A.Send):
+                    self.link.send_call(act.ref, act.action, act.payload, act.timeout) if self.link else None
+                elif isinstance(act, A.Reply):
+                    self.link.reply(act.unique_id, act.payload)
+                elif isinstance(act, A.ReplyError):
+                    self.link.reply_error(act.unique_id, act.code, act.description, act.details)
+                elif isinstance(act, A.SetRelay):
+                    if act.closed and unsafe:
+                        log.error("not closing contactor %s: its transaction is not on disk", act.connector_id)
+                        continue
+                    self.drivers.relays[act.connector_id].set(act.closed)
+                    self.feedback_since.pop(act.connector_id, None)
+                elif isinstance(act, A.SetPilot):
+                    pilot = self.drivers.pilots.get(act.connector_id)
+                    if pilot is not None:
+                        pilot.set_current_limit(act.amps)
+                elif isinstance(act, A.Restart):
+                    asyncio.ensure_future(self._restart(act.kind))
+                elif isinstance(act, A.Delegate):
+                    self._delegate(act)
+                elif isinstance(act, A.LinkSetting):
+                    if self.link:
+                        self.link.ping_interval = act.ping_interval
+            except Exception:  # noqa: BLE001
+                log.exception("executing %s failed", type(act).__name__)
+        if unsafe and self.station.station_fault is None:
+            # Cannot record transactions: fault the station (stops charging, refuses new
+            # sessions) rather than charge on data that a power cut would lose.
+            more = self.station.fault(0, *STORAGE_FAULT, self.clock())
+            await self._execute([a for a in more if not isinstance(a, A.Persist)] +
+                                [a for a in more if isinstance(a, A.Persist)])
+
+    async def _persist(self, ops: list[tuple]) -> bool:
+        if self.unsaved and not await self._flush_unsaved():
+            self.unsaved.append(ops)
+            return False
+        try:
+            await self.store.apply(ops)
+            return True
+        except StoreError as e:
+            log.error("store write failed, keeping the data in memory and retrying: %s", e)
+            self.unsaved.append(ops)
+            return False
+
+    async def _flush_unsaved(self) -> bool:
+        while self.unsaved:
+            try:
+                await self.store.apply(self.unsaved[0])
+            except StoreError:
+                return False
+            self.unsaved.pop(0)
+        if self.station and self.station.station_fault == STORAGE_FAULT:
+            log.warning("store writable again; clearing the storage fault")
+            acts = self.station.clear_fault(0, self.clock())
+            await self._execute(acts)
+        return True
+
+    def _delegate(self, act: A.Delegate) -> None:
+        p = act.payload
+        from twin.core.timeutil import parse_ts
+
+        if self.firmware is None:
+            self.link.reply_error(act.unique_id, "NotSupported", "firmware management unavailable")
+            return
+        try:
+            if act.action == "UpdateFirmware":
+                self.firmware.update_firmware(p["location"], parse_ts(p["retrieveDate"]) or self.clock(),
+                                              p.get("retries"), p.get("retryInterval"))
+                self.link.reply(act.unique_id, {})
+            elif act.action == "GetDiagnostics":
+                name = self.firmware.get_diagnostics(p["location"], p.get("retries"), p.get("retryInterval"),
+                                                     parse_ts(p.get("startTime")), parse_ts(p.get("stopTime")))
+                self.link.reply(act.unique_id, {"fileName": name} if name else {})
+        except Exception as e:  # noqa: BLE001
+            log.exception("%s failed", act.action)
+            self.link.reply_error(act.unique_id, "InternalError", str(e)[:200])
+
+    async def _restart(self, kind: str) -> None:
+        log.warning("%s reset: restarting the station", kind)
+        if kind == "Soft":
+            await self.shutdown("SoftReset", graceful=True)
+        else:
+            await self.shutdown("HardReset", graceful=False)
+        self.request_exit(RESTART_EXIT_CODE)
+
+    # ------------------------------------------------------------------ loops
+    async def _timer_loop(self) -> None:
+        while True:
+            deadline = self.station.next_deadline()
+            now = self.clock()
+            wait = 60.0 if deadline is None else max(0.0, min(60.0, (deadline - now).total_seconds()))
+            self.kick.clear()
+            if wait > 0:
+                try:
+                    await asyncio.wait_for(self.kick.wait(), timeout=wait)
+                    continue  # something happened: recompute the deadline
+                except asyncio.TimeoutError:
+                    pass
+            await self._step(self.station.tick)
+            if self.unsaved:
+                async with self.lock:
+                    await self._flush_unsaved()
+
+    async def _meter_loop(self) -> None:
+        timeout = float(getattr(self.cfg, "meter_timeout_s", 3.0))
+        while True:
+            for cid, meter in self.drivers.meters.items():
+                try:
+                    reading = await asyncio.wait_for(meter.read(), timeout)
+                except Exception as e:  # noqa: BLE001 - DriverError, timeout, anything: report, keep going
+                    await self._step(self.station.meter_failed, cid, f"{type(e).__name__}: {e}"[:50])
+                    continue
+                await self._step(self.station.meter_reading, cid, reading)
+            self._check_feedback()
+            await asyncio.sleep(self.meter_poll_s)
+
+    def _check_feedback(self) -> None:
+        """Contactor supervision: the auxiliary contact must follow the coil (weld detection)."""
+        timeout = float(getattr(self.cfg, "feedback_timeout_s", 1.0))
+        for cid, relay in self.drivers.relays.items():
+            fb = relay.feedback()
+            c = self.station.connectors[cid]
+            if fb is None or fb == relay.commanded or c.fault is not None:
+                self.feedback_since.pop(cid, None)
+                continue
+            first = self.feedback_since.setdefault(cid, time.monotonic())
+            if time.monotonic() - first >= timeout:
+                info = "contactor welded" if fb else "contactor did not close"
+                log.critical("connector %s: %s (coil %s, aux contact %s)", cid, info,
+                             "on" if relay.commanded else "off", "closed" if fb else "open",
+                             extra={"connector": cid})
+                self._spawn(self.station.fault, cid, "OtherError", info)
+
+    async def _watchdog_loop(self) -> None:
+        interval = self.notifier.watchdog_interval() if self.notifier else None
+        while True:
+            if interval:
+                self.notifier.watchdog()  # from the event loop itself: a hung loop stops the pings
+            await asyncio.sleep(interval or 3600)
+
+    def _status_text(self) -> str:
+        st = self.station
+        return (f"registration {st.registration}, link {'online' if st.online else 'offline'}, "
+                f"queue {len(st.queue)}")
+
+    def _update_status(self) -> None:
+        text = self._status_text()
+        if text != self.last_status_text and self.notifier:
+            self.last_status_text = text
+            self.notifier.status(text)
+
+    # ------------------------------------------------------------------ control API backend
+    @property
+    def connector_count(self) -> int:
+        return self.cfg.connectors
+
+    def state(self) -> dict:
+        st = self.station
+        snap = st.snapshot()
+        oldest = st.queue.oldest_created_at()
+        if oldest:
+            from twin.core.timeutil import parse_ts
+
+            snap["queue"]["oldestAgeS"] = round((self.clock() - parse_ts(oldest)).total_seconds(), 1)
+        snap["chargePointId"] = self.cfg.charge_point_id
+        snap["firmwareVersion"] = "V" + twin.__version__
+        snap["drivers"] = [r.__dict__ for r in self.drivers.reports] if self.drivers else []
+        snap["warnings"] = [r.warning for r in (self.drivers.reports if self.drivers else []) if r.warning]
+        snap["store"] = {"ok": not self.unsaved, "unsavedBatches": len(self.unsaved)}
+        if self.firmware is not None:
+            snap["firmware"] = {"status": self.firmware.firmware_status,
+                                "diagnostics": self.firmware.diagnostics_status,
+                                "progress": getattr(self.firmware, "progress", {})}
+        if self.link is not None:
+            snap["linkError"] = self.link.last_error
+            snap["csmsUrl"] = self.link.url
+        return snap
+
+    def _conn(self, cid: int) -> int:
+        from twin.control_api import ApiError
+
+        if cid not in self.station.connectors:
+            raise ApiError(404, f"no connector {cid}")
+        return cid
+
+    async def plug(self, connector_id: int) -> dict:
+        await self._step(self.station.plug, self._conn(connector_id))
+        return self.state()
+
+    async def unplug(self, connector_id: int) -> dict:
+        await self._step(self.station.unplug, self._conn(connector_id))
+        return self.state()
+
+    async def rfid(self, id_tag: str) -> dict:
+        await self._step(self.station.tap, id_tag)
+        return self.state()
+
+    async def fault(self, connector_id: int, error_code: str, info: str | None) -> dict:
+        await self._step(self.station.fault, self._conn(connector_id), error_code, info)
+        return self.state()
+
+    async def clear_fault(self, connector_id: int) -> dict:
+        await self._step(self.station.clear_fault, self._conn(connector_id))
+        return self.state()
+
+    async def ev(self, connector_id: int, suspended: bool | None, max_power_w: float | None) -> dict:
+        await self._step(self.station.ev_update, self._conn(connector_id), suspended, max_power_w)
+        return self.state()
+
+    async def network(self, online: bool) -> dict:
+        self.link.set_enabled(online)
+        return {"online": online}
+
+    async def debug_block(self, seconds: float) -> dict:
+        log.warning("debug: blocking the event loop for %.1f s", seconds)
+        time.sleep(seconds)  # deliberately blocking: proves the watchdog pings come from the loop
+        return {"blocked": seconds}
+
+
+class _FirmwareHooks:
+    """The firmware service's view of the station (twin.firmware.service.FirmwareHooks)."""
+
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+
+    async def send_firmware_status(self, status: str) -> None:
+        await self.rt._step(self.rt.station.send_firmware_status, status)
+
+    async def send_diagnostics_status(self, status: str) -> None:
+        await self.rt._step(self.rt.station.send_diagnostics_status, status)
+
+    async def wait_until_idle(self) -> None:
+        st = self.rt.station
+        await self.rt._step(st.set_maintenance, True)
+        while st.active_transactions():
+            await asyncio.sleep(0.5)
+
+    async def restart(self) -> None:
+        await self.rt._restart("Soft")
+
+    def diagnostics_extras(self) -> dict:
+        from twin.config import redacted
+
+        rt = self.rt
+        return {"config": redacted(rt.cfg), "store": rt.store.summary() if rt.store else {},
+                "drivers": [r.__dict__ for r in rt.drivers.reports] if rt.drivers else [],
+                "state": rt.state(), "pid": os.getpid()}
