@@ -86,3 +86,53 @@ class PilotPwm(Protocol):
         """Follow the active limit: duty = A / 0.6 % (IEC 61851-1); None or 0 = no charging (100 % / state F)."""
 
     def close_driver(self) -> None: ...
+
+
+# --- Additions (compatible): configuration errors and contactor faults ---------------------------
+
+
+class DriverConfigError(Exception):
+    """The ``[drivers]`` table is wrong. The message names the key, e.g. ``drivers.relay.pins.1``.
+
+    Deliberately *not* a DriverError: ``auto`` falls back to sim when hardware is missing,
+    but a typo in the config must never be papered over by a silent fallback.
+    """
+
+
+@dataclass(frozen=True)
+class RelayFault:
+    """A contactor whose auxiliary contact disagrees with the coil.
+
+    ``error_code`` is the OCPP 1.6 ChargePointErrorCode the station reports in
+    StatusNotification (spec 7.6: PowerSwitchFailure = "failure to control power switch");
+    ``info`` fits StatusNotification.info (CiString50).
+    """
+
+    connector_id: int
+    kind: str  # "welded" (aux closed, coil off) | "failed_to_close" (aux open, coil on)
+    info: str
+    error_code: str = "PowerSwitchFailure"
+    vendor_error_code: str | None = None
+
+
+@dataclass
+class BuildContext:
+    """What a backend factory gets besides its ``[drivers.<kind>]`` table.
+
+    A backend factory (the value of an ``ocpp_twin.drivers`` entry point named
+    ``<kind>.<backend>``) is ``async def factory(table: dict, connectors: list[int],
+    ctx: BuildContext) -> dict[int, driver]``. It returns one driver per connector id
+    (the same object under several ids for a shared device); the reader kind is called
+    with ``connectors == [0]`` and returns ``{0: reader}``. It raises DriverError when
+    the hardware or its library is missing (``auto`` then falls back to sim) and
+    DriverConfigError for a bad table. An optional ``config_keys`` attribute (a set of
+    key names) lets the registry reject typos in that backend's table.
+    """
+
+    power_sources: dict[int, Callable[[], float]] = field(default_factory=dict)
+    soc_sources: dict[int, Callable[[], float | None]] = field(default_factory=dict)
+    # Import register to start the simulated meters from (the runtime restores it from the store).
+    initial_energy_wh: dict[int, float] = field(default_factory=dict)
+    # gpiozero pin factory to inject (tests: MockFactory; a lab: remote pigpio). None = gpiozero's default.
+    pin_factory: object | None = None
+    probe: bool = False  # building for `twin drivers --probe`: do one real read, don't keep state
