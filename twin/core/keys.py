@@ -382,7 +382,11 @@ class ConfigKeys:
             names = list(self._defs)
             unknown: list[str] = []
         else:
-            wanted = list(dict.fromkeys(keys))
+            # Repeats (in any letter case: CiString) count once.
+            first: dict[str, str] = {}
+            for key in keys:
+                first.setdefault(key.lower(), key)
+            wanted = list(first.values())
             maximum = self.get_int("GetConfigurationMaxKeys")
             if len(wanted) > maximum:
                 raise TooManyKeys(len(wanted), maximum)
@@ -391,7 +395,7 @@ class ConfigKeys:
                 canonical = self._canon.get(key.lower())
                 if canonical is None:
                     unknown.append(key)
-                elif canonical not in names:
+                else:
                     names.append(canonical)
         entries = [{"key": n, "readonly": self._defs[n].readonly, "value": self._values[n]} for n in names]
         return {"configurationKey": entries, "unknownKey": unknown}
