@@ -48,6 +48,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "KINDS",
     "build_drivers",
+    "describe",
     "list_backends",
     "probe",
 ]
@@ -285,7 +286,8 @@ def _label(kind: str, ids: list[int]) -> str:
     return "reader" if kind == "reader" else "connectors " + ", ".join(map(str, ids))
 
 
-async def _resolve(kind: str, raw: Any, connectors: int, ctx: BuildContext, *, force_sim: bool, probing: bool) -> _Resolved:
+def _selection(kind: str, raw: Any) -> tuple[KindTable, str, str, bool]:
+    """Validate ``[drivers.<kind>]`` and return (table, requested, backend to try, strict)."""
     table = KindTable(kind, raw)
     requested = table.get_str("backend", "sim")
     assert requested is not None
@@ -296,6 +298,11 @@ async def _resolve(kind: str, raw: Any, connectors: int, ctx: BuildContext, *, f
     allowed = _allowed_keys(kind, backend)
     if allowed is not None:
         table.check_keys(allowed)
+    return table, requested, backend, strict
+
+
+async def _resolve(kind: str, raw: Any, connectors: int, ctx: BuildContext, *, force_sim: bool, probing: bool) -> _Resolved:
+    table, requested, backend, strict = _selection(kind, raw)
     ids = _target_ids(kind, connectors)
     label = _label(kind, ids)
 
@@ -349,16 +356,19 @@ async def build_drivers(
     power_sources: dict[int, Callable[[], float]],
     soc_sources: dict[int, Callable[[], float | None]],
     force_sim: bool = False,
-    initial_energy_wh: dict[int, float] | None = None,
+    energy_floors: dict[int, float] | None = None,
     pin_factory: object | None = None,
 ) -> DriverSet:
     """Build every driver from the ``[drivers]`` table. Raises DriverConfigError or (strict) DriverError.
 
+    ``energy_floors``: per connector, the last import register the station stored; the
+    simulated meters start from it so the register never goes backwards across restarts.
+    ``pin_factory``: a gpiozero pin factory to inject (tests use MockFactory).
     On any error the drivers already built are released again (their contactors opened).
     """
     cfg = _check_cfg(cfg, connectors)
     ctx = BuildContext(power_sources=dict(power_sources), soc_sources=dict(soc_sources),
-                       initial_energy_wh=dict(initial_energy_wh or {}), pin_factory=pin_factory)
+                       initial_energy_wh=dict(energy_floors or {}), pin_factory=pin_factory)
     built: dict[str, _Resolved] = {}
     try:
         for kind in KINDS:
@@ -393,6 +403,26 @@ async def _release(built: Mapping[str, _Resolved]) -> None:
                         await out
                 except Exception as exc:
                     log.error("releasing %s driver failed: %s", kind, exc)
+
+
+def describe(cfg: dict, connectors: int) -> list[DriverReport]:
+    """`twin drivers` without --probe: what each driver is configured to resolve to.
+
+    Touches no hardware, so for ``auto``/named backends it says what will be tried; only
+    ``probe()`` or a real start knows whether the device is there.
+    """
+    cfg = _check_cfg(cfg, connectors)
+    reports = []
+    for kind in KINDS:
+        table, requested, backend, strict = _selection(kind, cfg.get(kind))
+        label = _label(kind, _target_ids(kind, connectors))
+        if requested == "sim":
+            reports.append(DriverReport(kind, label, requested, "sim", "configured: simulated", None))
+            continue
+        then = "refuses to start" if strict else "falls back to sim with a WARNING"
+        reports.append(DriverReport(kind, label, requested, backend,
+                                    f"tries {backend} at start; if unavailable it {then} (check with --probe)", None))
+    return reports
 
 
 async def probe(cfg: dict, connectors: int, *, pin_factory: object | None = None) -> list[DriverReport]:
