@@ -1,0 +1,629 @@
+"""The durable SQLite store: a dumb map the core writes through ``Persist(ops)``.
+
+Contract (docs/architecture.md, "Store"): the core owns the data shapes and assigns
+the ids; the runtime awaits ``store.apply(ops)`` *before* it executes the actions
+that follow (the contactor closes only once the transaction and its
+StartTransaction are on disk). One ``apply`` is one SQLite transaction.
+
+Why these settings (issue 3, "Crash and power loss"):
+
+* ``journal_mode=WAL`` + ``synchronous=FULL``: a commit returns only after the WAL
+  frames are fsync'ed, so an acknowledged batch survives kill -9 *and* power loss,
+  and readers (``twin queue`` via :meth:`Store.snapshot`) never block the writer.
+* ``BEGIN IMMEDIATE``: the write lock is taken up front, so a batch never fails
+  half-way on a lock upgrade.
+* Every op is idempotent (upserts, deletes of what may already be gone): a batch
+  whose COMMIT reported an I/O error may in fact have reached the WAL, and the
+  caller retries it — the retry must not fail or double anything.
+* A file that is not a healthy ocpp-twin store (random bytes, truncated, another
+  application's database, a newer schema) is refused with a :class:`StoreError`
+  and left byte-identical: it may be the only copy of unsent transactions, so we
+  refuse, never "repair" by recreating it.
+
+All blocking SQLite calls run in one dedicated worker thread that owns the
+connection; ``apply`` calls run in submission order (a single-thread executor is a
+FIFO queue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import quote
+
+# "OCPT": PRAGMA application_id marks the file as ours, so pointing the data dir at
+# some other SQLite database is refused instead of being written into.
+APPLICATION_ID = 0x4F435054
+SCHEMA_VERSION = 1
+
+# MIGRATIONS[v] brings a store from version v-1 to v. Each step runs in its own
+# transaction together with the PRAGMA user_version bump, so a crash mid-migration
+# leaves the previous version intact. Append only: never edit a released step.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        f"PRAGMA application_id = {APPLICATION_ID}",
+        # Keys keep their Python type (no column affinity): the core may key a
+        # namespace by connector id (int) or by idTag (str).
+        "CREATE TABLE kv (ns TEXT NOT NULL, key NOT NULL, value TEXT NOT NULL,"
+        " PRIMARY KEY (ns, key)) WITHOUT ROWID",
+        "CREATE TABLE transactions (local_id PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID",
+        "CREATE TABLE queue (seq INTEGER PRIMARY KEY, entry TEXT NOT NULL)",
+        "CREATE TABLE discarded (seq INTEGER PRIMARY KEY, entry TEXT NOT NULL,"
+        " reason TEXT NOT NULL, discarded_at TEXT NOT NULL)",
+    ),
+}
+
+_SQL_KV_PUT = "INSERT INTO kv (ns, key, value) VALUES (?, ?, ?) ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value"
+_SQL_KV_DEL = "DELETE FROM kv WHERE ns = ? AND key = ?"
+_SQL_KV_CLEAR = "DELETE FROM kv WHERE ns = ?"
+_SQL_TX_PUT = "INSERT INTO transactions (local_id, record) VALUES (?, ?) ON CONFLICT (local_id) DO UPDATE SET record = excluded.record"
+_SQL_Q_PUT = "INSERT INTO queue (seq, entry) VALUES (?, ?) ON CONFLICT (seq) DO UPDATE SET entry = excluded.entry"
+_SQL_Q_DEL = "DELETE FROM queue WHERE seq = ?"
+# q_discard = these two statements. A seq no longer queued (already discarded by a
+# batch that is being retried) moves nothing: the op stays idempotent.
+_SQL_Q_DISCARD_COPY = (
+    "INSERT OR REPLACE INTO discarded (seq, entry, reason, discarded_at)"
+    " SELECT seq, entry, ?, ? FROM queue WHERE seq = ?"
+)
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked; the message names the file and the problem.
+
+    ``retryable`` is True when the same call may succeed later (disk full, I/O error,
+    database busy) and False when retrying cannot help (bad ops, corrupted or foreign
+    file, newer schema, closed store).
+    """
+
+    def __init__(self, message: str, *, path: Path | None = None, retryable: bool = False):
+        super().__init__(message)
+        self.path = path
+        self.retryable = retryable
+
+
+class BadOpsError(StoreError):
+    """A batch was refused before touching the database: an op is malformed."""
+
+
+def _utc_now_text() -> str:
+    # The store is an adapter (not the pure core), so it may read the clock: only to
+    # stamp discarded_at when the core did not pass one.
+    now = datetime.now(timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+# ---------------------------------------------------------------------------
+# Turning ops into statements (runs in the caller's thread: pure, no SQLite)
+# ---------------------------------------------------------------------------
+
+def _json(value: Any, what: str) -> str:
+    try:
+        # allow_nan=False: NaN/Infinity are not JSON and would not round-trip to a CSMS.
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} is not JSON-serialisable ({exc})") from None
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what} must be a non-empty str, got {value!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid UTF-8 text: {value!r}") from None
+    return value
+
+
+def _int64(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not _INT64[0] <= value <= _INT64[1]:
+        raise ValueError(f"{what} must be a 64-bit int, got {value!r}")
+    return value
+
+
+def _key(value: Any, what: str) -> int | str:
+    if isinstance(value, str):
+        return _text(value, what)
+    return _int64(value, f"{what} (str or int)")
+
+
+def _dict(value: Any, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a dict, got {type(value).__name__}")
+    return value
+
+
+# A compiled op: SQL statements with their parameters, plus how to update the
+# in-memory counters behind summary() once the batch is committed.
+_Stmt = tuple[str, tuple]
+_Effect = tuple[str, Any, Any]
+
+
+def _compile_op(op: Any) -> tuple[list[_Stmt], _Effect | None]:
+    if not isinstance(op, (tuple, list)) or not op:
+        raise ValueError(f"op must be a tuple like ('q_put', seq, entry), got {op!r}")
+    name, args = op[0], tuple(op[1:])
+
+    def arity(*allowed: int) -> None:
+        if len(args) not in allowed:
+            want = " or ".join(str(n) for n in allowed)
+            raise ValueError(f"{name!r} takes {want} argument(s), got {len(args)}")
+
+    if name == "kv_put":
+        arity(3)
+        ns, key = _text(args[0], "namespace"), _key(args[1], "key")
+        return [(_SQL_KV_PUT, (ns, key, _json(args[2], "value")))], None
+    if name == "kv_del":
+        arity(2)
+        return [(_SQL_KV_DEL, (_text(args[0], "namespace"), _key(args[1], "key")))], None
+    if name == "kv_clear":
+        arity(1)
+        return [(_SQL_KV_CLEAR, (_text(args[0], "namespace"),))], None
+    if name == "tx_put":
+        arity(2)
+        local_id = _key(args[0], "local_id")
+        record = _json(_dict(args[1], "record"), "record")
+        return [(_SQL_TX_PUT, (local_id, record))], ("tx", local_id, None)
+    if name == "q_put":
+        arity(2)
+        seq = _int64(args[0], "seq")
+        entry = _dict(args[1], "entry")
+        return [(_SQL_Q_PUT, (seq, _json(entry, "entry")))], ("q_put", seq, entry.get("created_at"))
+    if name == "q_del":
+        arity(1)
+        seq = _int64(args[0], "seq")
+        return [(_SQL_Q_DEL, (seq,))], ("q_del", seq, None)
+    if name == "q_discard":
+        # Optional 4th element: discarded_at, for a core that wants its own `now`.
+        arity(2, 3)
+        seq = _int64(args[0], "seq")
+        reason = _text(args[1], "reason")
+        at = _text(args[2], "discarded_at") if len(args) == 3 else _utc_now_text()
+        return [(_SQL_Q_DISCARD_COPY, (reason, at, seq)), (_SQL_Q_DEL, (seq,))], ("q_discard", seq, None)
+    raise ValueError(f"unknown op {name!r} (known: kv_put kv_del kv_clear tx_put q_put q_del q_discard)")
+
+
+def _compile(path: Path, ops: Any) -> tuple[list[_Stmt], list[_Effect]]:
+    if not isinstance(ops, (list, tuple)):
+        raise BadOpsError(f"{path}: ops must be a list of tuples, got {type(ops).__name__}", path=path)
+    stmts: list[_Stmt] = []
+    effects: list[_Effect] = []
+    for index, op in enumerate(ops):
+        try:
+            op_stmts, effect = _compile_op(op)
+        except ValueError as exc:
+            shown = repr(op)
+            shown = shown if len(shown) <= 120 else shown[:117] + "..."
+            raise BadOpsError(
+                f"{path}: batch refused, nothing written: op #{index} {shown}: {exc}", path=path
+            ) from None
+        stmts.extend(op_stmts)
+        if effect is not None:
+            effects.append(effect)
+    return stmts, effects
+
+
+# ---------------------------------------------------------------------------
+# SQLite helpers shared by the worker connection and snapshot()
+# ---------------------------------------------------------------------------
+
+_TRANSIENT = {"SQLITE_FULL", "SQLITE_IOERR", "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_NOMEM", "SQLITE_CANTOPEN", "SQLITE_PROTOCOL"}
+_CORRUPT = {"SQLITE_NOTADB", "SQLITE_CORRUPT"}
+
+
+def _errname(exc: BaseException) -> str:
+    return getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+
+
+def _primary(errname: str) -> str:
+    # SQLITE_IOERR_WRITE -> SQLITE_IOERR, SQLITE_CORRUPT_VTAB -> SQLITE_CORRUPT ...
+    for base in _TRANSIENT | _CORRUPT | {"SQLITE_READONLY"}:
+        if errname == base or errname.startswith(base + "_"):
+            return base
+    return errname
+
+
+def _refusal(path: Path, problem: str) -> StoreError:
+    return StoreError(
+        f"{path}: {problem}; refusing to open it. The file was left untouched (it may hold "
+        "unsent transactions): move it aside to start with an empty store, or restore a backup.",
+        path=path,
+    )
+
+
+def _read_error(path: Path, exc: sqlite3.Error) -> StoreError:
+    name = _errname(exc)
+    if _primary(name) in _CORRUPT:
+        return _refusal(path, f"not a valid SQLite database, or corrupted ({exc})")
+    return StoreError(f"{path}: cannot read: {exc} ({name})", path=path, retryable=True)
+
+
+def _check_identity(conn: sqlite3.Connection, path: Path) -> int:
+    """Return the schema version of the store at ``conn``; refuse foreign or newer files."""
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")]
+    if app_id == 0 and version == 0 and not tables:
+        return 0  # an empty SQLite file: a brand-new store
+    if app_id != APPLICATION_ID:
+        raise _refusal(path, f"not an ocpp-twin store (application_id={app_id:#x}, tables: {', '.join(tables) or 'none'})")
+    if version > SCHEMA_VERSION:
+        raise _refusal(
+            path,
+            f"written by a newer ocpp-twin (schema version {version}; this version reads up to "
+            f"{SCHEMA_VERSION}) — upgrade ocpp-twin instead",
+        )
+    return version
+
+
+def _loads(text: str, where: str, path: Path) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"{path}: corrupted row in {where}: {exc}", path=path) from None
+
+
+def _read_all(conn: sqlite3.Connection, path: Path) -> dict:
+    """Everything in the store, in the shape of Store.load(); one read transaction."""
+    conn.execute("BEGIN")
+    try:
+        kv: dict[str, dict] = {}
+        for ns, key, value in conn.execute("SELECT ns, key, value FROM kv ORDER BY ns, key"):
+            kv.setdefault(ns, {})[key] = _loads(value, f"kv {ns}/{key}", path)
+        transactions = {
+            local_id: _loads(record, f"transactions {local_id!r}", path)
+            for local_id, record in conn.execute("SELECT local_id, record FROM transactions")
+        }
+        queue = [
+            {**_loads(entry, f"queue seq {seq}", path), "seq": seq}
+            for seq, entry in conn.execute("SELECT seq, entry FROM queue ORDER BY seq")
+        ]
+        discarded = [
+            {**_loads(entry, f"discarded seq {seq}", path), "seq": seq, "reason": reason, "discarded_at": at}
+            for seq, entry, reason, at in conn.execute(
+                "SELECT seq, entry, reason, discarded_at FROM discarded ORDER BY seq"
+            )
+        ]
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")
+    return {"kv": kv, "transactions": transactions, "queue": queue, "discarded": discarded}
+
+
+def _empty() -> dict:
+    return {"kv": {}, "transactions": {}, "queue": [], "discarded": []}
+
+
+def _fsync_dir(directory: Path) -> None:
+    # A new file is durable only once its directory entry is: without this, a power
+    # cut right after the first commit could lose the whole database file.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _wal(path: Path) -> Path:
+    return Path(str(path) + "-wal")
+
+
+def _ro_uri(path: Path, *, immutable: bool = False) -> str:
+    # immutable=1 reads the main file alone and creates no -wal/-shm beside it; it is
+    # only right when no -wal exists (otherwise committed data may sit in the WAL).
+    return "file:" + quote(str(path.absolute())) + ("?mode=ro&immutable=1" if immutable else "?mode=ro")
+
+
+def _validate_existing(path: Path) -> None:
+    """Check an existing file read-only (mode=ro never writes, checkpoints or repairs).
+
+    Without a -wal beside it (clean shutdown, or a file that is not ours at all) the
+    check opens it immutable, so a refused file does not even gain sidecar files.
+    """
+    try:
+        conn = sqlite3.connect(_ro_uri(path, immutable=not _wal(path).exists()), uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise _read_error(path, exc) from None
+    try:
+        _check_identity(conn, path)
+        # quick_check reads every page: it catches truncation and torn pages now, at
+        # startup, rather than as a failed apply() in the middle of a transaction.
+        problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise _refusal(path, "corrupted (integrity check: " + "; ".join(problems) + ")")
+    except sqlite3.Error as exc:
+        raise _read_error(path, exc) from None
+    finally:
+        conn.close()
+
+
+def _open_snapshot_connection(path: Path) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(_ro_uri(path), uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise _read_error(path, exc) from None
+    try:
+        conn.execute("PRAGMA schema_version").fetchone()  # the first read really opens the file
+        return conn
+    except sqlite3.Error as exc:
+        conn.close()
+        # mode=ro still has to create -shm/-wal when the station is stopped. A user who
+        # cannot write the data dir can read a cleanly closed store (no -wal: all of it
+        # is in the main file) as immutable instead.
+        if _wal(path).exists() or _primary(_errname(exc)) not in {"SQLITE_CANTOPEN", "SQLITE_READONLY"}:
+            raise _read_error(path, exc) from None
+    return sqlite3.connect(_ro_uri(path, immutable=True), uri=True, isolation_level=None)
+
+
+# ---------------------------------------------------------------------------
+# The store
+# ---------------------------------------------------------------------------
+
+class Store:
+    """Durable store; create with ``await Store.open(path)``."""
+
+    def __init__(self, path: Path, executor: ThreadPoolExecutor):
+        self.path = path
+        self._executor = executor
+        self._conn: sqlite3.Connection | None = None  # touched only in the worker thread
+        self._closed = False
+        self._schema_version = 0
+        # Mirrors for summary(), which is synchronous and must not touch SQLite from
+        # the event loop. Written by the worker after each commit, under the lock.
+        self._lock = threading.Lock()
+        self._queue_created: dict[int, Any] = {}
+        self._tx_ids: set = set()
+        self._discarded = 0
+        self._applies = 0
+        self._failures = 0
+        self._last_error: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: Path) -> "Store":
+        path = Path(path)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="twin-store")
+        store = cls(path, executor)
+        try:
+            await store._run(store._open_sync)
+        except BaseException:
+            await store._run(store._close_sync)
+            executor.shutdown(wait=False)
+            raise
+        return store
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._run(self._close_sync)
+        finally:
+            self._executor.shutdown(wait=False)
+
+    def _open_sync(self) -> None:
+        path = self.path
+        if path.is_dir():
+            raise StoreError(f"{path}: is a directory, not a store file", path=path)
+        directory = path.parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot create directory {directory}: {exc.strerror or exc}", path=path) from None
+        # SQLite in WAL mode creates <file>-wal and <file>-shm beside the database, so
+        # the directory itself must be writable, not only the file.
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise StoreError(f"{path}: directory {directory} is not writable (read-only filesystem or permissions)", path=path)
+        exists = path.exists()
+        if not exists and _wal(path).exists() and _wal(path).stat().st_size > 0:
+            # SQLite would replay this WAL into a fresh file: refuse rather than resurrect
+            # half a database; the WAL may be all that is left of unsent transactions.
+            raise StoreError(
+                f"{path}: the database file is missing but {_wal(path).name} is there; refusing to "
+                "start an empty store over it (restore the database file, or move the WAL aside)",
+                path=path,
+            )
+        if exists and not os.access(path, os.R_OK | os.W_OK):
+            raise StoreError(f"{path}: file is not readable and writable by this user", path=path)
+        if exists and path.stat().st_size > 0:
+            _validate_existing(path)
+        try:
+            conn = sqlite3.connect(str(path), isolation_level=None, cached_statements=64)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: cannot open: {exc} ({_errname(exc)})", path=path) from None
+        self._conn = conn
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise StoreError(f"{path}: the filesystem does not support WAL mode (journal_mode={mode})", path=path)
+            conn.execute("PRAGMA synchronous = FULL")
+            # A reader (twin queue) never blocks a WAL writer; this only covers the
+            # brief exclusive moments of WAL recovery by another process.
+            conn.execute("PRAGMA busy_timeout = 5000")
+            self._migrate(conn)
+            if not exists:
+                _fsync_dir(directory)
+            self._init_mirrors(conn)
+        except sqlite3.Error as exc:
+            raise self._error(exc, "open") from None
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        while True:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = _check_identity(conn, self.path)
+                if version == SCHEMA_VERSION:
+                    conn.execute("COMMIT")
+                    break
+                for statement in MIGRATIONS[version + 1]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {version + 1}")
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        self._schema_version = SCHEMA_VERSION
+
+    def _init_mirrors(self, conn: sqlite3.Connection) -> None:
+        queue = {}
+        for seq, entry in conn.execute("SELECT seq, entry FROM queue ORDER BY seq"):
+            value = _loads(entry, f"queue seq {seq}", self.path)
+            queue[seq] = value.get("created_at") if isinstance(value, dict) else None
+        tx_ids = {r[0] for r in conn.execute("SELECT local_id FROM transactions")}
+        discarded = conn.execute("SELECT count(*) FROM discarded").fetchone()[0]
+        with self._lock:
+            self._queue_created, self._tx_ids, self._discarded = queue, tx_ids, discarded
+
+    def _close_sync(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()  # the last connection checkpoints the WAL into the main file
+
+    # -- the worker thread ---------------------------------------------------
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> "asyncio.Future[Any]":
+        # Submitted synchronously, so calls execute in the order they were made.
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _error(self, exc: BaseException, doing: str) -> StoreError:
+        name = _errname(exc)
+        base = _primary(name)
+        if base == "SQLITE_FULL":
+            text = "disk full"
+        elif base == "SQLITE_IOERR":
+            text = "I/O error"
+        elif base in _CORRUPT:
+            text = "database corrupted"
+        elif base == "SQLITE_READONLY":
+            text = "database is read-only"
+        else:
+            text = "SQLite error"
+        return StoreError(
+            f"{self.path}: {text} during {doing} ({name}: {exc})", path=self.path, retryable=base in _TRANSIENT
+        )
+
+    def _apply_sync(self, stmts: list[_Stmt], effects: list[_Effect], count: int) -> None:
+        conn = self._conn
+        if conn is None:
+            raise StoreError(f"{self.path}: store is closed", path=self.path)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for sql, params in stmts:
+                conn.execute(sql, params)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # SQLite rolls back by itself after some errors (SQLITE_FULL, IOERR...);
+            # otherwise do it here, so the connection is clean for the retry.
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            error = self._error(exc, f"apply of {count} op(s); rolled back, nothing written")
+            with self._lock:
+                self._failures += 1
+                self._last_error = str(error)
+            raise error from None
+        with self._lock:
+            self._applies += 1
+            self._last_error = None
+            for kind, key, created_at in effects:
+                if kind == "q_put":
+                    self._queue_created[key] = created_at
+                elif kind == "q_del":
+                    self._queue_created.pop(key, None)
+                elif kind == "q_discard":
+                    if self._queue_created.pop(key, _MISSING) is not _MISSING:
+                        self._discarded += 1
+                else:
+                    self._tx_ids.add(key)
+
+    def _load_sync(self) -> dict:
+        if self._conn is None:
+            raise StoreError(f"{self.path}: store is closed", path=self.path)
+        try:
+            return _read_all(self._conn, self.path)
+        except sqlite3.Error as exc:
+            raise self._error(exc, "load") from None
+
+    # -- public API ------------------------------------------------------------
+
+    async def apply(self, ops: list[tuple]) -> None:
+        """Apply ``ops`` atomically in one SQLite transaction; durable when this returns.
+
+        Raises :class:`BadOpsError` (nothing written) for a malformed op, and
+        :class:`StoreError` with ``retryable=True`` for disk full / I/O errors, after
+        which nothing of the batch is applied: keep the ops and call again later.
+        Every op is idempotent, so re-applying a batch is always safe.
+        """
+        if self._closed:
+            raise StoreError(f"{self.path}: store is closed", path=self.path)
+        stmts, effects = _compile(self.path, ops)
+        if not stmts:
+            return
+        await self._run(self._apply_sync, stmts, effects, len(ops))
+
+    async def load(self) -> dict:
+        """``{"kv": {ns: {key: value}}, "transactions": {local_id: record},
+        "queue": [entry + {"seq"}] by seq, "discarded": [entry + {"seq", "reason", "discarded_at"}]}``."""
+        if self._closed:
+            raise StoreError(f"{self.path}: store is closed", path=self.path)
+        return await self._run(self._load_sync)
+
+    @staticmethod
+    def snapshot(path: Path) -> dict:
+        """Read the store at ``path`` without a running Store (for ``twin queue``).
+
+        Synchronous and read-only (SQLite ``mode=ro``): safe while the station runs,
+        since a WAL reader sees the last committed state and never blocks the writer.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise StoreError(f"{path}: no store file here (has the station run with this data dir?)", path=path)
+        if path.stat().st_size == 0:
+            return _empty()
+        conn = _open_snapshot_connection(path)
+        try:
+            if _check_identity(conn, path) == 0:
+                return _empty()
+            return _read_all(conn, path)
+        except sqlite3.Error as exc:
+            raise _read_error(path, exc) from None
+        finally:
+            conn.close()
+
+    def summary(self) -> dict:
+        """Counts for diagnostics and ``GET /api/state``; cheap, never touches SQLite.
+
+        ``queue_oldest_*`` describe the head of the queue (lowest seq: the message
+        waiting longest), not the smallest ``created_at`` — a Pi without RTC may have
+        stamped early entries before NTP set the clock.
+        """
+        with self._lock:
+            head = min(self._queue_created) if self._queue_created else None
+            return {
+                "path": str(self.path),
+                "schema_version": self._schema_version,
+                "open": not self._closed,
+                "queue_length": len(self._queue_created),
+                "queue_oldest_seq": head,
+                "queue_oldest_created_at": self._queue_created[head] if head is not None else None,
+                "transactions": len(self._tx_ids),
+                "discarded": self._discarded,
+                "applies": self._applies,
+                "apply_failures": self._failures,
+                "last_error": self._last_error,
+            }
+
+
+_MISSING = object()
