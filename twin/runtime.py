@@ -91,7 +91,7 @@ class Runtime:
             cfg.drivers or {}, cfg.connectors,
             power_sources={cid: (lambda cid=cid: self.station.ev_power_w(cid)) for cid in st.connectors},
             soc_sources={cid: (lambda cid=cid: self.station.ev_soc(cid)) for cid in st.connectors},
-            energy_floors=floors, force_sim=bool(getattr(cfg, "sim", False)))
+            energy_floors=floors, force_sim=bool(getattr(cfg, "force_sim", False)))
         await self._start_inputs()
         await self._start_firmware(data_dir)
         # Boot: interrupted transactions are stopped (PowerLoss / HardReset) and queued.

@@ -397,8 +397,8 @@ class Station:
         self._now_hint = now
         self._refresh_limits(now)
         acts = self._outputs()
-        acts += self._report_statuses(now)
         acts += self._pump(now)
+        acts += self._report_statuses(now)
         return acts
 
     # ------------------------------------------------------------------ status notifications
