@@ -57,7 +57,8 @@ DEFAULT_IDENTITY = {"chargePointVendor": "XJ Power Co., Ltd.", "chargePointModel
 # profile 1, where ':' is forbidden): RFC 3986 unreserved characters only, 1..48
 # (the OCPP 1.6 security whitepaper's identity length).
 CHARGE_POINT_ID_RE = re.compile(r"[A-Za-z0-9._~-]{1,48}")
-HOSTNAME_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOSTNAME_RE = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
 
 # What a credential looks like in a dotted key, for redacted(). "key" alone would hit
 # "keys" (the OCPP table) and "max_length_key"; match it as a whole word part instead.
@@ -118,7 +119,7 @@ class StationConfig:
 class _Reader:
     """Takes values out of one table, checking types; remembers the file for errors."""
 
-    def __init__(self, file: str | Path | None, prefix: str, table: Mapping[str, Any]):
+    def __init__(self, file: Path | None, prefix: str, table: Mapping[str, Any]):
         self.file, self.prefix, self.table = file, prefix, dict(table)
         self.known: list[str] = []
 
@@ -150,7 +151,8 @@ class _Reader:
 
 
 def _type_names(types: type | tuple[type, ...]) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", dict: "a table", list: "an array"}
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+             dict: "a table", list: "an array"}
     types = types if isinstance(types, tuple) else (types,)
     if types == (int, float):
         return "a number"
@@ -252,7 +254,8 @@ def _key_value(reader: _Reader, name: str, value: Any) -> str:
 # ---------------------------------------------------------------------------- loading
 
 SECTIONS = ("station", "csms", "control", "identity", "keys", "ev", "drivers", "firmware")
-CLI_FLAGS = {"csms_url": "--csms", "charge_point_id": "--id", "data_dir": "--data-dir", "control": "--control", "sim": "--sim"}
+CLI_FLAGS = {"csms_url": "--csms", "charge_point_id": "--id", "data_dir": "--data-dir",
+             "control": "--control", "sim": "--sim"}
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -376,7 +379,8 @@ def _load_identity(cfg: StationConfig, t: _Reader) -> None:
         if value is None:
             continue
         if not value or len(value) > max_len:
-            raise t.error(name, f"must be 1 to {max_len} characters (BootNotification CiString{max_len}), got {len(value)}")
+            raise t.error(name, f"must be 1 to {max_len} characters (BootNotification CiString{max_len}), "
+                                f"got {len(value)}")
         identity[name] = value
     if "firmwareVersion" in t.table:
         raise t.error("firmwareVersion", "not configurable: the station reports its own version (twin.__version__)")
