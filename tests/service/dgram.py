@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -49,6 +50,12 @@ class DatagramSink:
 
     def recv_text(self, timeout: float = 5.0) -> str:
         return self.recv(timeout).decode("utf-8")
+
+    async def arecv_text(self, timeout: float) -> str:
+        """One datagram, awaited on the running event loop (for tests that also run a server)."""
+        self._sock.setblocking(False)
+        data = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(self._sock, 1 << 20), timeout)
+        return data.decode("utf-8")
 
     def pending(self) -> list[bytes]:
         """Every datagram already queued, without waiting."""
