@@ -290,6 +290,7 @@ def test_read_only_key_is_rejected():
         ("ConnectorPhaseRotation", "RST"),
         ("ConnectorPhaseRotation", "A.RST"),
         ("ConnectorPhaseRotation", "1.RST,1.RST"),
+        ("ConnectorPhaseRotation", "1.RST,01.TSR"),  # one rotation per connector
         ("ConnectorPhaseRotation", "0.RST,1.RST,2.RST,3.RST"),  # 4 > ConnectorPhaseRotationMaxLength 3
         ("StopTransactionMaxMeterValues", "x"),
         ("MeterValuesSampledData", "x" * 501),

@@ -252,25 +252,29 @@ def _check_items(defn: KeyDef, items: list[str]) -> list[str]:
     for item in items:
         if not item:
             raise ValueError("empty item in the list")
+        identity = item
         if defn.name == "ConnectorPhaseRotation":
-            _check_phase_rotation(item)
+            identity = _phase_rotation_connector(item)
         elif defn.allowed is not None and item not in defn.allowed:
             if defn.allowed is SUPPORTED_MEASURANDS:
                 # SPEC §9.1.15/17 + issue 2: an unsupported measurand is Rejected.
                 raise ValueError(f"measurand {item!r} is not supported (supported: {', '.join(sorted(defn.allowed))})")
             raise ValueError(f"{item!r} is not one of {', '.join(sorted(defn.allowed))}")
-        if item in seen:
-            raise ValueError(f"{item!r} appears twice")
-        seen.add(item)
+        if identity in seen:
+            what = f"connector {identity}" if identity != item else repr(item)
+            raise ValueError(f"{what} appears twice")
+        seen.add(identity)
     return items
 
 
-def _check_phase_rotation(item: str) -> None:
+def _phase_rotation_connector(item: str) -> str:
+    """Check one ConnectorPhaseRotation item; return its connector id (one rotation each)."""
     connector, dot, rotation = item.partition(".")
     if not dot or not (connector.isascii() and connector.isdigit()) or rotation not in PHASE_ROTATIONS:
         raise ValueError(
             f"{item!r} is not <connectorId>.<rotation> with rotation one of {', '.join(sorted(PHASE_ROTATIONS))}"
         )
+    return str(int(connector))
 
 
 def _max_items(defn: KeyDef, values: Mapping[str, str]) -> int | None:
