@@ -365,7 +365,7 @@ async def test_snapshot_reads_a_consistent_state_while_the_store_writes(store: S
     thread.start()
     try:
         # Each batch adds a transaction and its queue entry together and confirms the previous entry.
-        for i in range(300):
+        for i in range(5000):
             await store.apply([("tx_put", i, {"i": i}), ("q_put", i, entry(i))] + ([("q_del", i - 1)] if i else []))
             if i > 50 and len(seen) > 5:
                 break
@@ -384,3 +384,64 @@ async def test_snapshot_reads_a_consistent_state_while_the_store_writes(store: S
 def test_snapshot_of_an_empty_file_is_empty(tmp_path: Path):
     (tmp_path / "twin.db").touch()
     assert Store.snapshot(tmp_path / "twin.db") == {"kv": {}, "transactions": {}, "queue": [], "discarded": []}
+
+
+async def test_paths_with_uri_special_characters_work(tmp_path: Path):
+    path = tmp_path / "data dir?#%&=" / "twin.db"
+    store = await Store.open(path)
+    await store.apply([("q_put", 1, entry(1))])
+    assert [e["seq"] for e in Store.snapshot(path)["queue"]] == [1]
+    await store.close()
+    store = await Store.open(path)  # the read-only check on reopen goes through a URI too
+    await store.close()
+    assert [e["seq"] for e in Store.snapshot(path)["queue"]] == [1]
+
+
+# --- migrations --------------------------------------------------------------------------------
+
+
+async def test_migrations_upgrade_an_existing_store_step_by_step(tmp_path: Path, monkeypatch):
+    import twin.store as store_module
+
+    path = tmp_path / "twin.db"
+    await _filled_store(path)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setitem(store_module.MIGRATIONS, SCHEMA_VERSION + 1, ("CREATE INDEX queue_entry ON queue (entry)",))
+    store = await Store.open(path)
+    try:
+        assert store.summary()["schema_version"] == SCHEMA_VERSION + 1
+        assert len((await store.load())["queue"]) == 400
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as other:
+        assert other.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+        assert other.execute("SELECT name FROM sqlite_schema WHERE name = 'queue_entry'").fetchone()
+    other.close()
+
+
+async def test_a_failing_migration_leaves_the_previous_version_intact(tmp_path: Path, monkeypatch):
+    import twin.store as store_module
+
+    path = tmp_path / "twin.db"
+    await _filled_store(path)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setitem(
+        store_module.MIGRATIONS, SCHEMA_VERSION + 1, ("CREATE INDEX queue_entry ON queue (entry)", "INSERT INTO no_such_table VALUES (1)")
+    )
+    with pytest.raises(StoreError, match="no such table") as info:
+        await Store.open(path)
+    assert str(path) in str(info.value)
+    monkeypatch.undo()
+    with sqlite3.connect(path) as other:
+        assert other.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert other.execute("SELECT name FROM sqlite_schema WHERE name = 'queue_entry'").fetchone() is None
+    other.close()
+    assert len((await reopen_and_load(path))["queue"]) == 400
+
+
+async def reopen_and_load(path: Path) -> dict:
+    store = await Store.open(path)
+    try:
+        return await store.load()
+    finally:
+        await store.close()

@@ -394,7 +394,7 @@ class Store:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="twin-store")
         store = cls(path, executor)
         try:
-            await store._run(store._open_sync)
+            await store._run(store._open_guarded)
         except BaseException:
             await store._run(store._close_sync)
             executor.shutdown(wait=False)
@@ -409,6 +409,12 @@ class Store:
             await self._run(self._close_sync)
         finally:
             self._executor.shutdown(wait=False)
+
+    def _open_guarded(self) -> None:
+        try:
+            self._open_sync()
+        except OSError as exc:  # stat, mkdir, fsync of the directory...
+            raise StoreError(f"{self.path}: cannot open: {exc}", path=self.path, retryable=True) from None
 
     def _open_sync(self) -> None:
         path = self.path
@@ -496,6 +502,8 @@ class Store:
         return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _error(self, exc: BaseException, doing: str) -> StoreError:
+        if not isinstance(exc, sqlite3.Error):
+            return StoreError(f"{self.path}: unexpected error during {doing} ({type(exc).__name__}: {exc})", path=self.path)
         name = _errname(exc)
         base = _primary(name)
         if base == "SQLITE_FULL":
@@ -521,7 +529,7 @@ class Store:
             for sql, params in stmts:
                 conn.execute(sql, params)
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:
             # SQLite rolls back by itself after some errors (SQLITE_FULL, IOERR...);
             # otherwise do it here, so the connection is clean for the retry.
             try:
@@ -564,7 +572,9 @@ class Store:
         Raises :class:`BadOpsError` (nothing written) for a malformed op, and
         :class:`StoreError` with ``retryable=True`` for disk full / I/O errors, after
         which nothing of the batch is applied: keep the ops and call again later.
-        Every op is idempotent, so re-applying a batch is always safe.
+        Every op is idempotent, so re-applying a batch is always safe — which is also
+        the answer for a caller cancelled while awaiting: the batch may or may not have
+        been committed by the worker thread.
         """
         if self._closed:
             raise StoreError(f"{self.path}: store is closed", path=self.path)
@@ -588,10 +598,13 @@ class Store:
         since a WAL reader sees the last committed state and never blocks the writer.
         """
         path = Path(path)
-        if not path.is_file():
-            raise StoreError(f"{path}: no store file here (has the station run with this data dir?)", path=path)
-        if path.stat().st_size == 0:
-            return _empty()
+        try:
+            if not path.is_file():
+                raise StoreError(f"{path}: no store file here (has the station run with this data dir?)", path=path)
+            if path.stat().st_size == 0:
+                return _empty()
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot read: {exc}", path=path) from None
         conn = _open_snapshot_connection(path)
         try:
             if _check_identity(conn, path) == 0:
