@@ -76,12 +76,17 @@ class StationHandle:
             assert result["status"] in ("Accepted", "RebootRequired"), (key, value, result)
 
 
-def station_config(csms: Csms, data_dir: Path, keys: dict | None = None, **overrides):
+def station_config(csms: Csms, data_dir: Path, keys: dict | None = None, **attrs):
+    """A sim-driver station config for ``csms``; ``attrs`` set StationConfig fields (e.g. fixed_cable=False)."""
     from twin.config import load_config
 
     cfg = load_config(None, {"csms_url": csms.url, "charge_point_id": "CP1", "data_dir": data_dir,
-                             "control": "127.0.0.1:0", "sim": True, **overrides})
+                             "control": "127.0.0.1:0", "sim": True})
     cfg.keys.update(keys or {})
+    for name, value in attrs.items():
+        if not hasattr(cfg, name):
+            raise AttributeError(f"StationConfig has no field {name}")
+        setattr(cfg, name, value)
     return cfg
 
 
@@ -92,18 +97,19 @@ async def make_station(csms, tmp_path):
 
     runtimes = []
 
-    async def make(keys: dict | None = None, data_dir: Path | None = None, wait: bool = True, **overrides):
-        cfg = station_config(csms, data_dir or tmp_path / "data", keys, **overrides)
+    async def make(keys: dict | None = None, data_dir: Path | None = None, wait: bool = True, **attrs):
+        cfg = station_config(csms, data_dir or tmp_path / "data", keys, **attrs)
         rt = Runtime(cfg, meter_poll_s=0.2)
+        mark = csms.mark()
         await rt.start()
         runtimes.append(rt)
         handle = StationHandle(rt, csms)
         if wait:
-            await csms.wait_for("BootNotification", timeout=10)
+            await csms.wait_for("BootNotification", timeout=10, after=mark)
             await handle.until(lambda: rt.station.registration == "Accepted", what="registration")
-            n = cfg.connectors
-            for cid in range(n + 1):
-                await csms.wait_for("StatusNotification", {"connectorId": cid}, timeout=10)
+            for cid in range(cfg.connectors + 1):
+                await csms.wait_for("StatusNotification", {"connectorId": cid}, timeout=10, after=mark)
+            csms.mark()
         return handle
 
     try:

@@ -124,7 +124,12 @@ def _key_side_effects(st: "Station", key: str, now: datetime) -> list[Action]:
 
 @handles("GetConfiguration")
 def get_configuration(st: "Station", p: dict, now: datetime) -> Result:
-    return st.keys.get_configuration(p.get("key")), []
+    from twin.core.keys import TooManyKeys
+
+    try:
+        return st.keys.get_configuration(p.get("key")), []
+    except TooManyKeys as e:  # more keys than GetConfigurationMaxKeys
+        raise CallError(e.code, str(e)) from e
 
 
 @handles("ClearCache")
