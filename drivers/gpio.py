@@ -38,7 +38,7 @@ def _make(what: str, key: str, factory: Callable[..., Any], pin: int, **kwargs: 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", gz.PinFactoryFallback)
         try:
-            return factory(pin, **kwargs)
+            dev = factory(pin, **kwargs)
         except gz.BadPinFactory as exc:
             tried = "; ".join(str(w.message) for w in caught if issubclass(w.category, gz.PinFactoryFallback))
             raise DriverError(
@@ -51,6 +51,19 @@ def _make(what: str, key: str, factory: Callable[..., Any], pin: int, **kwargs: 
             raise DriverConfigError(f"{key}: GPIO{pin} is not a valid pin on this board ({exc})") from exc
         except (gz.GPIOZeroError, OSError) as exc:
             raise DriverError(f"{what} on GPIO{pin} ({key}): {type(exc).__name__}: {exc}") from exc
+    if kwargs.get("pin_factory") is None and _is_mock(dev.pin_factory):
+        # GPIOZERO_PIN_FACTORY=mock in the environment: nothing real would switch. An injected
+        # MockFactory (tests) is a deliberate choice; one picked up from the environment on a
+        # station is not, so it counts as "no GPIO" (auto falls back to sim *with* a warning).
+        dev.close()
+        raise DriverError(f"{what} on GPIO{pin} ({key}): GPIOZERO_PIN_FACTORY selects gpiozero's mock pins, no real GPIO")
+    return dev
+
+
+def _is_mock(pin_factory: Any) -> bool:
+    from gpiozero.pins.mock import MockFactory
+
+    return isinstance(pin_factory, MockFactory)
 
 
 def _close_all(devices: list[Any]) -> None:
