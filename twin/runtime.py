@@ -55,6 +55,7 @@ class Runtime:
         self.feedback_since: dict[int, float] = {}
         self.last_status_text = ""
         self.started_monotonic = time.monotonic()
+        self.registered_once = False
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -68,6 +69,8 @@ class Runtime:
         self.store = await Store.open(data_dir / "twin.db")
         state = await self.store.load()
         keys = ConfigKeys(overrides=cfg.keys, stored=state["kv"].get("config", {}))
+        for warning in getattr(keys, "warnings", []):
+            log.warning("configuration key: %s", warning)
         smart = SmartCharging(
             cfg.connectors, max_stack_level=keys.get_int("ChargeProfileMaxStackLevel"),
             max_periods=keys.get_int("ChargingScheduleMaxPeriods"),
@@ -134,7 +137,11 @@ class Runtime:
             return
         from twin.service.logs import log_files
 
-        self.firmware = FirmwareService(data_dir, _FirmwareHooks(self), log_files=lambda: log_files(data_dir))
+        from twin.firmware.settings import FirmwareSettings
+
+        settings = FirmwareSettings.from_table(self.cfg.firmware or {})
+        self.firmware = FirmwareService(data_dir, _FirmwareHooks(self), log_files=lambda: log_files(data_dir),
+                                        charge_point_id=self.cfg.charge_point_id, settings=settings)
         self.station.firmware_status = self.firmware.firmware_status
         self.station.diagnostics_status = self.firmware.diagnostics_status
 
@@ -190,7 +197,24 @@ class Runtime:
             await self._execute(acts or [])
         self.kick.set()
         self._update_status()
+        if not self.registered_once and self.station.registration == "Accepted":
+            self.registered_once = True
+            asyncio.ensure_future(self._after_first_accept())
         return acts
+
+    async def _after_first_accept(self) -> None:
+        """BootNotification Accepted: end a firmware trial, report its outcome, resume jobs."""
+        if self.firmware is None:
+            return
+        from twin.firmware import slots
+
+        data_dir = Path(self.cfg.data_dir)
+        slots.mark_boot_ok(data_dir, twin.__version__)
+        report = slots.pending_report(data_dir)
+        if report:
+            log.info("firmware: reporting %s after the restart", report)
+            await self._step(self.station.send_firmware_status, report)
+        await self.firmware.resume()
 
     async def _execute(self, acts: list) -> None:
         unsafe = False  # a failed Persist: do not close contactors on unrecorded data
