@@ -110,7 +110,8 @@ class TxQueue:
         # and is treated as 1 transmission.
         if entry.attempts >= max(1, max_attempts):
             self.entries.remove(entry)
-            return True, [("q_discard", entry.seq, reason)]
+            # Record the final attempt count first: the discarded copy is kept for diagnostics.
+            return True, [("q_put", entry.seq, entry.to_record()), ("q_discard", entry.seq, reason)]
         entry.next_attempt_at = now + timedelta(seconds=retry_interval * entry.attempts)
         return False, [("q_put", entry.seq, entry.to_record())]
 
