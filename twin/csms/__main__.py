@@ -1,0 +1,5 @@
+import sys
+
+from twin.csms.cli import main
+
+sys.exit(main())
