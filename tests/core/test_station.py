@@ -433,3 +433,12 @@ def _state_from_ops(ops: list[tuple]) -> dict:
             queue.pop(op[1], None)
     state["queue"] = [queue[k] for k in sorted(queue)]
     return state
+
+
+def test_empty_stop_txn_sampled_data_means_no_transaction_data():
+    h = Harness({"MeterValueSampleInterval": "10", "StopTxnSampledData": ""}).boot()
+    h.meter(1, 100)
+    charging(h)
+    h.advance(25)
+    h.tap("TAG1")
+    assert "transactionData" not in h.calls("StopTransaction")[0].payload  # §3.16.5

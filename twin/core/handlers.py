@@ -166,8 +166,13 @@ def remote_start(st: "Station", p: dict, now: datetime) -> Result:
         c = st.connectors[cid]
     if c.tx is not None or c.fault is not None or st.station_fault or not st._operative(c):
         return rejected  # TC_026
-    if c.pending is not None and c.pending.id_tag != id_tag:
-        return rejected
+    if c.pending is not None:
+        if c.pending.id_tag != id_tag:
+            return rejected
+        # The same identifier is already authorized and waiting for the cable: a repeated
+        # request only restarts ConnectionTimeOut (no second Authorize).
+        c.pending.deadline = now + timedelta(seconds=st._key_int("ConnectionTimeOut", 60))
+        return {"status": "Accepted"}, []
     res = st._reserved_for(c)
     if res is not None and res.admits(id_tag, None) is False:
         return rejected

@@ -834,8 +834,9 @@ class Station:
         payload = {"connectorId": c.id, "idTag": id_tag, "meterStart": tx["meter_start"], "timestamp": ts(now)}
         if reservation_id is not None:
             payload["reservationId"] = reservation_id  # §4.8: ST.req MUST carry the reservation it ends
-        values = self._values(c)
-        begin = self._meter_value(values, self._key_list("StopTxnSampledData"), "Transaction.Begin", now)
+        stop_measurands = self._key_list("StopTxnSampledData")
+        # §3.16.5: an empty StopTxnSampledData means no meter values in StopTransaction.
+        begin = self._meter_value(self._values(c), stop_measurands, "Transaction.Begin", now) if stop_measurands else None
         if begin:
             tx["data"].append(begin)
         ops = [("tx_put", local_id, tx)] + self._enqueue("StartTransaction", payload, local_id, now)
@@ -863,11 +864,13 @@ class Station:
         tx = self.txs[c.tx]
         when = when or now
         meter_stop = int(round(meter if meter is not None else max(self._energy(c), tx.get("last_meter_wh", 0))))
-        end = self._meter_value({**self._values(c), "Energy.Active.Import.Register": float(meter_stop)},
-                                self._key_list("StopTxnSampledData"), "Transaction.End", when)
+        stop_measurands = self._key_list("StopTxnSampledData")
         data = list(tx.get("data", []))
-        if end and (data or self._key_list("StopTxnSampledData")):
-            data.append(end)
+        if stop_measurands:  # errata 3.14/3.91: Transaction.Begin and .End values are included
+            end = self._meter_value({**self._values(c), "Energy.Active.Import.Register": float(meter_stop)},
+                                    stop_measurands, "Transaction.End", when)
+            if end:
+                data.append(end)
         data = self._trim(data)
         payload = {"meterStop": meter_stop, "timestamp": ts(when), "reason": reason}
         stop_tag = id_tag or tx["id_tag"]
