@@ -1,0 +1,374 @@
+"""FirmwareService against real FTP/HTTP servers, with fake hooks (the hooks are the
+runtime boundary: OCPP sending, connectors, restart). The OCTT cases TC_044_1/2/3 and
+TC_045_1/2 are checked as the sequence of notifications and hook calls."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import tarfile
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.firmware.conftest import Bundles
+from tests.firmware.servers import FTP_PASSWORD, FtpServer, HttpServer, multipart_file
+from twin.firmware import slots
+from twin.firmware.service import FirmwareService
+from twin.firmware.settings import FirmwareSettings
+
+T0 = datetime(2026, 11, 24, 12, 0, 0, tzinfo=timezone.utc)
+
+
+class Clock:
+    """A clock the fake sleep advances: retry waits and retrieveDate take no real time."""
+
+    def __init__(self) -> None:
+        self.now = T0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += timedelta(seconds=seconds)
+        await asyncio.sleep(0)
+
+
+class Hooks:
+    """Records what the service asks of the runtime, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.progress_at_downloaded: dict[str, Any] | None = None
+        self.service: FirmwareService | None = None
+        self.extras: dict[str, Any] = {"config": {"ChargePointId": "CP1"}}
+
+    async def send_firmware_status(self, status: str) -> None:
+        self.events.append(f"FSN {status}")
+        if status == "Downloaded" and self.service is not None:
+            self.progress_at_downloaded = dict(self.service.progress["firmware"] or {})
+
+    async def send_diagnostics_status(self, status: str) -> None:
+        self.events.append(f"DSN {status}")
+
+    async def wait_until_idle(self) -> None:
+        self.events.append("wait_until_idle")
+
+    async def restart(self) -> None:
+        self.events.append("restart")
+
+    def diagnostics_extras(self) -> dict:
+        return self.extras
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def hooks() -> Hooks:
+    return Hooks()
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Path:
+    logs = tmp_path / "data" / "logs"
+    logs.mkdir(parents=True)
+    return logs
+
+
+def make_service(tmp_path: Path, hooks: Hooks, clock: Clock, log_dir: Path, **kw: Any) -> FirmwareService:
+    service = FirmwareService(tmp_path / "data", hooks, log_files=lambda: sorted(log_dir.iterdir()),
+                              clock=clock, sleep=clock.sleep, charge_point_id="CP1", **kw)
+    hooks.service = service
+    return service
+
+
+@pytest.fixture
+async def service(tmp_path: Path, hooks: Hooks, clock: Clock, log_dir: Path):
+    svc = make_service(tmp_path, hooks, clock, log_dir)
+    yield svc
+    await svc.close()
+
+
+# -- UpdateFirmware ---------------------------------------------------------------------
+
+
+async def test_tc_044_1_download_and_install(service: FirmwareService, hooks: Hooks, ftp_server: FtpServer,
+                                             bundles: Bundles, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="twin.firmware")
+    size = len(bundles.good["1.11"].read_bytes())
+    (ftp_server.home / "ocpp-twin-1.11.tar.gz").write_bytes(bundles.good["1.11"].read_bytes())
+    assert service.firmware_status == "Idle"
+    service.update_firmware(ftp_server.url("ocpp-twin-1.11.tar.gz"), T0, retries=0, retry_interval=0)
+    await service.wait_finished()
+    assert hooks.events == ["FSN Downloading", "FSN Downloaded", "FSN Installing", "wait_until_idle", "restart"]
+    assert hooks.progress_at_downloaded is not None
+    assert hooks.progress_at_downloaded["received"] == hooks.progress_at_downloaded["total"] == size
+    assert FTP_PASSWORD not in hooks.progress_at_downloaded["location"]
+    assert f"{size}/{size} bytes (100 %)" in caplog.text and FTP_PASSWORD not in caplog.text
+    data = tmp_path / "data"
+    state = slots.read_state(data)
+    assert (state.active, state.trial, state.previous) == ("1.11", "1.11", slots.BASE)
+    assert not (data / "firmware" / "update.json").exists()
+    assert list((data / "firmware" / "download").iterdir()) == []  # the bundle is not kept
+
+    # After the restart (launcher: trial child), the runtime's BootNotification is Accepted:
+    assert slots.mark_boot_ok(data, "1.11")
+    assert slots.pending_report(data) == "Installed"  # -> FSN Installed, after BN
+
+
+async def test_tc_044_2_download_failed(service: FirmwareService, hooks: Hooks, ftp_server: FtpServer,
+                                        tmp_path: Path) -> None:
+    service.update_firmware(ftp_server.url("download_fail.fwi", user=None), T0, retries=0, retry_interval=0)
+    await service.wait_finished()
+    assert hooks.events == ["FSN Downloading", "FSN DownloadFailed"]
+    assert service.firmware_status == "Idle" and service.progress["firmware"] is None
+    assert slots.read_state(tmp_path / "data").active == slots.BASE
+
+
+async def test_tc_044_3_installation_failed(service: FirmwareService, hooks: Hooks, ftp_server: FtpServer,
+                                            tmp_path: Path) -> None:
+    (ftp_server.home / "unsupported.fwi").write_bytes(b"MZ\x90\x00 not an ocpp-twin bundle" * 100)
+    service.update_firmware(ftp_server.url("unsupported.fwi"), T0, retries=0, retry_interval=0)
+    await service.wait_finished()
+    # Verification happens before the connectors are touched: no wait, no restart.
+    assert hooks.events == ["FSN Downloading", "FSN Downloaded", "FSN Installing", "FSN InstallationFailed"]
+    assert slots.read_state(tmp_path / "data").active == slots.BASE
+    assert service.firmware_status == "Idle"
+
+
+async def test_version_that_does_not_import_fails_before_the_connectors_are_touched(
+        service: FirmwareService, hooks: Hooks, http_server: HttpServer, bundles: Bundles) -> None:
+    http_server.files["/fw.tar.gz"] = bundles.broken_import.read_bytes()
+    service.update_firmware(http_server.url("fw.tar.gz"), T0, retries=0, retry_interval=0)
+    await service.wait_finished()
+    assert hooks.events == ["FSN Downloading", "FSN Downloaded", "FSN Installing", "FSN InstallationFailed"]
+
+
+async def test_retries_are_retry_interval_apart(service: FirmwareService, hooks: Hooks, clock: Clock,
+                                                http_server: HttpServer) -> None:
+    service.update_firmware(http_server.url("fw.tar.gz"), T0, retries=2, retry_interval=7)
+    await service.wait_finished()
+    assert clock.sleeps == [7, 7]  # three attempts
+    assert hooks.events == ["FSN Downloading", "FSN DownloadFailed"]
+
+
+async def test_a_retry_that_succeeds(service: FirmwareService, hooks: Hooks, clock: Clock,
+                                     http_server: HttpServer, bundles: Bundles) -> None:
+    original = clock.sleep
+
+    async def publish_then_sleep(seconds: float) -> None:
+        http_server.files["/fw.tar.gz"] = bundles.good["1.12"].read_bytes()  # appears after attempt 1
+        await original(seconds)
+
+    service._sleep = publish_then_sleep  # type: ignore[method-assign]
+    service.update_firmware(http_server.url("fw.tar.gz"), T0, retries=3, retry_interval=5)
+    await service.wait_finished()
+    assert clock.sleeps == [5]
+    assert hooks.events[:3] == ["FSN Downloading", "FSN Downloaded", "FSN Installing"]
+
+
+async def test_retrieve_date_is_waited_for_and_survives_a_restart(
+        tmp_path: Path, hooks: Hooks, clock: Clock, log_dir: Path, http_server: HttpServer, bundles: Bundles) -> None:
+    http_server.files["/fw.tar.gz"] = bundles.good["1.11"].read_bytes()
+    never = asyncio.Event()
+
+    async def sleep_forever(seconds: float) -> None:
+        clock.sleeps.append(seconds)
+        await never.wait()
+
+    first = make_service(tmp_path, hooks, clock, log_dir)
+    first._sleep = sleep_forever  # type: ignore[method-assign]
+    first.update_firmware(http_server.url("fw.tar.gz"), T0 + timedelta(hours=2), retries=None, retry_interval=None)
+    await asyncio.sleep(0.05)
+    assert clock.sleeps == [3600.0]  # waiting in one-hour slices until retrieveDate
+    assert hooks.events == [] and first.firmware_status == "Idle"  # scheduled is not "in progress"
+    await first.close()  # the station stops
+    job = json.loads((tmp_path / "data/firmware/update.json").read_text())
+    assert job["retrieve_date"] == "2026-11-24T14:00:00+00:00" and job["retries"] == 2  # the default
+
+    clock.sleeps.clear()
+    second = make_service(tmp_path, hooks, clock, log_dir)
+    await second.resume()
+    await second.wait_finished()
+    assert clock.sleeps == [3600.0, 3600.0]
+    assert hooks.events == ["FSN Downloading", "FSN Downloaded", "FSN Installing", "wait_until_idle", "restart"]
+    await second.resume()  # nothing left to resume
+    assert hooks.events[-1] == "restart"
+
+
+async def test_resume_after_the_switch_does_not_install_twice(
+        tmp_path: Path, hooks: Hooks, clock: Clock, log_dir: Path, http_server: HttpServer, bundles: Bundles) -> None:
+    http_server.files["/fw.tar.gz"] = bundles.good["1.11"].read_bytes()
+    service = make_service(tmp_path, hooks, clock, log_dir)
+    service.update_firmware(http_server.url("fw.tar.gz"), T0, retries=0, retry_interval=0)
+    await service.wait_finished()
+    # Simulate a power cut between the switch and dropping update.json:
+    (tmp_path / "data/firmware/update.json").write_text(json.dumps(
+        {"location": http_server.url("fw.tar.gz"), "retrieve_date": T0.isoformat(), "retries": 0,
+         "retry_interval": 0, "staged_version": "1.11"}))
+    hooks.events.clear()
+    again = make_service(tmp_path, hooks, clock, log_dir)
+    await again.resume()
+    await again.wait_finished()
+    assert hooks.events == []
+    assert not (tmp_path / "data/firmware/update.json").exists()
+
+
+async def test_a_new_update_replaces_a_scheduled_one(service: FirmwareService, hooks: Hooks,
+                                                     http_server: HttpServer, bundles: Bundles) -> None:
+    http_server.files["/new.tar.gz"] = bundles.good["1.12"].read_bytes()
+    service.update_firmware(http_server.url("old.tar.gz"), T0 + timedelta(days=1000), retries=0, retry_interval=0)
+    service.update_firmware(http_server.url("new.tar.gz"), T0, retries=0, retry_interval=0)
+    await service.wait_finished()
+    assert hooks.events == ["FSN Downloading", "FSN Downloaded", "FSN Installing", "wait_until_idle", "restart"]
+
+
+async def test_hook_failures_do_not_stop_the_sequence(service: FirmwareService, hooks: Hooks,
+                                                      ftp_server: FtpServer) -> None:
+    async def offline(status: str) -> None:
+        hooks.events.append(f"FSN {status}")
+        raise ConnectionError("link down")
+
+    hooks.send_firmware_status = offline  # type: ignore[method-assign]
+    service.update_firmware(ftp_server.url("missing.bin"), T0, retries=0, retry_interval=0)
+    await service.wait_finished()
+    assert hooks.events == ["FSN Downloading", "FSN DownloadFailed"]
+
+
+async def test_download_to_a_full_disk_fails_cleanly(tiny_disk: Path, hooks: Hooks, clock: Clock, log_dir: Path,
+                                                     http_server: HttpServer, caplog: pytest.LogCaptureFixture) -> None:
+    http_server.files["/fw.tar.gz"] = b"x" * 400_000
+    service = FirmwareService(tiny_disk, hooks, log_files=list, clock=clock, sleep=clock.sleep)
+    service.update_firmware(http_server.url("fw.tar.gz"), T0, retries=1, retry_interval=1)
+    await service.wait_finished()
+    assert hooks.events == ["FSN Downloading", "FSN DownloadFailed"]
+    assert "disk full while writing" in caplog.text
+
+
+# -- GetDiagnostics ---------------------------------------------------------------------
+
+
+LOG_LINES = [
+    "2026-11-24T10:00:00.000Z INFO twin.link too early\n",
+    "2026-11-24T11:00:00.000Z INFO twin.link in the window\n",
+    "Traceback (most recent call last):\n",
+    "  ValueError: belongs to the line before\n",
+    "2026-11-24T11:30:00.000Z WARNING twin.runtime also in the window\n",
+    "2026-11-24T13:00:00.000Z INFO twin.link too late\n",
+]
+
+
+def archive_members(data: bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar}  # type: ignore[union-attr]
+
+
+async def test_tc_045_1_get_diagnostics(service: FirmwareService, hooks: Hooks, ftp_server: FtpServer,
+                                        log_dir: Path) -> None:
+    (log_dir / "twin.log").write_text("".join(LOG_LINES))
+    hooks.extras = {"config": {"csms_url": "wss://cp:hunter2@csms.example/ocpp", "basic_auth_password": "hunter2",
+                               "keys": [{"key": "AuthorizationKey", "value": "00112233"},
+                                        {"key": "HeartbeatInterval", "value": "300"}]},
+                    "store": {"transactions": 3}}
+    name = service.get_diagnostics(ftp_server.url("files/"), retries=0, retry_interval=0,
+                                   start_time="2026-11-24T10:30:00Z", stop_time=T0)
+    assert name == "diagnostics-CP1-20261124T120000Z.tar.gz"
+    await service.wait_finished()
+    assert hooks.events == ["DSN Uploading", "DSN Uploaded"]
+    assert service.diagnostics_status == "Idle"
+
+    members = archive_members((ftp_server.home / "files" / name).read_bytes())
+    assert members["logs/twin.log"].decode() == "".join(LOG_LINES[1:5])
+    summary = json.loads(members["diagnostics.json"])
+    assert summary["chargePointId"] == "CP1" and summary["startTime"] == "2026-11-24T10:30:00.000Z"
+    assert summary["logs"] == [{"file": "twin.log", "lines": 4}]
+    assert summary["station"]["store"] == {"transactions": 3}
+    text = members["diagnostics.json"].decode()
+    assert "hunter2" not in text and "00112233" not in text
+    assert {"key": "HeartbeatInterval", "value": "300"} in summary["station"]["config"]["keys"]
+    assert list((service.data_dir / "firmware" / "diagnostics").iterdir()) == []  # not kept locally
+
+
+async def test_tc_045_2_upload_failed(service: FirmwareService, hooks: Hooks, ftp_server: FtpServer) -> None:
+    name = service.get_diagnostics(ftp_server.url("files/failedLocation", user=None), retries=0, retry_interval=0,
+                                   start_time=None, stop_time=None)
+    assert name is not None
+    await service.wait_finished()
+    assert hooks.events == ["DSN Uploading", "DSN UploadFailed"]
+    assert not (ftp_server.home / "files" / "failedLocation").exists()
+
+
+async def test_diagnostics_upload_retries(service: FirmwareService, hooks: Hooks, clock: Clock,
+                                          ftp_server: FtpServer) -> None:
+    service.get_diagnostics(ftp_server.url("files/missing-dir/"), retries=1, retry_interval=9,
+                            start_time=None, stop_time=None)
+    await service.wait_finished()
+    assert clock.sleeps == [9]
+    assert hooks.events == ["DSN Uploading", "DSN UploadFailed"]
+
+
+async def test_diagnostics_over_http_put(service: FirmwareService, hooks: Hooks, http_server: HttpServer) -> None:
+    name = service.get_diagnostics(http_server.url("diag/"), retries=0, retry_interval=0,
+                                   start_time=None, stop_time=None)
+    await service.wait_finished()
+    assert hooks.events == ["DSN Uploading", "DSN Uploaded"]
+    _, body = http_server.received[f"/diag/{name}"]
+    assert "diagnostics.json" in archive_members(body)
+
+
+async def test_diagnostics_over_https_post(tmp_path: Path, hooks: Hooks, clock: Clock, log_dir: Path,
+                                           https_server: HttpServer, tls) -> None:
+    settings = FirmwareSettings(diagnostics_http_method="POST", ca_file=tls.ca_file)
+    service = make_service(tmp_path, hooks, clock, log_dir, settings=settings)
+    name = service.get_diagnostics(https_server.url("upload"), retries=0, retry_interval=0,
+                                   start_time=None, stop_time=None)
+    await service.wait_finished()
+    assert hooks.events == ["DSN Uploading", "DSN Uploaded"]
+    field, file_name, content = multipart_file(*https_server.received["/upload"])
+    assert (field, file_name) == ("file", name)
+    assert "diagnostics.json" in archive_members(content)
+
+
+async def test_diagnostics_on_a_full_disk(tiny_disk: Path, hooks: Hooks, clock: Clock, tmp_path: Path,
+                                          ftp_server: FtpServer, caplog: pytest.LogCaptureFixture) -> None:
+    big_log = tmp_path / "twin.log"
+    noise = base64.b64encode(os.urandom(1_500_000))  # does not compress below the 256 KiB disk
+    big_log.write_bytes(b"".join(b"2026-11-24T11:00:00.000Z INFO x " + noise[i:i + 100] + b"\n"
+                                 for i in range(0, len(noise), 100)))
+    service = FirmwareService(tiny_disk, hooks, log_files=lambda: [big_log], clock=clock, sleep=clock.sleep)
+    assert service.get_diagnostics(ftp_server.url("files/"), 0, 0, None, None) is not None
+    await service.wait_finished()
+    assert hooks.events == ["DSN Uploading", "DSN UploadFailed"]
+    assert "cannot write diagnostics file" in caplog.text and "disk full" in caplog.text
+    assert list(tiny_disk.rglob("*.tar.gz")) == []
+
+
+async def test_no_file_when_the_data_dir_is_unusable(tmp_path: Path, hooks: Hooks, clock: Clock) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    service = FirmwareService(not_a_dir, hooks, log_files=list, clock=clock, sleep=clock.sleep)
+    assert service.get_diagnostics("ftp://127.0.0.1/files/", 0, 0, None, None) is None
+    assert hooks.events == []
+
+
+async def test_bad_extras_do_not_stop_the_upload(service: FirmwareService, hooks: Hooks,
+                                                 ftp_server: FtpServer) -> None:
+    def broken() -> dict:
+        raise KeyError("store closed")
+
+    hooks.diagnostics_extras = broken  # type: ignore[method-assign]
+    name = service.get_diagnostics(ftp_server.url("files/"), 0, 0, None, None)
+    await service.wait_finished()
+    assert hooks.events == ["DSN Uploading", "DSN Uploaded"]
+    summary = json.loads(archive_members((ftp_server.home / "files" / str(name)).read_bytes())["diagnostics.json"])
+    assert "store closed" in summary["station"]["error"]

@@ -1,0 +1,397 @@
+"""UpdateFirmware and GetDiagnostics, as the runtime wires them to OCPP.
+
+The runtime owns the OCPP link and the connectors; this service owns the transfers,
+the bundle, the slots and the ordering of the status notifications. The boundary is
+:class:`FirmwareHooks`.
+
+UpdateFirmware (OCPP 1.6 sections 5.19, 6.73; ERRATA 3.47-3.49, 3.63):
+
+1. wait until ``retrieveDate`` ("allowed after": ERRATA 3.63). The request is kept in
+   ``<data_dir>/firmware/update.json`` so a restart re-arms it (:meth:`resume`).
+2. FSN Downloading; download with ``retries`` further attempts ``retryInterval`` s
+   apart; then FSN Downloaded, or FSN DownloadFailed and stop.
+3. FSN Installing; verify the bundle and unpack + import-test it into a new slot. This
+   touches nothing the station is using, so it runs while charging goes on; a bad
+   file ends here with FSN InstallationFailed and the running version untouched.
+4. ``hooks.wait_until_idle()``: the runtime sets idle connectors Unavailable and waits
+   for running transactions to end (ERRATA 3.47-3.49).
+5. switch to the new slot (atomic) on trial, and ``hooks.restart()``. After the restart
+   BootNotification carries the new version, then the runtime sends FSN Installed
+   from ``slots.pending_report``. A version that does not come up is rolled back by
+   the launcher, and the old version reports InstallationFailed the same way.
+   If the switch itself fails (disk), FSN InstallationFailed and a restart anyway, so
+   the connectors step 4 made Unavailable come back.
+
+GetDiagnostics (section 5.9): answer the file name at once, then DSN Uploading, build
+the file, upload it (``retries``/``retryInterval``), DSN Uploaded or UploadFailed.
+
+``firmware_status`` / ``diagnostics_status`` are what a triggered FSN/DSN reports:
+"Idle" when nothing is in progress (section 4.4, 4.5: Idle only in triggered messages).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+import twin
+from twin.core.timeutil import parse_ts
+from twin.firmware import slots
+from twin.firmware.bundle import BundleError
+from twin.firmware.diagnostics import DiagnosticsError, build_archive, diagnostics_file_name
+from twin.firmware.settings import FirmwareSettings
+from twin.firmware.slots import SlotError
+from twin.firmware.transfer import TransferError, download, redact_url, upload
+
+__all__ = ["FirmwareHooks", "FirmwareService", "UpdateJob"]
+
+log = logging.getLogger(__name__)
+
+IDLE = "Idle"
+
+
+class FirmwareHooks(Protocol):
+    async def send_firmware_status(self, status: str) -> None: ...
+    async def send_diagnostics_status(self, status: str) -> None: ...
+    async def wait_until_idle(self) -> None: ...
+    async def restart(self) -> None: ...
+    def diagnostics_extras(self) -> dict: ...
+
+
+@dataclass
+class UpdateJob:
+    """One UpdateFirmware.req, as persisted in update.json."""
+
+    location: str
+    retrieve_date: str  # ISO 8601 UTC
+    retries: int
+    retry_interval: int
+    staged_version: str | None = None
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class _ProgressLog:
+    """Logs a transfer's progress every 10 % (or every MiB when the size is unknown)."""
+
+    def __init__(self, what: str, url: str, sink: dict[str, Any]) -> None:
+        self.what, self.url, self.sink, self.step = what, url, sink, -1
+
+    def __call__(self, done: int, total: int | None) -> None:
+        self.sink.update(received=done, total=total,
+                         percent=round(100 * done / total, 1) if total else None)
+        step = (10 * done // total) if total else done // (1024 * 1024)
+        if step != self.step:
+            self.step = step
+            shown = f"{done}/{total} bytes ({100 * done // total} %)" if total else f"{done} bytes"
+            log.info("%s %s: %s", self.what, self.url, shown)
+
+
+class FirmwareService:
+    def __init__(self, data_dir: Path, hooks: FirmwareHooks, *, log_files: Callable[[], list[Path]],
+                 clock: Callable[[], datetime] = _utcnow,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+                 charge_point_id: str = "ocpp-twin", settings: FirmwareSettings | None = None,
+                 python: str = sys.executable) -> None:
+        self.data_dir = Path(data_dir)
+        self.hooks = hooks
+        self.settings = settings or FirmwareSettings()
+        self._log_files, self._clock, self._sleep = log_files, clock, sleep
+        self._cpid, self._python = charge_point_id, python
+        self.firmware_status: str = IDLE
+        self.diagnostics_status: str = IDLE
+        self.progress: dict[str, dict[str, Any] | None] = {"firmware": None, "diagnostics": None}
+        self._update_task: asyncio.Task[None] | None = None
+        self._diag_task: asyncio.Task[None] | None = None
+        self._diag_seq = 0
+        self._fw_dir = slots.firmware_dir(self.data_dir)
+        self._job_file = self._fw_dir / "update.json"
+
+    # -- UpdateFirmware -------------------------------------------------------------------
+
+    async def resume(self) -> None:
+        """On startup: re-arm an UpdateFirmware that was scheduled or under way."""
+        job = self._load_job()
+        if job is None:
+            return
+        if job.staged_version is not None and slots.read_state(self.data_dir).active == job.staged_version:
+            self._drop_job()  # switched just before the restart; the launcher reports the result
+            return
+        log.info("resuming firmware update from %s (retrieve after %s)", redact_url(job.location), job.retrieve_date)
+        self._start_update(job)
+
+    def update_firmware(self, location: str, retrieve_date: datetime, retries: int | None,
+                        retry_interval: int | None) -> None:
+        """Schedule an update and return at once (UpdateFirmware.conf has no fields)."""
+        when = retrieve_date if retrieve_date.tzinfo else retrieve_date.replace(tzinfo=timezone.utc)
+        job = UpdateJob(location, when.astimezone(timezone.utc).isoformat(),
+                        self.settings.default_retries if retries is None else max(0, int(retries)),
+                        self.settings.default_retry_interval_s if retry_interval is None else max(0, int(retry_interval)))
+        if self._update_task is not None and not self._update_task.done():
+            log.warning("a new UpdateFirmware replaces the one in progress")
+            self._update_task.cancel()
+        self._save_job(job)
+        self._start_update(job)
+
+    def _start_update(self, job: UpdateJob) -> None:
+        self._update_task = asyncio.get_running_loop().create_task(self._run_update(job), name="firmware-update")
+
+    async def _run_update(self, job: UpdateJob) -> None:
+        restarting = False
+        try:
+            when = parse_ts(job.retrieve_date) or self._clock()
+            await self._wait_until(when)
+            bundle = await self._download(job)
+            if bundle is not None:
+                restarting = await self._install(job, bundle)
+            if not restarting:
+                self._drop_job()
+        except asyncio.CancelledError:
+            raise  # close() or a newer request: update.json stays for resume() / was replaced
+        except Exception:  # noqa: BLE001 -- a bug here must not take the station down
+            log.exception("firmware update failed unexpectedly")
+            await self._firmware_status("InstallationFailed")
+            self._drop_job()
+        finally:
+            if self._update_task is asyncio.current_task():  # not when a newer request took over
+                self.progress["firmware"] = None
+                if not restarting:
+                    self.firmware_status = IDLE
+
+    async def _wait_until(self, when: datetime) -> None:
+        while (delay := (when - self._clock()).total_seconds()) > 0:
+            # In slices: a wall-clock step (NTP, SetClock) is noticed within the hour.
+            await self._sleep(min(delay, 3600.0))
+
+    async def _download(self, job: UpdateJob) -> Path | None:
+        url = redact_url(job.location)
+        dest = self._fw_dir / "download" / _file_name_of(job.location, "firmware.bin")
+        self.progress["firmware"] = {"status": "Downloading", "location": url, "received": 0,
+                                     "total": None, "percent": None}
+        await self._firmware_status("Downloading")
+        attempts = 1 + job.retries
+        for attempt in range(1, attempts + 1):
+            try:
+                await download(job.location, dest, progress=_ProgressLog("firmware download", url, self.progress["firmware"]),
+                               timeout=self.settings.transfer_timeout_s, ca_file=self.settings.ca_file)
+                break
+            except TransferError as exc:
+                log.warning("firmware download attempt %d/%d failed: %s", attempt, attempts, exc)
+                if attempt < attempts:
+                    await self._sleep(job.retry_interval)
+        else:
+            await self._firmware_status("DownloadFailed")
+            return None
+        await self._firmware_status("Downloaded")
+        return dest
+
+    async def _install(self, job: UpdateJob, bundle: Path) -> bool:
+        """Install and switch; True when the restart into the new version was asked for."""
+        self.progress["firmware"] = None
+        await self._firmware_status("Installing")
+        try:
+            manifest = await asyncio.to_thread(slots.install_slot, self.data_dir, bundle, python=self._python)
+        except (BundleError, SlotError) as exc:
+            log.error("firmware from %s not installed: %s", redact_url(job.location), exc)
+            await self._firmware_status("InstallationFailed")
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                bundle.unlink()
+        log.info("firmware %s installed in its slot; waiting until the station is idle", manifest.version)
+        job.staged_version = manifest.version
+        self._save_job(job)
+        await self.hooks.wait_until_idle()
+        try:
+            slots.switch_to_trial(self.data_dir, manifest.version)
+        except SlotError as exc:
+            log.error("cannot switch to firmware %s: %s", manifest.version, exc)
+            await self._firmware_status("InstallationFailed")
+            self._drop_job()
+            await self.hooks.restart()  # gives back the connectors wait_until_idle took
+            return True
+        self._drop_job()
+        log.info("restarting into firmware %s (trial)", manifest.version)
+        await self.hooks.restart()
+        return True
+
+    async def _firmware_status(self, status: str) -> None:
+        self.firmware_status = status
+        log.info("FirmwareStatusNotification %s", status)
+        try:
+            await self.hooks.send_firmware_status(status)
+        except Exception:  # noqa: BLE001 -- the runtime queues/logs; our sequence goes on
+            log.exception("sending FirmwareStatusNotification %s failed", status)
+
+    # -- persisted job --------------------------------------------------------------------
+
+    def _load_job(self) -> UpdateJob | None:
+        try:
+            doc = json.loads(self._job_file.read_text(encoding="utf-8"))
+            return UpdateJob(**doc)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError) as exc:
+            log.error("ignoring unreadable scheduled firmware update %s: %s", self._job_file, exc)
+            self._drop_job()
+            return None
+
+    def _save_job(self, job: UpdateJob) -> None:
+        try:
+            slots.write_json_atomic(self._job_file, asdict(job))
+        except OSError as exc:
+            log.error("cannot persist the scheduled firmware update (it will not survive a restart): %s", exc)
+
+    def _drop_job(self) -> None:
+        with contextlib.suppress(OSError):
+            self._job_file.unlink()
+
+    # -- GetDiagnostics -------------------------------------------------------------------
+
+    def get_diagnostics(self, location: str, retries: int | None, retry_interval: int | None,
+                        start_time: datetime | str | None, stop_time: datetime | str | None) -> str | None:
+        """The fileName for GetDiagnostics.conf (None: no file can be made); uploads in the background."""
+        now = self._clock()
+        name = diagnostics_file_name(self._cpid, now)
+        out_dir = self._fw_dir / "diagnostics"
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.error("GetDiagnostics: cannot create %s: %s", out_dir, exc)
+            return None
+        if self._diag_task is not None and not self._diag_task.done():
+            log.warning("a new GetDiagnostics replaces the upload in progress")
+            self._diag_task.cancel()
+        self._diag_seq += 1
+        # The local file name is unique: two requests in one second get the same fileName.
+        job = _DiagnosticsJob(location, name, out_dir / f"{self._diag_seq}-{name}", now,
+                              self.settings.default_retries if retries is None else max(0, int(retries)),
+                              self.settings.default_retry_interval_s if retry_interval is None
+                              else max(0, int(retry_interval)),
+                              _as_time(start_time), _as_time(stop_time))
+        self._diag_task = asyncio.get_running_loop().create_task(self._run_diagnostics(job), name="diagnostics")
+        return name
+
+    async def _run_diagnostics(self, job: _DiagnosticsJob) -> None:
+        url = redact_url(job.location)
+        self.progress["diagnostics"] = {"status": "Uploading", "location": url, "file": job.name,
+                                        "received": 0, "total": None, "percent": None}
+        try:
+            await self._diagnostics_status("Uploading")
+            ok = await self._build_and_upload(job, url)
+            await self._diagnostics_status("Uploaded" if ok else "UploadFailed")
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 -- a bug here must not take the station down
+            log.exception("diagnostics upload failed unexpectedly")
+            await self._diagnostics_status("UploadFailed")
+        finally:
+            with contextlib.suppress(OSError):
+                job.path.unlink()
+            if self._diag_task is asyncio.current_task():  # not when a newer request took over
+                self.progress["diagnostics"] = None
+                self.diagnostics_status = IDLE
+
+    async def _build_and_upload(self, job: _DiagnosticsJob, url: str) -> bool:
+        try:
+            extras = self.hooks.diagnostics_extras()
+        except Exception as exc:  # noqa: BLE001 -- the file is still worth sending
+            log.exception("diagnostics extras failed")
+            extras = {"error": f"diagnostics_extras() failed: {exc!r}"}
+        try:
+            await asyncio.to_thread(
+                build_archive, job.path, charge_point_id=self._cpid, firmware_version=twin.__version__,
+                now=job.requested, log_files=self._log_files(), extras=extras,
+                firmware_state=slots.read_state(self.data_dir).to_json(), start=job.start, stop=job.stop)
+        except DiagnosticsError as exc:
+            log.error("GetDiagnostics: %s", exc)
+            return False
+        method = self.settings.diagnostics_http_method
+        target = _upload_url(job.location, job.name, method)
+        attempts = 1 + job.retries
+        for attempt in range(1, attempts + 1):
+            try:
+                await upload(target, job.path, method=method, timeout=self.settings.transfer_timeout_s,
+                             ca_file=self.settings.ca_file, name=job.name,
+                             progress=_ProgressLog("diagnostics upload", url, self.progress["diagnostics"] or {}))
+                log.info("diagnostics %s uploaded to %s", job.name, url)
+                return True
+            except TransferError as exc:
+                log.warning("diagnostics upload attempt %d/%d failed: %s", attempt, attempts, exc)
+                if attempt < attempts:
+                    await self._sleep(job.retry_interval)
+        return False
+
+    async def _diagnostics_status(self, status: str) -> None:
+        self.diagnostics_status = status
+        log.info("DiagnosticsStatusNotification %s", status)
+        try:
+            await self.hooks.send_diagnostics_status(status)
+        except Exception:  # noqa: BLE001 -- the runtime queues/logs; our sequence goes on
+            log.exception("sending DiagnosticsStatusNotification %s failed", status)
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    async def wait_finished(self) -> None:
+        """Wait until the update and the diagnostics upload in progress (if any) are over."""
+        tasks = [task for task in (self._update_task, self._diag_task) if task is not None]
+        if tasks:
+            await asyncio.wait(tasks)
+
+    async def close(self) -> None:
+        """Cancel transfers in progress; a scheduled update stays persisted for resume()."""
+        tasks = [t for t in (self._update_task, self._diag_task) if t is not None and not t.done()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@dataclass
+class _DiagnosticsJob:
+    location: str
+    name: str
+    path: Path
+    requested: datetime
+    retries: int
+    retry_interval: int
+    start: datetime | None
+    stop: datetime | None
+
+
+def _as_time(value: datetime | str | None) -> datetime | None:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return parse_ts(value)
+
+
+def _file_name_of(url: str, default: str) -> str:
+    try:
+        name = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    except ValueError:
+        return default
+    return name if name and name not in (".", "..") else default
+
+
+def _upload_url(location: str, file_name: str, method: str) -> str:
+    """GetDiagnostics.req location is a directory (section 6.31): the file goes inside it.
+    An HTTP POST goes to the location itself, the name travels in the multipart body."""
+    try:
+        parts = urlsplit(location)
+    except ValueError:
+        return location  # upload() reports the malformed URL
+    if method == "POST" and parts.scheme.lower() in ("http", "https"):
+        return location
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + quote(file_name)))
