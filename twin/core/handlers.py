@@ -177,8 +177,13 @@ def remote_start(st: "Station", p: dict, now: datetime) -> Result:
     if res is not None and res.admits(id_tag, None) is False:
         return rejected
     if profile is not None:
-        if st.smart.set_tx_profile_from_remote_start(c.id, profile) != "Accepted":
-            return rejected
+        from twin.core.smart_charging import ProfileError
+
+        try:
+            if st.smart.set_tx_profile_from_remote_start(c.id, profile) != "Accepted":
+                return rejected
+        except ProfileError as e:
+            raise CallError(e.code, str(e)) from e
     acts: list[Action] = []
     if profile is not None:
         acts.append(Persist([("kv_put", "profiles", "all", st.smart.to_json())]))

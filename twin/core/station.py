@@ -75,7 +75,8 @@ class Station:
         self.local_list = auth.LocalList.from_store(kv.get("local_list", {}))
         self.reservations = Reservations([Reservation.from_record(r) for r in kv.get("reservations", {}).values()])
         if kv.get("profiles", {}).get("all"):
-            self.smart.load_json(kv["profiles"]["all"])
+            for problem in self.smart.load_json(kv["profiles"]["all"]) or []:
+                log.warning("stored charging profile skipped: %s", problem)
 
         self.txs: dict[int, dict] = {int(k): dict(v) for k, v in state.get("transactions", {}).items()}
         self.next_local_id = max([0] + list(self.txs)) + 1
@@ -373,7 +374,7 @@ class Station:
             if c.pending and now >= c.pending.deadline:
                 log.info("connector %s: no cable within ConnectionTimeOut; authorization of %s lapses",
                          c.id, c.pending.id_tag, extra={"connector": c.id})
-                c.pending = None
+                acts += self._drop_pending(c)
             if c.plug_deadline and now >= c.plug_deadline:
                 c.plug_deadline = None
                 if c.plugged and c.tx is None:
@@ -614,8 +615,8 @@ class Station:
         if info.get("status") != "Accepted":
             # TC_023 / reference §3.3 item 4: no transaction and no further status change.
             log.info("authorization of %s refused (%s)", id_tag, info.get("status"), extra={"connector": c.id})
-            if purpose == "remote" and c.pending and c.pending.id_tag == id_tag:
-                c.pending = None
+            if purpose == "remote":
+                return self._drop_pending(c)
             return []
         res = self._reserved_for(c)
         if res is not None:
@@ -636,6 +637,16 @@ class Station:
         c.pending = Pending(id_tag, info, now + timedelta(seconds=timeout), remote=remote,
                             reservation_id=reservation_id, bound=bound)
         return []
+
+    def _drop_pending(self, c: Connector) -> list[Action]:
+        """An authorization lapses without a transaction: a RemoteStart TxProfile held for it goes too."""
+        c.pending = None
+        try:
+            self.smart.discard_pending_tx_profile(c.id)
+        except Exception:  # noqa: BLE001
+            log.exception("discarding the held TxProfile failed")
+            return []
+        return [Persist([("kv_put", "profiles", "all", self.smart.to_json())])]
 
     # ------------------------------------------------------------------ local events
     def plug(self, cid: int, now: datetime) -> list[Action]:
@@ -704,8 +715,7 @@ class Station:
         # 2. Presenting an authorized-but-unplugged tag again cancels it (TC_061 "swipe again").
         for c in self.connectors.values():
             if c.pending is not None and c.pending.id_tag == id_tag and not c.pending.remote:
-                c.pending = None
-                return self._settle(now)
+                return self._drop_pending(c) + self._settle(now)
         # 3. A tag with the same parentIdTag may stop (TC_069). Only possible when the
         #    running transaction's parent is known; else it cannot match (TC_068: no Authorize).
         parents = {self.txs[c.tx].get("parent_id_tag") for c in self.connectors.values() if c.tx is not None}
@@ -776,7 +786,8 @@ class Station:
         acts: list[Action] = []
         if c.tx is not None:
             acts += self._stop_tx(c, "Other", None, now)
-        c.pending = None
+        if c.pending is not None:
+            acts += self._drop_pending(c)
         res = self.reservations.for_connector(c.id)
         if res is not None:  # §5.13: a Faulted connector ends its reservation
             acts.append(Persist(self.reservations.remove(res.reservation_id)))
