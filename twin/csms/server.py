@@ -407,6 +407,11 @@ class Csms:
         except TimeoutError:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}") from None
 
+    @property
+    def cursor(self) -> int:
+        """Where `wait_for` starts looking by default (set by `mark`)."""
+        return self._cursor
+
     def mark(self) -> int:
         """Move the `wait_for` cursor to "from now on"; return it (an index into `messages`)."""
         self._cursor = len(self.messages)
@@ -451,6 +456,17 @@ class Csms:
             return next((m for m in self.messages[start:] if m.direction == "in" and pred(m)), None)
 
         return await self.wait_until(check, timeout, "a matching frame from the charge point")
+
+    def reply_to(self, msg: Msg) -> Msg | None:
+        """The recorded answer (result or error) to the call ``msg``, in the other direction, if any yet."""
+        direction = "out" if msg.direction == "in" else "in"
+        return next(
+            (
+                m for m in self.messages[msg.index + 1:]
+                if m.direction == direction and m.kind in ("result", "error") and m.unique_id == msg.unique_id
+            ),
+            None,
+        )
 
     async def wait_reply(self, unique_id: str, timeout: float = 10) -> Msg:
         """The CALLRESULT or CALLERROR the station sent for ``unique_id``."""
