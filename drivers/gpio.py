@@ -132,7 +132,10 @@ class GpioRelay:
 
     def close_driver(self) -> None:
         """Open the contactor, then release the pins. After close the pin reverts to an input:
-        on an active-low board that relies on the boot-time pull-up of GPIO0-8 (or an external one)."""
+        on an active-low board that relies on the boot-time pull-up of GPIO0-8 (or an external one).
+        Idempotent."""
+        if self._out.closed:
+            return
         try:
             self.set(False)
         finally:
@@ -222,6 +225,8 @@ class GpioPilotPwm:
         self.close_driver()
 
     def close_driver(self) -> None:
+        if self._dev.closed:
+            return
         try:
             self.set_current_limit(None)
         finally:

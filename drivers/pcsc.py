@@ -29,6 +29,8 @@ GET_UID = [0xFF, 0xCA, 0x00, 0x00, 0x00]  # PC/SC part 3, 3.2.2.1.3: Get Data, U
 WAIT_MS = 500  # SCardGetStatusChange slice: bounds how long stop() and reader hot-plug detection take
 RELIST_S = 2.0  # re-list readers this often to notice a newly plugged one
 RETRY_S = 1.0  # retry establishing a context this often while pcscd is away
+UID_ATTEMPTS = 3
+UID_RETRY_S = 0.1
 
 
 def _scard() -> Any:
@@ -75,6 +77,7 @@ class PcscReader:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_tap: Callable[[str], None] | None = None
         self.readers: list[str] = []  # what the watcher currently sees
+        self._unread: set[str] = set()  # readers with a card whose UID could not be read yet
         self.pcscd_up = False
 
     async def start(self, on_tap: Callable[[str], None]) -> None:
@@ -157,6 +160,8 @@ class PcscReader:
                 continue
             rc, new = sc.SCardGetStatusChange(self._ctx, WAIT_MS, list(states.items()))
             if rc in (sc.SCARD_E_TIMEOUT, sc.SCARD_E_CANCELLED):
+                for reader in list(self._unread & set(states)):
+                    self._card_arrived(reader)
                 continue
             if rc in (sc.SCARD_E_UNKNOWN_READER, sc.SCARD_E_READER_UNAVAILABLE):
                 listed_at = 0.0  # a reader was unplugged: list again
@@ -174,16 +179,35 @@ class PcscReader:
         sc = self._scard
         now = time.monotonic()
         if event & (sc.SCARD_STATE_UNKNOWN | sc.SCARD_STATE_UNAVAILABLE | sc.SCARD_STATE_EMPTY):
+            self._unread.discard(reader)
             self.debouncer.card_removed(reader, now)
             return
         if not event & sc.SCARD_STATE_PRESENT or event & sc.SCARD_STATE_MUTE:
             return
-        try:
-            id_tag = uid_to_id_tag(self._read_uid(reader))
-        except (DriverError, ValueError) as exc:
-            log.warning("card reader %s: a card is present but its UID could not be read: %s", reader, exc)
-            return
-        if self.debouncer.card_present(reader, id_tag, now):
+        self._card_arrived(reader)
+
+    def _card_arrived(self, reader: str) -> None:
+        """Read the UID of the card on ``reader`` and tap it (once per presentation)."""
+        id_tag = None
+        for attempt in range(UID_ATTEMPTS):
+            try:
+                id_tag = uid_to_id_tag(self._read_uid(reader))
+                break
+            except (DriverError, ValueError) as exc:
+                # A card still entering the field, or one swapped faster than the reader polls
+                # (PC/SC then reports no change at all), fails the exchange: try again a little
+                # later, and keep retrying on every idle round while the reader says "present".
+                if attempt == UID_ATTEMPTS - 1:
+                    if reader not in self._unread:
+                        log.warning("card reader %s: a card is present but its UID could not be read: %s", reader, exc)
+                    self._unread.add(reader)
+                    return
+                self._stop.wait(UID_RETRY_S)
+        assert id_tag is not None
+        if reader in self._unread:
+            self._unread.discard(reader)
+            self.debouncer.card_removed(reader, time.monotonic())  # an unreadable card then a readable one: a swap
+        if self.debouncer.card_present(reader, id_tag, time.monotonic()):
             log.info("card reader %s: tap %s", reader, id_tag)
             loop, on_tap = self._loop, self._on_tap
             if loop is not None and on_tap is not None:

@@ -298,7 +298,13 @@ def _selection(kind: str, raw: Any) -> tuple[KindTable, str, str, bool]:
     allowed = _allowed_keys(kind, backend)
     if allowed is not None:
         table.check_keys(allowed)
+    if kind == "relay":
+        _feedback_timeout(table)  # used by the DriverSet's supervisor whatever the backend
     return table, requested, backend, strict
+
+
+def _feedback_timeout(table: KindTable) -> float:
+    return table.get_float("feedback_timeout_s", DEFAULT_FEEDBACK_TIMEOUT_S, minimum=0.0)
 
 
 async def _resolve(kind: str, raw: Any, connectors: int, ctx: BuildContext, *, force_sim: bool, probing: bool) -> _Resolved:
@@ -377,7 +383,6 @@ async def build_drivers(
         await _release(built)
         raise
     reader = built["reader"].drivers[0]
-    relay_table = KindTable("relay", cfg.get("relay"))
     return DriverSet(
         relays=built["relay"].drivers,
         meters=built["meter"].drivers,
@@ -386,7 +391,7 @@ async def build_drivers(
         ev_inputs=built["ev_present"].drivers,
         pilots=built["pilot"].drivers,
         reports=[built[k].report for k in KINDS],
-        relay_feedback_timeout_s=relay_table.get_float("feedback_timeout_s", DEFAULT_FEEDBACK_TIMEOUT_S, minimum=0.0),
+        relay_feedback_timeout_s=_feedback_timeout(KindTable("relay", cfg.get("relay"))),
     )
 
 
