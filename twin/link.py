@@ -20,6 +20,7 @@ import random
 import ssl
 import uuid
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,6 +42,9 @@ SECURITY_ACTIONS = {
     "CertificateSigned", "DeleteCertificate", "ExtendedTriggerMessage", "GetInstalledCertificateIds", "GetLog",
     "InstallCertificate", "SignedUpdateFirmware",
 }
+
+# Calls whose schemas constrain floats with multipleOf 0.1 (see parse_inbound).
+DECIMAL_CALLS = {"SetChargingProfile", "RemoteStartTransaction"}
 
 # jsonschema validator keyword -> OCPP-J 1.6 CALLERROR code (§4.2.3).
 SCHEMA_ERRORS = {
@@ -91,8 +95,15 @@ def parse_inbound(text: str | bytes) -> tuple[str, Any, ...]:
             raise InboundError(uid, "NotSupported", f"{action} is not supported (no security extensions)")
         if action not in CP_ACTIONS:
             raise InboundError(uid, "NotImplemented", f"unknown action {action!r}")
-        validator = get_validator(2, action, "1.6")
-        errors = sorted(validator.iter_errors(payload), key=lambda e: len(list(e.path)))
+        # These schemas say "multipleOf": 0.1, which binary floats fail (21.4 -> 21.3999...)
+        # and jsonschema cannot even compute for a float against a Decimal schema. Like
+        # ``ocpp.messages.validate_payload``, validate them on Decimals (schema and payload;
+        # ``get_validator`` caches one validator per schema name, so the choice must match
+        # the ``ocpp`` package's). The core still gets the payload with plain floats.
+        parse_float = Decimal if action in DECIMAL_CALLS else float
+        validator = get_validator(2, action, "1.6", parse_float=parse_float)
+        instance = json.loads(text, parse_float=parse_float)[3] if parse_float is Decimal else payload
+        errors = sorted(validator.iter_errors(instance), key=lambda e: len(list(e.path)))
         if errors:
             e = errors[0]
             code = SCHEMA_ERRORS.get(e.validator, "FormationViolation")
