@@ -32,7 +32,8 @@ def _name(common_name: str) -> x509.Name:
 def make_tls_files(directory: Path) -> TlsFiles:
     now = datetime.now(timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (x509.CertificateBuilder().subject_name(_name("ocpp-twin test CA")).issuer_name(_name("ocpp-twin test CA"))
+    ca_name = _name("ocpp-twin test CA")
+    ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
                .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)

@@ -43,6 +43,7 @@ def _behaviour(data_dir: Path) -> str:
 def station(data_dir: Path) -> int:
     behaviour = _behaviour(data_dir)
     _log(data_dir, f"start {twin.__version__} child={os.environ.get('OCPP_TWIN_CHILD', '0')}")
+    (data_dir / f"env-{os.getpid()}.json").write_text(json.dumps(dict(os.environ)))
     if behaviour == "crash":
         return 1
     if behaviour == "hang":

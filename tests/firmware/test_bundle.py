@@ -66,7 +66,7 @@ def test_the_wheel_is_one_pip_installs(bundles: Bundles, tmp_path: Path) -> None
     wheel = tmp_path / wheel_name
     wheel.write_bytes(read_members(bundles.good["1.12"])[wheel_name])
     done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--quiet",
-                           "--target", str(tmp_path / "site"), str(wheel)], capture_output=True, text=True)
+                           "--target", str(tmp_path / "site"), str(wheel)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert '__version__ = "1.12"' in (tmp_path / "site" / "twin" / "__init__.py").read_text()
 

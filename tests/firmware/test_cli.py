@@ -42,3 +42,10 @@ def test_errors_are_messages(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert run(["firmware", "verify", str(junk)]) == 1
     assert "twin firmware verify: junk.tar.gz: not a firmware bundle" in capsys.readouterr().err
     assert run(["firmware", "build", "--version", "x", "--source", str(tmp_path), "--out", str(tmp_path)]) == 1
+
+
+def test_the_twin_cli_reaches_these_commands(bundles: Bundles, capsys: pytest.CaptureFixture) -> None:
+    from twin.cli import main
+
+    assert main(["firmware", "verify", str(bundles.good["1.13"])]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == "1.13"

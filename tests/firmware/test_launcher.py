@@ -23,12 +23,14 @@ from tests.firmware.conftest import Bundles
 from twin.firmware import launcher, slots
 
 
-def start(bundles: Bundles, data_dir: Path, behaviour: dict[str, object], *, boot_timeout_s: float = 30) -> subprocess.Popen[str]:
+def start(bundles: Bundles, data_dir: Path, behaviour: dict[str, object], *,
+          boot_timeout_s: float = 30, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "behaviour.json").write_text(json.dumps(behaviour))
     config = data_dir / "twin.toml"
     config.write_text(f"[firmware]\nboot_timeout_s = {boot_timeout_s}\n")
     env = {k: v for k, v in os.environ.items() if k not in (launcher.CHILD_ENV, "NOTIFY_SOCKET")}
+    env.update(extra_env or {})
     return subprocess.Popen([sys.executable, "-m", "twin", "run", "--config", str(config), "--data-dir", str(data_dir)],
                             cwd=bundles.source, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -93,7 +95,9 @@ def test_rollback_goes_to_the_previous_slot(bundles: Bundles, tmp_path: Path) ->
 def test_sigterm_is_forwarded_to_the_child(bundles: Bundles, tmp_path: Path) -> None:
     slots.install_slot(tmp_path, bundles.good["1.11"])
     slots.switch_to_trial(tmp_path, "1.11")
-    proc = start(bundles, tmp_path, {"1.11": "serve"})
+    # As systemd starts it: the watchdog variables name the launcher's pid.
+    proc = start(bundles, tmp_path, {"1.11": "serve"},
+                 extra_env={"NOTIFY_SOCKET": "/run/test/notify", "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"})
     deadline = time.monotonic() + 30
     while not ((tmp_path / "runs.log").exists() and "serving" in runs(tmp_path)):
         assert proc.poll() is None and time.monotonic() < deadline, "the child never started serving"
@@ -101,6 +105,12 @@ def test_sigterm_is_forwarded_to_the_child(bundles: Bundles, tmp_path: Path) -> 
     proc.send_signal(signal.SIGTERM)
     assert finish(proc) == 0  # the child handled SIGTERM and exited 0; so does the launcher
     assert runs(tmp_path) == ["start 1.11 child=1", "report Installed", "serving", "stopped"]
+    (env_file,) = tmp_path.glob("env-*.json")
+    child_env = json.loads(env_file.read_text())
+    # The child pings systemd itself (NotifyAccess=all): it keeps the socket and the
+    # timeout, but not a WATCHDOG_PID that would tell it the watchdog is someone else's.
+    assert child_env["NOTIFY_SOCKET"] == "/run/test/notify" and child_env["WATCHDOG_USEC"] == "30000000"
+    assert "WATCHDOG_PID" not in child_env
 
 
 def test_without_a_slot_the_station_runs_in_process(tmp_path: Path) -> None:

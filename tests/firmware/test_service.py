@@ -62,7 +62,11 @@ class Hooks:
         self.events.append("wait_until_idle")
 
     async def restart(self) -> None:
+        # Like the runtime: a clean shutdown, which closes the firmware service from
+        # inside the very task that asked for the restart.
         self.events.append("restart")
+        if self.service is not None:
+            await self.service.close()
 
     def diagnostics_extras(self) -> dict:
         return self.extras
@@ -103,7 +107,8 @@ async def service(tmp_path: Path, hooks: Hooks, clock: Clock, log_dir: Path):
 
 
 async def test_tc_044_1_download_and_install(service: FirmwareService, hooks: Hooks, ftp_server: FtpServer,
-                                             bundles: Bundles, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+                                             bundles: Bundles, tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("INFO", logger="twin.firmware")
     size = len(bundles.good["1.11"].read_bytes())
     (ftp_server.home / "ocpp-twin-1.11.tar.gz").write_bytes(bundles.good["1.11"].read_bytes())

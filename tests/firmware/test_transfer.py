@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from tests.firmware.certs import TlsFiles
-from tests.firmware.servers import FTP_PASSWORD, FTP_USER, FtpServer, HttpServer, SilentServer, free_port, multipart_file
+from tests.firmware.servers import (
+    FTP_PASSWORD,
+    FTP_USER,
+    FtpServer,
+    HttpServer,
+    SilentServer,
+    free_port,
+    multipart_file,
+)
 from twin.firmware.transfer import TransferError, download, redact_url, upload
 
 PAYLOAD = os.urandom(300_000)  # several 64 KiB chunks, so progress is reported more than once

@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -44,9 +45,11 @@ __all__ = [
     "PRODUCT_NAME",
     "BundleError",
     "Manifest",
+    "add_firmware_subcommands",
     "build_bundle",
     "bump_version",
     "bundle_file_name",
+    "run_firmware_command",
     "unpack_bundle",
     "verify_bundle",
 ]
@@ -116,7 +119,8 @@ def build_bundle(source_root: Path, version: str, out: Path, *, now: datetime | 
         raise BundleError(f"version {version!r} is not dotted numbers like 1.11")
     for package in PACKAGES:
         if not (source_root / package).is_dir():
-            raise BundleError(f"{source_root} has no {package}/ package; give the directory that holds twin/ and drivers/")
+            raise BundleError(f"{source_root} has no {package}/ package; "
+                              "give the directory that holds twin/ and drivers/")
     if not (source_root / "twin" / "__init__.py").is_file():
         raise BundleError(f"{source_root / 'twin' / '__init__.py'} is missing")
 
@@ -358,3 +362,20 @@ def _check_record(record: bytes, contents: dict[str, bytes], label: str) -> None
     unlisted = set(contents) - listed
     if unlisted:
         raise BundleError(f"{label}: files not in RECORD: {sorted(unlisted)[:5]}")
+
+
+# -- CLI hooks ----------------------------------------------------------------------------
+# twin/cli.py looks for these here; the commands themselves live in twin/firmware/cli.py
+# (imported lazily: that module imports this one).
+
+
+def add_firmware_subcommands(subparsers: Any) -> Any:
+    from twin.firmware.cli import add_firmware_subcommands as add
+
+    return add(subparsers)
+
+
+def run_firmware_command(args: Any) -> int:
+    from twin.firmware.cli import run_firmware_command as run
+
+    return run(args)

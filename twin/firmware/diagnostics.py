@@ -123,7 +123,7 @@ def _add_log(tar: tarfile.TarFile, path: Path, start: datetime | None, stop: dat
         entry["error"] = f"unreadable: {exc.strerror or exc}"  # rotated away meanwhile, permissions...
         return entry
     # Spool to disk past 4 MiB: a tar member needs its size before its body.
-    with source, tempfile.SpooledTemporaryFile(max_size=4 * 1024 * 1024, dir=scratch) as spool:
+    with source, tempfile.SpooledTemporaryFile(max_size=4 * 1024 * 1024, dir=str(scratch)) as spool:
         lines = 0
         for line in filter_log_lines(source, start, stop):
             spool.write(line.encode())

@@ -129,6 +129,9 @@ class _Supervisor:
     def _spawn(self, slot: Path | None) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
         env[CHILD_ENV] = "1"
+        # WATCHDOG_PID names this launcher; a child that inherited it would conclude the
+        # watchdog is not its business (sd_watchdog_enabled(3)) and never ping.
+        env.pop("WATCHDOG_PID", None)
         if slot is None:
             # The base install: resolve `twin` exactly as this process did (same cwd, same env).
             cmd = [self.python, "-m", "twin", *self.argv]

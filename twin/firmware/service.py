@@ -37,7 +37,7 @@ import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -128,16 +128,18 @@ class FirmwareService:
         if job.staged_version is not None and slots.read_state(self.data_dir).active == job.staged_version:
             self._drop_job()  # switched just before the restart; the launcher reports the result
             return
-        log.info("resuming firmware update from %s (retrieve after %s)", redact_url(job.location), job.retrieve_date)
+        log.info("resuming firmware update from %s (retrieve after %s)",
+                 redact_url(job.location), job.retrieve_date)
         self._start_update(job)
 
     def update_firmware(self, location: str, retrieve_date: datetime, retries: int | None,
                         retry_interval: int | None) -> None:
         """Schedule an update and return at once (UpdateFirmware.conf has no fields)."""
         when = retrieve_date if retrieve_date.tzinfo else retrieve_date.replace(tzinfo=timezone.utc)
+        defaults = self.settings
         job = UpdateJob(location, when.astimezone(timezone.utc).isoformat(),
-                        self.settings.default_retries if retries is None else max(0, int(retries)),
-                        self.settings.default_retry_interval_s if retry_interval is None else max(0, int(retry_interval)))
+                        defaults.default_retries if retries is None else max(0, int(retries)),
+                        defaults.default_retry_interval_s if retry_interval is None else max(0, int(retry_interval)))
         if self._update_task is not None and not self._update_task.done():
             log.warning("a new UpdateFirmware replaces the one in progress")
             self._update_task.cancel()
@@ -177,20 +179,16 @@ class FirmwareService:
     async def _download(self, job: UpdateJob) -> Path | None:
         url = redact_url(job.location)
         dest = self._fw_dir / "download" / _file_name_of(job.location, "firmware.bin")
-        self.progress["firmware"] = {"status": "Downloading", "location": url, "received": 0,
-                                     "total": None, "percent": None}
+        shown: dict[str, Any] = {"status": "Downloading", "location": url, "received": 0, "total": None,
+                                 "percent": None}
+        self.progress["firmware"] = shown
         await self._firmware_status("Downloading")
-        attempts = 1 + job.retries
-        for attempt in range(1, attempts + 1):
-            try:
-                await download(job.location, dest, progress=_ProgressLog("firmware download", url, self.progress["firmware"]),
-                               timeout=self.settings.transfer_timeout_s, ca_file=self.settings.ca_file)
-                break
-            except TransferError as exc:
-                log.warning("firmware download attempt %d/%d failed: %s", attempt, attempts, exc)
-                if attempt < attempts:
-                    await self._sleep(job.retry_interval)
-        else:
+        progress = _ProgressLog("firmware download", url, shown)
+        downloaded = await self._retrying(
+            "firmware download", job, lambda: download(job.location, dest, progress=progress,
+                                                       timeout=self.settings.transfer_timeout_s,
+                                                       ca_file=self.settings.ca_file))
+        if not downloaded:
             await self._firmware_status("DownloadFailed")
             return None
         await self._firmware_status("Downloaded")
@@ -226,13 +224,24 @@ class FirmwareService:
         await self.hooks.restart()
         return True
 
+    async def _retrying(self, what: str, job: UpdateJob | _DiagnosticsJob,
+                        attempt_once: Callable[[], Awaitable[Any]]) -> bool:
+        """1 + ``job.retries`` attempts, ``job.retry_interval`` s apart (UpdateFirmware.req and
+        GetDiagnostics.req: retries, retryInterval). True when one succeeded."""
+        attempts = 1 + job.retries
+        for attempt in range(1, attempts + 1):
+            try:
+                await attempt_once()
+                return True
+            except TransferError as exc:
+                log.warning("%s attempt %d/%d failed: %s", what, attempt, attempts, exc)
+                if attempt < attempts:
+                    await self._sleep(job.retry_interval)
+        return False
+
     async def _firmware_status(self, status: str) -> None:
         self.firmware_status = status
-        log.info("FirmwareStatusNotification %s", status)
-        try:
-            await self.hooks.send_firmware_status(status)
-        except Exception:  # noqa: BLE001 -- the runtime queues/logs; our sequence goes on
-            log.exception("sending FirmwareStatusNotification %s failed", status)
+        await _notify("FirmwareStatusNotification", self.hooks.send_firmware_status, status)
 
     # -- persisted job --------------------------------------------------------------------
 
@@ -285,8 +294,8 @@ class FirmwareService:
 
     async def _run_diagnostics(self, job: _DiagnosticsJob) -> None:
         url = redact_url(job.location)
-        self.progress["diagnostics"] = {"status": "Uploading", "location": url, "file": job.name,
-                                        "received": 0, "total": None, "percent": None}
+        job.shown.update(status="Uploading", location=url, file=job.name, received=0, total=None, percent=None)
+        self.progress["diagnostics"] = job.shown
         try:
             await self._diagnostics_status("Uploading")
             ok = await self._build_and_upload(job, url)
@@ -319,27 +328,18 @@ class FirmwareService:
             return False
         method = self.settings.diagnostics_http_method
         target = _upload_url(job.location, job.name, method)
-        attempts = 1 + job.retries
-        for attempt in range(1, attempts + 1):
-            try:
-                await upload(target, job.path, method=method, timeout=self.settings.transfer_timeout_s,
-                             ca_file=self.settings.ca_file, name=job.name,
-                             progress=_ProgressLog("diagnostics upload", url, self.progress["diagnostics"] or {}))
-                log.info("diagnostics %s uploaded to %s", job.name, url)
-                return True
-            except TransferError as exc:
-                log.warning("diagnostics upload attempt %d/%d failed: %s", attempt, attempts, exc)
-                if attempt < attempts:
-                    await self._sleep(job.retry_interval)
-        return False
+        progress = _ProgressLog("diagnostics upload", url, job.shown)
+        uploaded = await self._retrying(
+            "diagnostics upload", job, lambda: upload(target, job.path, method=method, name=job.name,
+                                                      timeout=self.settings.transfer_timeout_s,
+                                                      ca_file=self.settings.ca_file, progress=progress))
+        if uploaded:
+            log.info("diagnostics %s uploaded to %s", job.name, url)
+        return uploaded
 
     async def _diagnostics_status(self, status: str) -> None:
         self.diagnostics_status = status
-        log.info("DiagnosticsStatusNotification %s", status)
-        try:
-            await self.hooks.send_diagnostics_status(status)
-        except Exception:  # noqa: BLE001 -- the runtime queues/logs; our sequence goes on
-            log.exception("sending DiagnosticsStatusNotification %s failed", status)
+        await _notify("DiagnosticsStatusNotification", self.hooks.send_diagnostics_status, status)
 
     # -- shutdown -------------------------------------------------------------------------
 
@@ -350,8 +350,13 @@ class FirmwareService:
             await asyncio.wait(tasks)
 
     async def close(self) -> None:
-        """Cancel transfers in progress; a scheduled update stays persisted for resume()."""
-        tasks = [t for t in (self._update_task, self._diag_task) if t is not None and not t.done()]
+        """Cancel transfers in progress; a scheduled update stays persisted for resume().
+
+        The runtime's restart() calls this from inside the update task itself (install ->
+        restart -> shutdown -> close): that task is left to finish on its own."""
+        current = asyncio.current_task()
+        tasks = [t for t in (self._update_task, self._diag_task)
+                 if t is not None and not t.done() and t is not current]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -369,6 +374,15 @@ class _DiagnosticsJob:
     retry_interval: int
     start: datetime | None
     stop: datetime | None
+    shown: dict[str, Any] = field(default_factory=dict)  # what progress["diagnostics"] shows
+
+
+async def _notify(message: str, send: Callable[[str], Awaitable[None]], status: str) -> None:
+    log.info("%s %s", message, status)
+    try:
+        await send(status)
+    except Exception:  # noqa: BLE001 -- the runtime queues/logs; our sequence goes on
+        log.exception("sending %s %s failed", message, status)
 
 
 def _as_time(value: datetime | str | None) -> datetime | None:

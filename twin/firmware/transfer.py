@@ -40,7 +40,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 import twin
@@ -52,6 +52,7 @@ _CHUNK = 64 * 1024
 _USER_AGENT = f"ocpp-twin/{twin.__version__}"
 
 Progress = Callable[[int, "int | None"], None]
+_T = TypeVar("_T")
 
 
 class TransferError(Exception):
@@ -205,17 +206,25 @@ async def download(url: str, dest: Path, *, progress: Progress, timeout: float =
     """Download ``url`` to ``dest``; ``progress(received, total_or_None)`` is called on the
     event loop as bytes arrive. Returns ``dest``; raises TransferError."""
     target = _parse(url)
+    return await _in_thread(lambda report, cancel: _download_sync(target, Path(dest), report, timeout, ca_file, cancel),
+                            progress)
+
+
+async def _in_thread(work: Callable[[Progress, threading.Event], _T], progress: Progress | None) -> _T:
+    """Run a blocking transfer in a worker thread. Its progress reports hop to the event
+    loop; cancelling the awaiting task tells the worker to stop at its next chunk."""
     loop = asyncio.get_running_loop()
     cancel = threading.Event()
 
     def report(done: int, total: int | None) -> None:
-        try:
-            loop.call_soon_threadsafe(progress, done, total)
-        except RuntimeError:
-            pass  # the loop is gone (station stopping); nobody is listening
+        if progress is not None:
+            try:
+                loop.call_soon_threadsafe(progress, done, total)
+            except RuntimeError:
+                pass  # the loop is gone (station stopping); nobody is listening
 
     try:
-        return await asyncio.to_thread(_download_sync, target, Path(dest), report, timeout, ca_file, cancel)
+        return await asyncio.to_thread(work, report, cancel)
     except asyncio.CancelledError:
         cancel.set()
         raise
@@ -283,7 +292,7 @@ def _http_get(target: _Target, sink: _Sink, report: Progress, timeout: float, ca
 
 
 def _ftp_path(target: _Target) -> str:
-    path = unquote(target.path[1:] if target.path.startswith("/") else target.path)
+    path = unquote(target.path.removeprefix("/"))
     if not path or path.endswith("/"):
         raise TransferError(f"no file name in {target.shown}")
     return path
@@ -351,22 +360,8 @@ async def upload(url: str, path: Path, *, timeout: float = 30, method: str = "PU
     method = method.upper()
     if method not in ("PUT", "POST"):
         raise TransferError(f"HTTP upload method must be PUT or POST, not {method!r}")
-    loop = asyncio.get_running_loop()
-    cancel = threading.Event()
-
-    def report(done: int, total: int | None) -> None:
-        if progress is not None:
-            try:
-                loop.call_soon_threadsafe(progress, done, total)
-            except RuntimeError:
-                pass  # the loop is gone
-
-    try:
-        await asyncio.to_thread(_upload_sync, target, Path(path), name or Path(path).name, method, report,
-                                timeout, ca_file, cancel)
-    except asyncio.CancelledError:
-        cancel.set()
-        raise
+    await _in_thread(lambda report, cancel: _upload_sync(target, Path(path), name or Path(path).name, method, report,
+                                                         timeout, ca_file, cancel), progress)
 
 
 def _upload_sync(target: _Target, path: Path, name: str, method: str, report: Progress, timeout: float,
