@@ -15,10 +15,10 @@ Steps are ``(action, pattern)``; ``pattern`` is a dict the payload must contain
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from twin.csms import CallErrorReceived, Csms, Msg
 from twin.csms.matching import PayloadPattern, payload_matches
@@ -121,7 +121,7 @@ async def expect_sequence(
     try:
         return await csms.wait_until(check, timeout, "an expected sequence")
     except TimeoutError:
-        ordered, done = _match(groups, csms.calls(after=start))
+        _, done = _match(groups, csms.calls(after=start))
         seen = "\n  ".join(str(m) for m in csms.calls(after=start))
         raise AssertionError(
             f"sequence incomplete after {timeout}s: {done}/{len(groups)} groups matched, "
@@ -185,10 +185,14 @@ async def set_unavailable(csms: Csms, connector_id: int, connectors: Iterable[in
 
 async def reserved(
     csms: Csms, connector_id: int, id_tag: str, reservation_id: int = 1, expiry: datetime | None = None
-) -> None:
-    """Reserved: ReserveNow(conn, valid tag) Accepted -> SN Reserved (for connector 0 no SN is required)."""
+) -> Msg:
+    """Reserved: ReserveNow(conn, valid tag) Accepted -> SN Reserved; returns that notification.
+
+    For connector 0 (TC_049) the station keeps one connector for the tag, so the
+    Reserved notification may come from any connector.
+    """
     mark = len(csms.messages)
-    expiry = expiry or datetime.now(timezone.utc) + timedelta(hours=1)
+    expiry = expiry or datetime.now(UTC) + timedelta(hours=1)
     await call_expecting(
         csms,
         "ReserveNow",
@@ -199,8 +203,10 @@ async def reserved(
             "reservationId": reservation_id,
         },
     )
+    pattern: dict[str, Any] = {"status": "Reserved"}
     if connector_id != 0:
-        await wait_status(csms, connector_id, "Reserved", since=mark)
+        pattern["connectorId"] = connector_id
+    return await csms.wait_for("StatusNotification", pattern, after=mark)
 
 
 async def id_tag_local_auth_list(csms: Csms, id_tag: str, list_version: int = 1) -> None:
@@ -224,7 +230,8 @@ async def set_charging_profile(csms: Csms, connector_id: int, profile: dict[str,
 async def authorized(csms: Csms, connector_id: int, id_tag: str, present_id_tag: Action) -> Msg:
     """Authorized: [present tag] -> Authorize (Accepted) and SN Preparing, either order. Returns the Authorize."""
     mark = len(csms.messages)
-    already_preparing = (latest_status(csms, connector_id) or _NO_MSG).payload.get("status") == "Preparing"
+    note = latest_status(csms, connector_id)
+    already_preparing = note is not None and note.payload.get("status") == "Preparing"
     await present_id_tag()
     steps: list[Step] = [("Authorize", {"idTag": id_tag})]
     if not already_preparing:
@@ -299,6 +306,3 @@ async def restore_idle(csms: Csms, *, stop_timeout: float = 30) -> None:
         except CallErrorReceived as err:
             if err.code not in ("NotSupported", "NotImplemented"):
                 raise
-
-
-_NO_MSG = Msg(-1, "in", "call", None, {}, None, 0.0, "")

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from decimal import Decimal
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -52,6 +53,10 @@ class ScriptedCp(ChargePoint):
     """Answers the CSMS calls the tests use; remote start runs a short transaction start."""
 
     authorize_remote = "false"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.profiles: list[dict[str, Any]] = []
 
     @on("Reset")
     def on_reset(self, type: str) -> call_result.Reset:
@@ -92,7 +97,13 @@ class ScriptedCp(ChargePoint):
 
     @after("ReserveNow")
     async def after_reserve_now(self, connector_id: int, **_: Any) -> None:
-        await self.status(connector_id, "Reserved")
+        # Connector 0: this one-connector station keeps connector 1 for the tag.
+        await self.status(connector_id or 1, "Reserved")
+
+    @on("SetChargingProfile")
+    def on_set_charging_profile(self, connector_id: int, cs_charging_profiles: dict) -> call_result.SetChargingProfile:
+        self.profiles.append(cs_charging_profiles)
+        return call_result.SetChargingProfile(status="Accepted")
 
     @on("RemoteStopTransaction")
     def on_remote_stop(self, transaction_id: int) -> call_result.RemoteStopTransaction:
@@ -438,7 +449,9 @@ async def test_drop_connection_fails_pending_calls_and_allows_reconnect(csms: Cs
         await csms.wait_connected(timeout=0.1)
 
 
-async def test_tls(tmp_path: Path) -> None:
+@pytest.fixture
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 made with the openssl CLI: (cert, key)."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
@@ -446,6 +459,11 @@ async def test_tls(tmp_path: Path) -> None:
          "-addext", "subjectAltName=IP:127.0.0.1"],
         check=True, capture_output=True,
     )
+    return cert, key
+
+
+async def test_tls(self_signed: tuple[Path, Path]) -> None:
+    cert, key = self_signed
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(cert, key)
     client_ctx = ssl.create_default_context(cafile=str(cert))
@@ -516,10 +534,11 @@ async def test_expect_sequence_allows_the_octt_swaps_and_ignores_unrelated(csms:
         since = csms.mark()
         waiter = asyncio.create_task(octt.expect_sequence(csms, SESSION, timeout=5))
         await send_statuses(cp, ("SN", "Preparing"), ("call", call.Heartbeat()), ("call", AUTH),
-                            ("SN", "Charging"), ("call", START), ("call", STOP), ("SN", "Finishing"))
+                            ("SN", "Charging"), ("call", START), ("SN", "Finishing"), ("call", STOP))
         matched = await waiter
     assert [m.action for m in matched] == [a for a, _ in SESSION]
     assert matched[3].payload["status"] == "Charging" and matched[3].index < matched[2].index
+    assert matched[5].payload["status"] == "Finishing" and matched[5].index < matched[4].index
     assert all(m.index >= since for m in matched)
 
 
@@ -579,8 +598,34 @@ async def test_building_blocks_against_the_scripted_station(csms: Csms) -> None:
         with pytest.raises(AssertionError, match="ClearChargingProfile"):
             await octt.call_expecting(csms, "ClearChargingProfile", {})
     assert octt.open_transactions(csms) == []
+    assert csms.schema_errors == []
     sent = [m.action for m in csms.messages if m.direction == "out" and m.kind == "call"]
     assert sent[-7:-1] == ["CancelReservation", "ClearCache", "SendLocalList", "ChangeAvailability",
                            "ClearChargingProfile", "ChangeConfiguration"]
     assert [m.action for m in csms.calls()].count("Authorize") == 1
+    assert csms.schema_errors == []
+
+
+async def test_authorized_local_list_profile_and_reserving_connector_zero(csms: Csms) -> None:
+    profile = {
+        "chargingProfileId": 1, "stackLevel": 0, "chargingProfilePurpose": "TxDefaultProfile",
+        "chargingProfileKind": "Absolute",
+        "chargingSchedule": {"chargingRateUnit": "A", "startSchedule": "2024-01-01T00:00:00Z",
+                             "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 16.1}]},
+    }
+    async with scripted_cp(csms) as cp:
+        async def swipe() -> None:
+            await cp.status(1, "Preparing")
+            await cp.call(call.Authorize(id_tag="TAG"))
+
+        auth = await octt.authorized(csms, 1, "TAG", present_id_tag=swipe)
+        assert auth.action == "Authorize"
+        # Already Preparing: only the Authorize is expected now.
+        await octt.authorized(csms, 1, "TAG", present_id_tag=lambda: cp.call(call.Authorize(id_tag="TAG")))
+        with pytest.raises(CallErrorReceived, match="NotSupported"):
+            await octt.id_tag_local_auth_list(csms, "TAG")
+        await octt.set_charging_profile(csms, 1, profile)
+        note = await octt.reserved(csms, 0, "TAG", reservation_id=3)
+    assert cp.profiles[0]["charging_schedule"]["charging_schedule_period"][0]["limit"] == Decimal("16.1")
+    assert note.payload == {"connectorId": 1, "errorCode": "NoError", "status": "Reserved"}
     assert csms.schema_errors == []

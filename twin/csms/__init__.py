@@ -3,4 +3,4 @@
 from twin.csms.frames import NO_REPLY, CallErrorReceived, CsmsCallError, Msg
 from twin.csms.server import Csms
 
-__all__ = ["Csms", "Msg", "NO_REPLY", "CallErrorReceived", "CsmsCallError"]
+__all__ = ["NO_REPLY", "CallErrorReceived", "Csms", "CsmsCallError", "Msg"]

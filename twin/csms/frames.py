@@ -70,13 +70,6 @@ class Msg:
 class _NoReply:
     """Marker a handler returns to make the CSMS stay silent (no CALLRESULT, no CALLERROR)."""
 
-    _instance: "_NoReply | None" = None
-
-    def __new__(cls) -> "_NoReply":
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
     def __repr__(self) -> str:
         return "NO_REPLY"
 

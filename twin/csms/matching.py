@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 # What a caller may pass to select a payload: a dict that must be a subset of it,
 # a predicate on the whole payload, or None (anything).

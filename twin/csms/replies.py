@@ -7,8 +7,9 @@ friendly central system answers so a station can boot and charge.
 from __future__ import annotations
 
 import itertools
-from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 Handler = Callable[[dict[str, Any]], "dict[str, Any] | object | Awaitable[dict[str, Any] | object]"]
 
@@ -36,8 +37,8 @@ CP_INITIATED_ACTIONS: frozenset[str] = frozenset(
 
 
 def ocpp_timestamp(now: datetime) -> str:
-    """ISO 8601 UTC with millisecond precision and a Z, the form CSMSes commonly send (OCPP-J §3.1.1)."""
-    return now.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """An OCPP dateTime: ISO 8601 in UTC with a Z, to the millisecond, as most central systems send it."""
+    return now.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class DefaultReplies:
@@ -48,7 +49,7 @@ class DefaultReplies:
         *,
         boot_status: str,
         heartbeat_interval: int,
-        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.boot_status = boot_status
         self.heartbeat_interval = heartbeat_interval

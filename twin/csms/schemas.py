@@ -7,8 +7,9 @@ each charge-point call and reply and reports problems as text instead of raising
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any
 
 from jsonschema import Draft4Validator
 from ocpp.messages import MessageType, get_validator

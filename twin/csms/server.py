@@ -23,8 +23,9 @@ import logging
 import ssl
 import time
 import uuid
+from collections.abc import Callable, Coroutine
 from http import HTTPStatus
-from typing import Any, Callable, TypeVar
+from typing import Any, Self, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -169,7 +170,7 @@ class Csms:
             task.cancel()
         self._fail_pending(ConnectionError("CSMS stopped"))
 
-    async def __aenter__(self) -> "Csms":
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -204,7 +205,10 @@ class Csms:
             # The same station reconnected before its old socket was noticed dead:
             # the newer connection wins, as real central systems do.
             log.warning("CSMS: closing the older connection of %r", cp_id)
-            await previous.close(1000, "replaced by a newer connection")
+            self._fail_pending(ConnectionError(f"the connection of {cp_id!r} was replaced"))
+            # In the background: a dead peer would hold the close handshake for
+            # close_timeout while the new connection's frames wait unread.
+            self._spawn(previous.close(1000, "replaced by a newer connection"))
         try:
             async for raw in ws:
                 self._receive(ws, raw)
@@ -484,7 +488,7 @@ class Csms:
         self._notify()
         return msg
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
