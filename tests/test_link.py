@@ -1,0 +1,123 @@
+"""The OCPP-J link: frame classification, Basic auth (security profile 1) and wss://
+with server-certificate verification (profile 2), against the real CSMS on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+import pytest
+
+from tests.conftest import StationHandle, station_config
+from tests.firmware.certs import make_tls_files
+from twin.csms import Csms
+from twin.link import InboundError, parse_inbound
+
+
+@pytest.mark.parametrize("frame,code", [
+    (b"\xff\xfe", "GenericError"),
+    ("{not json", "GenericError"),
+    ('{"a": 1}', "FormationViolation"),
+    ('[2, "id"]', "FormationViolation"),
+    ('[2, "", "Reset", {"type": "Soft"}]', "FormationViolation"),
+    ('[2, "id", "Reset", []]', "FormationViolation"),
+    ('[9, "id", "Reset", {}]', "FormationViolation"),
+    ('[2, "id", "Reset", {}]', "FormationViolation"),
+    ('[2, "id", "Reset", {"type": "Soft", "extra": 1}]', "FormationViolation"),
+    ('[2, "id", "ChangeAvailability", {"connectorId": "1", "type": "Operative"}]', "TypeConstraintViolation"),
+    ('[2, "id", "ChangeAvailability", {"connectorId": 1, "type": "Maybe"}]', "PropertyConstraintViolation"),
+    ('[2, "id", "RemoteStartTransaction", {"idTag": "012345678901234567890"}]', "PropertyConstraintViolation"),
+    ('[2, "id", "Heartbeat", {}]', "NotImplemented"),  # a CP->CSMS action sent the wrong way
+    ('[2, "id", "GetLog", {}]', "NotSupported"),
+])
+def test_malformed_frames_are_classified(frame, code):
+    with pytest.raises(InboundError) as info:
+        parse_inbound(frame)
+    assert info.value.code == code
+
+
+def test_well_formed_frames_parse():
+    assert parse_inbound('[2, "a", "Reset", {"type": "Hard"}]') == ("call", "a", "Reset", {"type": "Hard"})
+    assert parse_inbound('[3, "b", {"status": "Accepted"}]') == ("result", "b", {"status": "Accepted"})
+    assert parse_inbound('[4, "c", "NotImplemented", "nope", {}]') == ("error", "c", "NotImplemented", "nope")
+
+
+async def _run_station(csms: Csms, tmp_path, **attrs):
+    from twin.runtime import Runtime
+
+    rt = Runtime(station_config(csms, tmp_path / "data", **attrs), meter_poll_s=0.5)
+    await rt.start()
+    return StationHandle(rt, csms)
+
+
+async def test_basic_auth_password_is_sent_and_checked(tmp_path):
+    csms = Csms(require_password="s3cret-pass-1234")
+    await csms.start()
+    station = await _run_station(csms, tmp_path, password="s3cret-pass-1234")
+    try:
+        await csms.wait_for("BootNotification", timeout=10)
+        await station.until(lambda: station.st.registration == "Accepted")
+    finally:
+        await station.rt.shutdown(graceful=False)
+        await csms.stop()
+
+
+async def test_wrong_password_is_refused_and_station_keeps_retrying(tmp_path):
+    csms = Csms(require_password="right-password-1234")
+    await csms.start()
+    station = await _run_station(csms, tmp_path, password="wrong-password-1234")
+    try:
+        await station.until(lambda: station.rt.link.last_error is not None, timeout=10)
+        assert "401" in station.rt.link.last_error
+        assert not csms.calls("BootNotification") and station.st.registration == "None"
+    finally:
+        await station.rt.shutdown(graceful=False)
+        await csms.stop()
+
+
+def _server_context(tls) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    return ctx
+
+
+async def test_wss_verifies_the_server_certificate(tmp_path):
+    (tmp_path / "tls").mkdir()
+    tls = make_tls_files(tmp_path / "tls")
+    csms = Csms(ssl_context=_server_context(tls))
+    await csms.start()
+    assert csms.url.startswith("wss://")
+    station = await _run_station(csms, tmp_path, ca_file=tls.ca_file)
+    try:
+        await csms.wait_for("BootNotification", timeout=10)
+        await station.until(lambda: station.st.registration == "Accepted")
+    finally:
+        await station.rt.shutdown(graceful=False)
+        await csms.stop()
+
+
+async def test_wss_with_an_untrusted_certificate_does_not_connect(tmp_path):
+    (tmp_path / "tls").mkdir()
+    tls = make_tls_files(tmp_path / "tls")
+    (tmp_path / "other").mkdir()
+    other = make_tls_files(tmp_path / "other")
+    csms = Csms(ssl_context=_server_context(tls))
+    await csms.start()
+    station = await _run_station(csms, tmp_path, ca_file=other.ca_file)
+    try:
+        await station.until(lambda: station.rt.link.last_error is not None, timeout=10)
+        assert "CERTIFICATE_VERIFY_FAILED" in station.rt.link.last_error
+        await asyncio.sleep(0.2)
+        assert not csms.calls("BootNotification")
+    finally:
+        await station.rt.shutdown(graceful=False)
+        await csms.stop()
+
+
+async def test_reconnects_after_the_csms_drops_the_connection(station, csms):
+    before = csms.connection_count
+    await csms.drop_connection()
+    await station.until(lambda: csms.connection_count > before and station.st.online, timeout=15)
+    # Registration survives a reconnect: no new BootNotification, only changed statuses (§4.9).
+    await station.plug(1)
+    await csms.wait_for("StatusNotification", {"connectorId": 1, "status": "Preparing"})
