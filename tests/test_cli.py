@@ -1,0 +1,68 @@
+"""The `twin` command line as a user runs it: real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT, twin_process_env
+
+
+def twin(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "twin", *args], capture_output=True, text=True,
+                          env=twin_process_env(), cwd=ROOT, timeout=timeout)
+
+
+def test_bad_config_names_file_key_and_problem_and_exits_non_zero(tmp_path):
+    bad = tmp_path / "station.toml"
+    bad.write_text('[csms]\nurl = "http://nope"\n')
+    result = twin("run", "--config", str(bad))
+    assert result.returncode == 2
+    assert str(bad) in result.stderr and "csms.url" in result.stderr
+
+
+def test_unknown_key_override_is_refused(tmp_path):
+    bad = tmp_path / "station.toml"
+    bad.write_text('[keys]\nMeterValueSampleInterval = "soon"\n')
+    result = twin("run", "--config", str(bad))
+    assert result.returncode == 2 and "MeterValueSampleInterval" in result.stderr
+
+
+def test_corrupted_store_is_refused_and_left_alone(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    db = data / "twin.db"
+    db.write_bytes(b"this is not a database" * 100)
+    result = twin("run", "--sim", "--data-dir", str(data), "--csms", "ws://127.0.0.1:9/ocpp", "--control",
+                  "127.0.0.1:0")
+    assert result.returncode == 3
+    assert "twin.db" in result.stderr
+    assert db.read_bytes() == b"this is not a database" * 100
+
+
+async def test_queue_lists_messages_while_the_station_is_stopped(make_station, csms, tmp_path):
+    station = await make_station()
+    await station.offline()
+    await station.plug(1)
+    await station.tap("TAG1")  # AllowOfflineTxForUnknownId=true on the iEVQC33: starts offline
+    await station.until(lambda: len(station.st.queue) >= 1)
+    await station.rt.shutdown(graceful=False)
+    result = await asyncio.to_thread(twin, "queue", "--data-dir", str(tmp_path / "data"), "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["queue"]
+    assert [r["action"] for r in rows][:1] == ["StartTransaction"]
+    text = await asyncio.to_thread(twin, "queue", "--data-dir", str(tmp_path / "data"))
+    assert "StartTransaction" in text.stdout
+
+
+def test_drivers_lists_backends_and_resolution():
+    result = twin("drivers", "--sim")
+    assert result.returncode == 0, result.stderr
+    assert "backends:" in result.stdout and "sim" in result.stdout
+
+
+def test_version():
+    result = twin("--version")
+    assert result.stdout.strip().endswith("1.10")
