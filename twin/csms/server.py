@@ -299,7 +299,10 @@ class Csms:
         handler = self._handlers.get(call.action)
         try:
             if handler is None:
-                raise CsmsCallError("NotImplemented", f"{call.action} is not implemented by this CSMS")
+                # OCPP-J §4.2.3: NotSupported = action recognised but not supported,
+                # NotImplemented = action not known.
+                code = "NotSupported" if call.action in CP_INITIATED_ACTIONS else "NotImplemented"
+                raise CsmsCallError(code, f"{call.action} is not handled by this CSMS")
             reply = handler(copy.deepcopy(call.payload))
             if inspect.isawaitable(reply):
                 reply = await reply
