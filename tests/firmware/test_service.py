@@ -377,3 +377,13 @@ async def test_bad_extras_do_not_stop_the_upload(service: FirmwareService, hooks
     assert hooks.events == ["DSN Uploading", "DSN Uploaded"]
     summary = json.loads(archive_members((ftp_server.home / "files" / str(name)).read_bytes())["diagnostics.json"])
     assert "store closed" in summary["station"]["error"]
+
+
+async def test_resume_after_an_early_update_firmware_does_not_start_it_twice(
+        service: FirmwareService, hooks: Hooks, http_server: HttpServer, bundles: Bundles) -> None:
+    # The CSMS may send UpdateFirmware before the runtime's post-boot resume() runs.
+    http_server.files["/fw.tar.gz"] = bundles.good["1.11"].read_bytes()
+    service.update_firmware(http_server.url("fw.tar.gz"), T0, retries=0, retry_interval=0)
+    await service.resume()
+    await service.wait_finished()
+    assert hooks.events == ["FSN Downloading", "FSN Downloaded", "FSN Installing", "wait_until_idle", "restart"]

@@ -121,7 +121,12 @@ class FirmwareService:
     # -- UpdateFirmware -------------------------------------------------------------------
 
     async def resume(self) -> None:
-        """On startup: re-arm an UpdateFirmware that was scheduled or under way."""
+        """On startup: re-arm an UpdateFirmware that was scheduled or under way.
+
+        The runtime calls this after BootNotification Accepted, when the CSMS may already
+        have sent a new UpdateFirmware: that one (running) is the job, not a second copy."""
+        if self._update_task is not None:
+            return
         job = self._load_job()
         if job is None:
             return
