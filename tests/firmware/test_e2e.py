@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import twin
-from tests.firmware.servers import FtpServer, HttpServer
+from tests.firmware.servers import FtpServer, HttpServer, free_port
 from twin.core.timeutil import ts
 from twin.csms import Csms
 from twin.firmware import slots
@@ -31,12 +30,6 @@ REPO = Path(__file__).resolve().parents[2]
 NEW = bump_version(twin.__version__)
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _twin_firmware_build(source: Path, out: Path, version: str | None = None) -> Path:
@@ -67,7 +60,7 @@ class Station:
         self._out = open(self.log, "wb")  # noqa: SIM115 -- closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "twin", "run", "--sim", "--config", str(config), "--csms", f"{csms.url}/ocpp",
-             "--id", "CP1", "--data-dir", str(self.data_dir), "--control", f"127.0.0.1:{_free_port()}"],
+             "--id", "CP1", "--data-dir", str(self.data_dir), "--control", f"127.0.0.1:{free_port()}"],
             cwd=REPO, env=env, stdout=self._out, stderr=subprocess.STDOUT)
 
     def stop(self) -> int:
