@@ -35,18 +35,7 @@ from twin.csms import NO_REPLY, CallErrorReceived, Csms, CsmsCallError
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_octt_helpers() -> ModuleType:
-    # The package tests/octt/ (the OCTT cases) shadows tests/octt.py under the name
-    # "tests.octt", so load the helpers from their file.
-    spec = importlib.util.spec_from_file_location("tests.octt_helpers", REPO / "tests" / "octt.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-octt = _load_octt_helpers()
+from tests.octt import matcher as octt  # noqa: E402
 
 
 class ScriptedCp(ChargePoint):

@@ -242,7 +242,7 @@ def cmd_drivers(args) -> int:
 
 # ------------------------------------------------------------------------------ csms
 def cmd_csms(args) -> int:
-    from twin.csms import main as csms_main
+    from twin.csms.cli import main as csms_main
 
     return csms_main(["--host", args.host, "--port", str(args.port)])
 
