@@ -66,3 +66,43 @@ def test_drivers_lists_backends_and_resolution():
 def test_version():
     result = twin("--version")
     assert result.stdout.strip().endswith("1.10")
+
+
+async def test_sigterm_stops_transactions_delivers_and_exits_zero(csms, tmp_path):
+    """issue 7: SIGTERM opens the contactors, stops transactions with a reason, flushes, exits 0."""
+    import signal
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "twin", "run", "--sim", "--csms", csms.url, "--id", "CP1", "--data-dir",
+        str(tmp_path / "data"), "--control", f"127.0.0.1:{port}", env=twin_process_env(), cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        await csms.wait_for("BootNotification", timeout=20)
+
+        def post(path: str, body: dict | None = None) -> None:
+            data = json.dumps(body).encode() if body is not None else b""
+            req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method="POST",
+                                         headers={"Content-Type": "application/json"})
+            urllib.request.urlopen(req, timeout=5).read()
+
+        await asyncio.to_thread(post, "/api/connectors/1/plug")
+        await asyncio.to_thread(post, "/api/rfid", {"idTag": "TAG1"})
+        await csms.wait_for("StartTransaction", timeout=10)
+        proc.send_signal(signal.SIGTERM)
+        stop = await csms.wait_for("StopTransaction", timeout=10)
+        assert stop.payload["reason"] == "Reboot" and stop.payload["transactionId"] == 1
+        assert await asyncio.wait_for(proc.wait(), timeout=20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    from twin.store import Store
+
+    snap = Store.snapshot(tmp_path / "data" / "twin.db")
+    assert snap["queue"] == []  # delivered before exit
+    assert all(tx["stopped"] for tx in snap["transactions"].values())

@@ -109,7 +109,7 @@ class Runtime:
             cfg.csms_url, cfg.charge_point_id, password=cfg.password, ca_file=cfg.ca_file,
             ping_interval=keys.get_int("WebSocketPingInterval"),
             on_up=lambda: self._spawn(st.link_up), on_down=lambda: self._spawn(st.link_down),
-            on_call=lambda uid, action, payload: self._spawn(st.csms_call, uid, action, payload),
+            on_call=self._on_csms_call,
             on_result=lambda ref, payload: self._spawn(st.call_result, ref, payload),
             on_failed=lambda ref, reason: self._spawn(st.call_failed, ref, reason))
         self.link.start()
@@ -182,6 +182,12 @@ class Runtime:
         if self.store:
             await self._flush_unsaved()
             await self.store.close()
+
+    def _on_csms_call(self, uid: str, action: str, payload: dict) -> None:
+        if self.firmware is not None:  # TriggerMessage reports the transfers' live status
+            self.station.firmware_status = self.firmware.firmware_status
+            self.station.diagnostics_status = self.firmware.diagnostics_status
+        self._spawn(self.station.csms_call, uid, action, payload)
 
     # ------------------------------------------------------------------ stepping the core
     def _spawn(self, fn: Callable, *args) -> None:
