@@ -213,3 +213,32 @@ async def test_missing_serial_adapter_is_named(tmp_path):
 async def test_bad_meter_config_names_the_key(table, key):
     with pytest.raises(DriverConfigError, match=key):
         await build_meters(table, [1], BuildContext())
+
+
+async def test_meter_recovers_when_it_answers_again():
+    from pymodbus.server import ModbusTcpServer
+
+    from tests.drivers.modbus_server import sim_device
+
+    port = free_port()
+    server = ModbusTcpServer(sim_device(MODELS["sdm630"][0]), address=("127.0.0.1", port))
+    await server.serve_forever(background=True)
+    meters = await build_meters({"transport": "tcp", "host": "127.0.0.1", "port": port, "timeout_s": 0.3},
+                                [1], BuildContext())
+    await server.shutdown()
+    with pytest.raises(DriverError):
+        await meters[1].read()
+    server = ModbusTcpServer(sim_device(MODELS["sdm630"][0]), address=("127.0.0.1", port))
+    await server.serve_forever(background=True)
+    reading = None
+    try:
+        for _ in range(50):  # the client reconnects on the next read; allow a few on a loaded machine
+            try:
+                reading = await meters[1].read()
+                break
+            except DriverError:
+                await asyncio.sleep(0.1)
+        assert reading is not None and reading.energy_wh == 1234500.0
+    finally:
+        await meters[1].close()
+        await server.shutdown()
