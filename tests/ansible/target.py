@@ -1,0 +1,116 @@
+"""A throwaway Debian bookworm tree for the role to provision, and ansible-playbook runs against it.
+
+The target is a real debootstrap'd bookworm (minbase + python3): apt installs real
+packages in it, useradd creates a real user in its /etc/passwd, pip builds a real
+venv. Ansible reaches it through tests/ansible/connection_plugins/twin_chroot.py.
+Each playbook run happens in a private mount namespace (unshare) where /proc, /sys
+and /dev/pts are mounted into the tree, so nothing stays mounted when a run ends.
+
+Environment knobs:
+  OCPP_TWIN_DEBIAN_MIRROR   the mirror for debootstrap (default http://deb.debian.org/debian)
+  OCPP_TWIN_CHROOT_CACHE    a .tar path: reuse the debootstrap result kept there (made on first use)
+  OCPP_TWIN_ANSIBLE_BIN     the bin/ dir with ansible-playbook and ansible-lint
+                            (default <repo>/.venv-ansible/bin)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PLUGINS = Path(__file__).resolve().parent / "connection_plugins"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+
+
+def ansible_bin(tool: str) -> str:
+    bin_dir = Path(os.environ.get("OCPP_TWIN_ANSIBLE_BIN", REPO / ".venv-ansible" / "bin"))
+    path = bin_dir / tool
+    if not path.is_file():
+        raise RuntimeError(f"{path} not found: install the tools with "
+                           f"`python3 -m venv {REPO}/.venv-ansible && {REPO}/.venv-ansible/bin/pip install "
+                           "ansible-core ansible-lint` or set OCPP_TWIN_ANSIBLE_BIN")
+    return str(path)
+
+
+def ansible_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env.update(
+        ANSIBLE_HOME=str(home),
+        ANSIBLE_LOCAL_TEMP=str(home / "tmp"),
+        ANSIBLE_CONNECTION_PLUGINS=str(PLUGINS),
+        ANSIBLE_ROLES_PATH=str(REPO / "ansible" / "roles"),
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_FORCE_COLOR="0",
+        ANSIBLE_RETRY_FILES_ENABLED="0",
+        ANSIBLE_STDOUT_CALLBACK="default",
+        ANSIBLE_PIPELINING="1",
+        PATH=f"{Path(ansible_bin('ansible-playbook')).parent}:{os.environ.get('PATH', '')}",
+    )
+    return env
+
+
+def make_bookworm(root: Path) -> None:
+    """debootstrap (or unpack the cached result) into ``root``, ready for Ansible."""
+    cache = os.environ.get("OCPP_TWIN_CHROOT_CACHE")
+    root.mkdir(parents=True, exist_ok=True)
+    if cache and Path(cache).is_file():
+        subprocess.run(["tar", "-C", str(root), "-xf", cache], check=True)
+    else:
+        mirror = os.environ.get("OCPP_TWIN_DEBIAN_MIRROR", DEFAULT_MIRROR)
+        result = subprocess.run(["debootstrap", "--variant=minbase", "--include=python3", "bookworm", str(root),
+                                 mirror], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"debootstrap failed ({result.returncode}):\n{result.stdout[-3000:]}{result.stderr}")
+        if cache:
+            Path(cache).parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["tar", "-C", str(root), "-cf", cache, "."], check=True)
+    # Package scripts must not start daemons in the tree (policy-rc.d(8): 101 = action forbidden).
+    policy = root / "usr/sbin/policy-rc.d"
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    shutil.copyfile("/etc/resolv.conf", root / "etc/resolv.conf")
+
+
+def in_root(root: Path, *cmd: str) -> subprocess.CompletedProcess[str]:
+    """Run a command inside the tree (with /proc mounted), as the checks need."""
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+                           'mount -t proc proc "$0/proc" && exec chroot "$0" "$@"', str(root), *cmd],
+                          capture_output=True, text=True, check=False, timeout=300)
+
+
+@dataclass
+class PlaybookRun:
+    returncode: int
+    output: str
+
+    def recap(self) -> dict[str, int]:
+        match = re.search(r"^\S+\s*:\s*(ok=.*)$", self.output.split("PLAY RECAP", 1)[-1], re.M)
+        assert match, self.output[-3000:]
+        return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
+
+    def handlers_run(self) -> list[str]:
+        return re.findall(r"^RUNNING HANDLER \[ocpp_twin : ([^\]]+)\]", self.output, re.M)
+
+
+def run_playbook(root: Path, home: Path, extra_vars_file: Path) -> PlaybookRun:
+    """ansible-playbook ansible/site.yml against the tree, for real (no check mode)."""
+    home.mkdir(parents=True, exist_ok=True)
+    inventory = home / "inventory.yml"
+    inventory.write_text(
+        "ocpp_twin_units:\n  hosts:\n    target:\n"
+        f"      ansible_host: {root}\n"
+        "      ansible_connection: twin_chroot\n"
+        "      ansible_python_interpreter: /usr/bin/python3\n")
+    mounts = ('mount -t proc proc "$0/proc" && mount -t sysfs sysfs "$0/sys" && '
+              'mount --bind /dev/pts "$0/dev/pts" && exec "$@"')
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", mounts, str(root),
+         ansible_bin("ansible-playbook"), "-i", str(inventory), str(REPO / "ansible" / "site.yml"),
+         "-e", f"@{extra_vars_file}"],
+        capture_output=True, text=True, check=False, env=ansible_env(home), timeout=1200)
+    return PlaybookRun(result.returncode, result.stdout + result.stderr)

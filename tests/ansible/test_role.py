@@ -1,0 +1,235 @@
+"""The ocpp_twin role applied for real to a throwaway debootstrap'd bookworm tree.
+
+Run 1 installs; run 2 must change nothing; a bad config value is refused by the
+template validation and leaves the installed config alone; an upgrade through the
+index path (a wheelhouse holding a newer version) changes things and restarts, and
+the run after it changes nothing again. The tree has no systemd as init, so the
+role skips starting the service and its live checks (registration) but still
+checks the files, the venv and the unit (docs/deploy.md says how to run the same
+against a Pi, where those run too).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.ansible.target import REPO, PlaybookRun, in_root, make_bookworm, run_playbook
+
+pytestmark = pytest.mark.slow
+
+CP_ID = "LAB-TEST-1"
+PASSWORD = "s3cret-password-0123"
+DRIVERS = {"relay": {"backend": "gpiozero", "pins": {"1": 5, "2": 6}, "active_high": False},
+           "meter": {"backend": "sim"}}
+
+
+@dataclass
+class Lab:
+    root: Path
+    home: Path
+    work: Path
+    wheel: Path
+    wheelhouse: Path
+    version: str
+    next_version: str
+    next_house: Path
+    first: PlaybookRun
+    second: PlaybookRun
+
+
+def write_vars(path: Path, **values: object) -> Path:
+    """Extra vars for `-e @file` (JSON is YAML)."""
+    path.write_text(json.dumps(values, indent=1, sort_keys=True))
+    return path
+
+
+def base_vars(wheel: Path, wheelhouse: Path) -> dict[str, object]:
+    return {
+        "ocpp_twin_charge_point_id": CP_ID,
+        "ocpp_twin_csms_url": "ws://127.0.0.1:9/ocpp",
+        "ocpp_twin_csms_password": PASSWORD,
+        "ocpp_twin_wheel": str(wheel),
+        "ocpp_twin_wheelhouse": str(wheelhouse),
+        "ocpp_twin_keys": {"HeartbeatInterval": 60, "MeterValuesSampledData": ["Energy.Active.Import.Register", "SoC"]},
+        "ocpp_twin_identity": {"chargePointSerialNumber": "XJ-LAB-0001"},
+        "ocpp_twin_drivers": DRIVERS,
+        "ocpp_twin_unit_overrides": {"PrivateUsers": False, "IPAddressAllow": ["localhost", "192.0.2.0/24"]},
+    }
+
+
+def _pip(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", *args], check=True,
+                   capture_output=True, text=True)
+
+
+def build_wheels(work: Path) -> tuple[Path, Path, str, Path]:
+    """The twin's wheel, the dependency wheelhouse, and a newer version's wheel."""
+    dist = work / "dist"
+    _pip("wheel", "--no-deps", str(REPO), "-w", str(dist))
+    (wheel,) = dist.glob("ocpp_twin-*.whl")
+    requirements = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    wheelhouse = work / "wheelhouse"
+    _pip("download", "--only-binary=:all:", "-d", str(wheelhouse), *requirements)
+
+    # The same tree with a bumped version, as a release would be.
+    src = work / "next-src"
+    for name in ("pyproject.toml", "README.md"):
+        if (REPO / name).exists():
+            src.mkdir(parents=True, exist_ok=True)
+            shutil.copy(REPO / name, src / name)
+    for package in ("twin", "drivers"):
+        shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+    init = src / "twin" / "__init__.py"
+    current = re.search(r'__version__ = "([^"]+)"', init.read_text())
+    assert current
+    bumped = current.group(1) + ".1"
+    init.write_text(init.read_text().replace(current.group(0), f'__version__ = "{bumped}"'))
+    next_house = work / "wheelhouse-next"
+    shutil.copytree(wheelhouse, next_house)
+    _pip("wheel", "--no-deps", str(src), "-w", str(next_house))
+    return wheel, wheelhouse, bumped, next_house
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    work = tmp_path_factory.mktemp("ansible-lab")
+    wheel, wheelhouse, bumped, next_house = build_wheels(work)
+    root = work / "bookworm"
+    make_bookworm(root)
+    home = work / "ansible-home"
+    values = base_vars(wheel, wheelhouse)
+    first = run_playbook(root, home, write_vars(work / "run1.json", **values))
+    assert first.returncode == 0, first.output[-6000:]
+    second = run_playbook(root, home, write_vars(work / "run2.json", **values))
+    version = re.search(r'__version__ = "([^"]+)"', (REPO / "twin" / "__init__.py").read_text())
+    assert version
+    yield Lab(root, home, work, wheel, wheelhouse, version.group(1), bumped, next_house, first, second)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _owner(lab: Lab, path: str) -> tuple[str, str, int]:
+    out = in_root(lab.root, "stat", "-c", "%U %G %a", path)
+    assert out.returncode == 0, out.stderr
+    user, group, mode = out.stdout.split()
+    return user, group, int(mode, 8)
+
+
+def test_first_run_changes_and_second_run_changes_nothing(lab: Lab) -> None:
+    assert lab.first.recap()["changed"] > 0
+    assert lab.second.returncode == 0, lab.second.output[-6000:]
+    recap = lab.second.recap()
+    assert (recap["changed"], recap["failed"]) == (0, 0), lab.second.output[-6000:]
+    assert lab.second.handlers_run() == []  # nothing changed, so no restart
+
+
+def test_service_checks_are_skipped_without_systemd_but_files_are_checked(lab: Lab) -> None:
+    out = lab.second.output
+    assert "service not managed here" in out
+    for checked in ("Check that the twin imports from its virtual environment",
+                    "Check that the installed unit verifies without any output",
+                    "Check that the installed config loads"):
+        assert re.search(re.escape(checked) + r"\] \*+\nok: \[target\]", out), checked
+
+
+def test_os_packages_are_installed(lab: Lab) -> None:
+    out = in_root(lab.root, "dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n",
+                  "pcscd", "libpcsclite1", "python3-venv", "systemd", "libccid", "udev")
+    assert out.returncode == 0, out.stderr
+    assert sorted(out.stdout.split("\n")[:-1]) == sorted(
+        f"{p} installed" for p in ("pcscd", "libpcsclite1", "python3-venv", "systemd", "libccid", "udev"))
+
+
+def test_service_user_and_groups(lab: Lab) -> None:
+    passwd = in_root(lab.root, "getent", "passwd", "ocpp-twin").stdout.strip().split(":")
+    assert passwd[5:] == ["/var/lib/ocpp-twin", "/usr/sbin/nologin"]
+    assert int(passwd[2]) < 1000  # a system account
+    groups = in_root(lab.root, "id", "-nG", "ocpp-twin").stdout.split()
+    assert set(groups) == {"ocpp-twin", "gpio", "dialout"}
+    rule = (lab.root / "etc/udev/rules.d/60-ocpp-twin-gpio.rules").read_text()
+    assert 'KERNEL=="gpiochip*", GROUP="gpio", MODE="0660"' in rule
+
+
+def test_venv_runs_the_installed_twin(lab: Lab) -> None:
+    out = in_root(lab.root, "/opt/ocpp-twin/venv/bin/python", "-I", "-c",
+                  "import twin, twin.config, ocpp, websockets; print(twin.__version__, twin.__file__)")
+    assert out.returncode == 0, out.stderr
+    version, location = out.stdout.split()
+    assert version == lab.version
+    assert location.startswith("/opt/ocpp-twin/venv/lib/python3.11/site-packages/twin/")
+    twin_help = in_root(lab.root, "/opt/ocpp-twin/venv/bin/twin", "--help")
+    assert twin_help.returncode == 0, twin_help.stderr
+    assert (lab.root / "opt/ocpp-twin/wheels" / lab.wheel.name).read_bytes() == lab.wheel.read_bytes()
+
+
+def test_station_config_is_rendered_and_loads(lab: Lab) -> None:
+    assert _owner(lab, "/etc/ocpp-twin/station.toml") == ("root", "ocpp-twin", 0o640)
+    assert _owner(lab, "/etc/ocpp-twin/csms-password") == ("root", "ocpp-twin", 0o640)
+    assert _owner(lab, "/var/lib/ocpp-twin") == ("ocpp-twin", "ocpp-twin", 0o750)
+    doc = tomllib.loads((lab.root / "etc/ocpp-twin/station.toml").read_text())
+    assert doc["station"]["charge_point_id"] == CP_ID
+    assert doc["csms"] == {"url": "ws://127.0.0.1:9/ocpp", "password_file": "/etc/ocpp-twin/csms-password"}
+    assert doc["drivers"] == DRIVERS
+    assert doc["keys"]["MeterValuesSampledData"] == ["Energy.Active.Import.Register", "SoC"]
+    assert (lab.root / "etc/ocpp-twin/csms-password").read_text() == PASSWORD + "\n"
+    # The twin's own loader, in the target's venv, reads it the way the service will.
+    out = in_root(lab.root, "/opt/ocpp-twin/venv/bin/python", "-I", "-c",
+                  "from twin.config import load_config; c = load_config('/etc/ocpp-twin/station.toml'); "
+                  "print(c.charge_point_id, c.ws_url, c.password, c.connectors)")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [CP_ID, f"ws://127.0.0.1:9/ocpp/{CP_ID}", PASSWORD, "2"]
+
+
+def test_unit_and_drop_in_are_installed_and_verify_clean(lab: Lab) -> None:
+    unit = lab.root / "etc/systemd/system/ocpp-twin.service"
+    assert unit.read_bytes() == (REPO / "systemd/ocpp-twin.service").read_bytes()
+    assert _owner(lab, "/etc/systemd/system/ocpp-twin.service") == ("root", "root", 0o644)
+    dropin = (lab.root / "etc/systemd/system/ocpp-twin.service.d/ansible.conf").read_text()
+    assert "\nPrivateUsers=false\n" in dropin
+    assert "\nIPAddressAllow=localhost\nIPAddressAllow=192.0.2.0/24\n" in dropin
+    # The real ExecStart binary exists in the tree, so verify runs without any stand-in.
+    binary = lab.root / "opt/ocpp-twin/venv/bin/twin"
+    assert binary.stat().st_mode & stat.S_IXUSR
+    out = in_root(lab.root, "systemd-analyze", "verify", "--man=no", "/etc/systemd/system/ocpp-twin.service")
+    assert (out.returncode, out.stdout + out.stderr) == (0, "")
+
+
+def test_a_bad_config_value_is_refused_and_the_old_config_stays(lab: Lab) -> None:
+    before = (lab.root / "etc/ocpp-twin/station.toml").read_bytes()
+    values = base_vars(lab.wheel, lab.wheelhouse)
+    values["ocpp_twin_keys"] = {"HeartbeatInterval": "soon"}
+    run = run_playbook(lab.root, lab.home, write_vars(lab.work / "bad.json", **values))
+    assert run.returncode != 0
+    failed_task = run.output.split("TASK [ocpp_twin : Write the station config]")[1].split("PLAY RECAP")[0]
+    assert '"msg": "failed to validate"' in failed_task, run.output[-4000:]
+    assert "keys.HeartbeatInterval: 'soon' is not an integer" in failed_task
+    assert (lab.root / "etc/ocpp-twin/station.toml").read_bytes() == before
+
+
+def test_upgrade_from_an_index_changes_and_restarts_then_settles(lab: Lab) -> None:
+    """Re-running the playbook is the upgrade; here through the index path
+    (ocpp_twin_pip_spec with a wheelhouse standing in for the index)."""
+    values = base_vars(lab.wheel, lab.next_house)
+    values.update(ocpp_twin_wheel="", ocpp_twin_pip_spec=f"ocpp-twin=={lab.next_version}", ocpp_twin_unit_overrides={})
+    upgrade = run_playbook(lab.root, lab.home, write_vars(lab.work / "run3.json", **values))
+    assert upgrade.returncode == 0, upgrade.output[-6000:]
+    assert upgrade.recap()["changed"] > 0
+    assert set(upgrade.handlers_run()) == {"Reload systemd", "Restart ocpp-twin"}
+    out = in_root(lab.root, "/opt/ocpp-twin/venv/bin/python", "-I", "-c", "import twin; print(twin.__version__)")
+    assert out.stdout.strip() == lab.next_version
+    assert not (lab.root / "etc/systemd/system/ocpp-twin.service.d/ansible.conf").exists()
+
+    again = run_playbook(lab.root, lab.home, write_vars(lab.work / "run4.json", **values))
+    assert again.returncode == 0, again.output[-6000:]
+    assert again.recap()["changed"] == 0, again.output[-6000:]
+    assert again.handlers_run() == []
