@@ -274,13 +274,19 @@ build_relays.config_keys = frozenset(  # type: ignore[attr-defined]
     {"pins", "active_high", "feedback_pins", "feedback_pull_up", "feedback_timeout_s"})
 
 
-async def build_ev_inputs(table: dict, connectors: list[int], ctx: BuildContext) -> dict[int, GpioEvPresentInput]:
-    """Connectors without a pin get no input (plug/unplug then comes from the control API)."""
-    t = KindTable("ev_present", table)
-    pins = t.pins("pins", connectors, DEFAULT_PINS["ev_present"], required=False)
+def _optional_pins(t: KindTable, connectors: list[int]) -> dict[int, int]:
+    """Pins of an optional per-connector signal: some connectors may lack it, but not all."""
+    pins = t.pins("pins", connectors, DEFAULT_PINS[t.kind], required=False)
     if not pins:
         raise DriverConfigError(f"{t.key('pins')}: no pin for any connector")
     check_distinct_pins({t.key("pins"): pins})
+    return pins
+
+
+async def build_ev_inputs(table: dict, connectors: list[int], ctx: BuildContext) -> dict[int, GpioEvPresentInput]:
+    """Connectors without a pin get no input (plug/unplug then comes from the control API)."""
+    t = KindTable("ev_present", table)
+    pins = _optional_pins(t, connectors)
     pull_up = t.get_bool("pull_up", True)
     bounce = t.get_float("bounce_s", 0.05, minimum=0.0)
     return _build_each([c for c in connectors if c in pins], lambda c: GpioEvPresentInput(
@@ -292,10 +298,7 @@ build_ev_inputs.config_keys = frozenset({"pins", "pull_up", "bounce_s"})  # type
 
 async def build_pilots(table: dict, connectors: list[int], ctx: BuildContext) -> dict[int, GpioPilotPwm]:
     t = KindTable("pilot", table)
-    pins = t.pins("pins", connectors, DEFAULT_PINS["pilot"], required=False)
-    if not pins:
-        raise DriverConfigError(f"{t.key('pins')}: no pin for any connector")
-    check_distinct_pins({t.key("pins"): pins})
+    pins = _optional_pins(t, connectors)
     active_high = t.get_bool("active_high", True)
     freq = t.get_float("frequency_hz", float(PILOT_FREQUENCY_HZ), minimum=1.0)
     return _build_each([c for c in connectors if c in pins], lambda c: GpioPilotPwm(

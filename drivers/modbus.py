@@ -12,6 +12,7 @@ reports PowerMeterFailure and keeps the last good register for billing (issue 6)
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import os
 from typing import Any
@@ -70,10 +71,8 @@ class ModbusBus:
         if self.transport == "rtu":
             if not self.device or not os.path.exists(self.device):
                 raise DriverError(f"serial device {self.device} not found (is the USB RS-485 adapter plugged in?)")
-            try:
-                import serial  # noqa: F401  (pyserial, from pymodbus[serial])
-            except ImportError as exc:
-                raise DriverError(f"pyserial is not installed ({exc}); {INSTALL_HINT}") from exc
+            if importlib.util.find_spec("serial") is None:  # pyserial, from pymodbus[serial]
+                raise DriverError(f"pyserial is not installed, RTU needs it; {INSTALL_HINT}")
             return pm.client.AsyncModbusSerialClient(
                 self.device, framer=FramerType.RTU, baudrate=self.baudrate, parity=self.parity,
                 stopbits=self.stopbits, bytesize=self.bytesize, **common)

@@ -23,6 +23,7 @@ import logging
 import time
 from typing import Callable, Mapping
 
+from drivers.asyncutil import cancel_and_wait
 from drivers.base import Relay, RelayFault
 
 log = logging.getLogger(__name__)
@@ -142,10 +143,5 @@ class RelaySupervisor:
             await asyncio.sleep(self._poll_s)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None

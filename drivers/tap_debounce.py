@@ -34,6 +34,11 @@ class TapDebouncer:
         self._present: dict[str, str] = {}  # reader -> idTag on it now
         self._left: dict[str, tuple[str, float]] = {}  # reader -> (idTag, when it left)
 
+    @property
+    def cards(self) -> dict[str, str]:
+        """reader -> idTag of the card on it now."""
+        return dict(self._present)
+
     def card_present(self, reader: str, id_tag: str, now: float) -> bool:
         """A card was detected on ``reader``; True when this is a new tap."""
         if self._present.get(reader) == id_tag:

@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Callable, Mapping
 
+from drivers.asyncutil import cancel_and_wait
 from drivers.base import Relay
 
 log = logging.getLogger(__name__)
@@ -81,13 +82,8 @@ class LoopWatchdog:
 
     async def stop(self) -> None:
         self._stop.set()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 2.0)
             self._thread = None

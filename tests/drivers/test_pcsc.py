@@ -61,12 +61,17 @@ async def test_held_card_is_one_tap(reader):
     assert card.sessions == 1
 
 
-async def test_removal_then_a_new_presentation_taps_again(reader):
+async def tap_and_take_away(reader, uid: bytes) -> None:
     r, taps, cards = reader
-    card = present(cards, UID)
+    card = present(cards, uid)
     await until(lambda: len(taps) == 1, what="first tap")
     card.remove()
-    await until(lambda: not r.debouncer._present, what="the reader to see the card leave")
+    await until(lambda: not r.debouncer.cards, what="the reader to see the card leave")
+
+
+async def test_removal_then_a_new_presentation_taps_again(reader):
+    r, taps, cards = reader
+    await tap_and_take_away(reader, UID)
     await asyncio.sleep(1.1)  # past the debounce window: a deliberate second tap
     present(cards, UID)
     await until(lambda: len(taps) == 2, what="second tap")
@@ -75,10 +80,7 @@ async def test_removal_then_a_new_presentation_taps_again(reader):
 
 async def test_another_card_right_after_is_a_new_tap(reader):
     r, taps, cards = reader
-    first = present(cards, UID)
-    await until(lambda: len(taps) == 1, what="first tap")
-    first.remove()
-    await until(lambda: not r.debouncer._present, what="the reader to see the card leave")
+    await tap_and_take_away(reader, UID)
     present(cards, bytes.fromhex("DEADBEEF"))
     await until(lambda: len(taps) == 2, what="tap of the second card")
     assert taps == ["04A1B2C3D4E5F6", "DEADBEEF"]
@@ -99,7 +101,7 @@ async def test_survives_a_pcscd_restart_with_the_card_held(reader, pcscd, caplog
     assert "pcscd is reachable again" in caplog.text
     assert taps == ["04A1B2C3D4E5F6"]  # ...but a card held through the restart is still one tap
     card.remove()
-    await until(lambda: not r.debouncer._present, what="the card to leave")
+    await until(lambda: not r.debouncer.cards, what="the card to leave")
     present(cards, bytes.fromhex("0102030405060708090A"))
     await until(lambda: len(taps) == 2, what="a tap after the restart")
     assert taps[-1] == "0102030405060708090A"
