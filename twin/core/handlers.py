@@ -70,7 +70,8 @@ def change_availability(st: "Station", p: dict, now: datetime) -> Result:
             else:
                 c.availability, c.scheduled = target, None
             ops.append(("kv_put", "availability", str(c.id), c.availability))
-        return {"status": "Accepted"}, [Persist(ops)] + _end_reservations(st, target, list(st.connectors.values()))
+        return {"status": "Accepted"}, [Persist(ops)] + _end_reservations(
+            st, target, list(st.connectors.values()), station=True)
     c = st.connectors[cid]
     if c.availability == target and c.scheduled is None:
         return {"status": "Accepted"}, []
@@ -82,13 +83,14 @@ def change_availability(st: "Station", p: dict, now: datetime) -> Result:
         st, target, [c])
 
 
-def _end_reservations(st: "Station", target: str, conns) -> list[Action]:
-    # §5.13: a connector that becomes Unavailable ends its reservation.
+def _end_reservations(st: "Station", target: str, conns, station: bool = False) -> list[Action]:
+    # §5.13: a connector (or the Charge Point: its connector-0 reservations) that becomes
+    # Unavailable ends its reservation.
     if target != "Inoperative":
         return []
     ops: list[tuple] = []
-    for c in conns:
-        r = st.reservations.for_connector(c.id)
+    held = [st.reservations.for_connector(c.id) for c in conns] + (st.reservations.zero() if station else [])
+    for r in held:
         if r is not None:
             ops += st.reservations.remove(r.reservation_id)
     return [Persist(ops)] if ops else []
@@ -306,7 +308,7 @@ def reserve_now(st: "Station", p: dict, now: datetime) -> Result:
             return {"status": "Faulted"}, []
         if not st._operative(c):
             return {"status": "Unavailable"}, []
-        holder = st.reservations.for_connector(cid)
+        holder = st._reserved_for(c)  # its own reservation, or kept free for a connector-0 one
         if c.tx is not None or c.plugged or not c.idle() or (holder is not None and holder.reservation_id != rid):
             return {"status": "Occupied"}, []  # includes "already reserved" (reference §4.5)
     if existing is not None:

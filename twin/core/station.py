@@ -166,12 +166,26 @@ class Station:
         zero = self.reservations.zero()
         if not zero:
             return None
-        # A connector-0 reservation keeps one free connector for its tag (§5.13): the free
-        # connectors show Reserved when there are no more of them than such reservations.
-        free = [x for x in self.connectors.values() if self._is_free(x)]
-        if c in free and len(free) <= len(zero):
+        # A connector-0 reservation keeps one connector for its tag (§5.13): while the
+        # connectors that could still take a new transaction are no more than such
+        # reservations, each of them is held. A plugged one too: else another card could
+        # start on the last connector left (it then shows Preparing, not Reserved).
+        open_ = [x for x in self.connectors.values() if self._could_start(x)]
+        if c in open_ and len(open_) <= len(zero):
             return zero[0]
         return None
+
+    def _could_start(self, c: Connector) -> bool:
+        return (c.tx is None and c.fault is None and self.station_fault is None and self._operative(c)
+                and self.reservations.for_connector(c.id) is None)
+
+    def _reservation_used(self, c: Connector, id_tag: str, parent: str | None) -> Reservation | None:
+        """The reservation a transaction of ``id_tag`` on ``c`` ends (§5.13, ST.reservationId §4.8):
+        the connector's own, else a connector-0 reservation for this tag, whichever connector."""
+        own = self.reservations.for_connector(c.id)
+        if own is not None:
+            return own if own.admits(id_tag, parent) else None
+        return next((r for r in self.reservations.zero() if r.admits(id_tag, parent)), None)
 
     def _is_free(self, c: Connector) -> bool:
         return (c.idle() and not c.plugged and c.fault is None and self.station_fault is None
@@ -628,9 +642,8 @@ class Station:
 
     def _authorized(self, c: Connector, id_tag: str, info: dict | None, now: datetime, *, remote: bool = False,
                     bound: bool = False) -> list[Action]:
-        res = self._reserved_for(c)
-        reservation_id = res.reservation_id if res is not None and res.admits(
-            id_tag, (info or {}).get("parentIdTag")) else None
+        res = self._reservation_used(c, id_tag, (info or {}).get("parentIdTag"))
+        reservation_id = res.reservation_id if res is not None else None
         if c.plugged:
             return self._start_tx(c, id_tag, info, reservation_id, now)
         timeout = self._key_int("ConnectionTimeOut", 60)
@@ -666,7 +679,7 @@ class Station:
         else:
             moved = self._take_movable_pending(c)
             if moved is not None:
-                acts += self._start_tx(c, moved.id_tag, moved.info, None, now)
+                acts += self._start_tx(c, moved.id_tag, moved.info, moved.reservation_id, now)
             elif self.held_tag is not None:
                 tag, self.held_tag = self.held_tag[0], None
                 acts += self._identify_for(c, tag, now)
@@ -679,7 +692,10 @@ class Station:
         if not self._operative(target) or target.fault or self.reservations.for_connector(target.id):
             return None
         for c in self.connectors.values():
-            if c is not target and c.pending and not c.pending.bound and c.pending.reservation_id is None:
+            # A connector reservation binds the tag to its connector; a connector-0 one does not.
+            movable = c.pending is not None and (c.pending.reservation_id is None or getattr(
+                self.reservations.items.get(c.pending.reservation_id), "connector_id", None) == 0)
+            if c is not target and movable and not c.pending.bound:
                 p, c.pending = c.pending, None
                 return p
         return None
@@ -745,7 +761,13 @@ class Station:
             self.held_tag = (id_tag, now + timedelta(seconds=self._key_int("ConnectionTimeOut", 60)))
             return []
         free = [c for c in self.connectors.values() if usable(c) and c.idle()]
-        mine = [c for c in free if (r := self._reserved_for(c)) is not None and r.admits(id_tag, None)]
+        held = [(c, r) for c in free if (r := self._reserved_for(c)) is not None]
+        info = known if known is not None else self._lookup(id_tag, now).info
+        if info is None and self._connected() and any(r.admits(id_tag, None) is None for _, r in held):
+            # A reservation may be this card's through its parentIdTag: learn the parent
+            # (list or cache, else Authorize, §5.13) before choosing the connector (TC_053).
+            return self._authorize(id_tag, {"purpose": "stop-or-start"})
+        mine = [c for c, r in held if r.admits(id_tag, (info or {}).get("parentIdTag"))]
         free = mine or [c for c in free if self._reserved_for(c) is None] or free
         if not free:
             log.info("card %s presented but no connector can take it", id_tag)
@@ -776,6 +798,8 @@ class Station:
             self.station_fault = (code, info)
             for c in self.connectors.values():
                 acts += self._fault_effects(c, now)
+            for r in self.reservations.zero():  # §5.13: the Charge Point Faulted ends them too
+                acts.append(Persist(self.reservations.remove(r.reservation_id)))
         else:
             c = self.connectors[cid]
             c.fault = (code, info)
