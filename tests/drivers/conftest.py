@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import shutil
 import socket
 import subprocess
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 
 PCSCD_COMM = Path("/run/pcscd/pcscd.comm")
+PCSC_LOCK = "/tmp/ocpp-twin-pcsc-tests.lock"
 
 
 @pytest.fixture
@@ -134,12 +137,37 @@ class Pcscd:
         return self.proc is not None and self.proc.poll() is None
 
 
-@pytest.fixture(scope="session")
+@contextlib.contextmanager
+def machine_lock(path: str, timeout_s: float):
+    """pcscd, /run/pcscd/pcscd.comm and vpcd's TCP port are machine-wide singletons: two test
+    sessions on one machine (developers running the suite in parallel) must take turns."""
+    with open(path, "w") as fh:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"another test session has held {path} for {timeout_s:.0f} s (it runs pcscd)")
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="package")
 def pcscd_daemon():
-    daemon = Pcscd()
-    daemon.start()
-    yield daemon
-    daemon.stop()
+    """One pcscd for the driver tests, stopped when tests/drivers is done, so that later tests in
+    the same run (e.g. a station with ``auto`` drivers expecting the sim fallback) see no pcscd."""
+    with machine_lock(PCSC_LOCK, timeout_s=600):
+        daemon = Pcscd()
+        daemon.start()
+        try:
+            yield daemon
+        finally:
+            daemon.stop()
 
 
 @pytest.fixture

@@ -196,3 +196,18 @@ async def test_probe_flags_a_meter_that_stops_answering(modbus_tcp):
     rows = await probe({"meter": {"backend": "modbus", "transport": "tcp", "host": "127.0.0.1", "port": port,
                                   "shared": True}}, 1)
     assert rows[1].ok is False and "illegal data address" in rows[1].warning
+
+
+async def test_light_install_without_hardware_libraries_falls_back(monkeypatch, tmp_path):
+    """gpiozero, pymodbus and pyscard are optional extras: their absence is a missing device, not a crash."""
+    import sys
+
+    for name in ("gpiozero", "pymodbus", "pymodbus.client", "smartcard"):
+        monkeypatch.setitem(sys.modules, name, None)  # makes `import name` raise ImportError
+    cfg = {k: {"backend": "auto"} for k in KINDS}
+    cfg["meter"]["shared"] = True
+    ds = await build_drivers(cfg, 2, **NO_SOURCES)
+    assert [r.backend for r in ds.reports] == ["sim"] * len(KINDS)
+    for report, package in zip(ds.reports, ["gpiozero", "pymodbus", "pyscard", "gpiozero", "gpiozero"]):
+        assert f"the {package} package is not installed" in report.warning
+    await ds.close()
