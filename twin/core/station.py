@@ -552,8 +552,16 @@ class Station:
         return acts + self._settle(now)
 
     def _gc_txs(self) -> None:
-        referenced = {e.tx_local_id for e in self.queue.entries}
-        for local_id in [k for k, tx in self.txs.items() if tx.get("stopped") and k not in referenced]:
+        # Runs after every confirmation: scanning the whole queue each time made draining
+        # a backlog quadratic (10,000 queued MeterValues: half the drain time, bench_queue).
+        # Scan only while some stopped transaction may still be referenced; its entries
+        # sit near the head of the FIFO, so the scan usually stops at the first entry.
+        done = {k for k, tx in self.txs.items() if tx.get("stopped")}
+        for entry in self.queue.entries:
+            if not done:
+                return
+            done.discard(entry.tx_local_id)
+        for local_id in done:
             del self.txs[local_id]
 
     # ------------------------------------------------------------------ authorization
