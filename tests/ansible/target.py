@@ -19,8 +19,10 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGINS = Path(__file__).resolve().parent / "connection_plugins"
@@ -97,20 +99,87 @@ class PlaybookRun:
         return re.findall(r"^RUNNING HANDLER \[ocpp_twin : ([^\]]+)\]", self.output, re.M)
 
 
-def run_playbook(root: Path, home: Path, extra_vars_file: Path) -> PlaybookRun:
-    """ansible-playbook ansible/site.yml against the tree, for real (no check mode)."""
+def run_playbook(root: Path, home: Path, extra_vars_file: Path, *, booted: BootedTree | None = None) -> PlaybookRun:
+    """ansible-playbook ansible/site.yml against the tree, for real (no check mode);
+    with ``booted``, against the running container of that tree instead."""
     home.mkdir(parents=True, exist_ok=True)
     inventory = home / "inventory.yml"
+    host = f"'{booted.init_pid}'" if booted else str(root)
     inventory.write_text(
         "ocpp_twin_units:\n  hosts:\n    target:\n"
-        f"      ansible_host: {root}\n"
+        f"      ansible_host: {host}\n"
         "      ansible_connection: twin_chroot\n"
         "      ansible_python_interpreter: /usr/bin/python3\n")
-    mounts = ('mount -t proc proc "$0/proc" && mount -t sysfs sysfs "$0/sys" && '
-              'mount --bind /dev/pts "$0/dev/pts" && exec "$@"')
-    result = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", mounts, str(root),
-         ansible_bin("ansible-playbook"), "-i", str(inventory), str(REPO / "ansible" / "site.yml"),
-         "-e", f"@{extra_vars_file}"],
-        capture_output=True, text=True, check=False, env=ansible_env(home), timeout=1200)
+    playbook = [ansible_bin("ansible-playbook"), "-i", str(inventory), str(REPO / "ansible" / "site.yml"),
+                "-e", f"@{extra_vars_file}"]
+    if booted is None:
+        mounts = ('mount -t proc proc "$0/proc" && mount -t sysfs sysfs "$0/sys" && '
+                  'mount --bind /dev/pts "$0/dev/pts" && exec "$@"')
+        playbook = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", mounts, str(root), *playbook]
+    result = subprocess.run(playbook, capture_output=True, text=True, check=False, env=ansible_env(home),
+                            timeout=1200)
     return PlaybookRun(result.returncode, result.stdout + result.stderr)
+
+
+class BootedTree:
+    """The tree booted with its own systemd as init (systemd-nspawn, host network).
+
+    Its systemd is a real service manager: Type=notify, the watchdog, the hardening
+    (namespaces, seccomp, DevicePolicy) all apply to ocpp-twin.service in there.
+    """
+
+    def __init__(self, root: Path, log: Path) -> None:
+        self.root, self.log = root, log
+        self.init_pid = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> BootedTree:
+        if shutil.which("systemd-nspawn") is None:
+            raise RuntimeError("systemd-nspawn not found: apt-get install systemd-container")
+        with open(self.log, "wb") as log:
+            self._proc = subprocess.Popen(
+                ["systemd-nspawn", "--quiet", "-D", str(self.root), "--register=no", "--keep-unit", "-b",
+                 "--console=pipe"], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while not self.init_pid:
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the container did not boot:\n{self.log.read_text(errors='replace')[-3000:]}")
+            self.init_pid = _systemd_child(self._proc.pid)
+            time.sleep(0.1)
+        state = self.run("systemctl", "is-system-running", "--wait", timeout=120)
+        if state.stdout.strip() not in ("running", "degraded"):
+            raise RuntimeError(f"the container's systemd is {state.stdout.strip()!r}: {state.stderr}")
+        return self
+
+    def run(self, *cmd: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["nsenter", f"--target={self.init_pid}", "--all", *cmd], capture_output=True,
+                              text=True, check=False, timeout=timeout)
+
+    def show(self, unit: str, *props: str) -> dict[str, str]:
+        out = self.run("systemctl", "show", unit, *(f"--property={p}" for p in props)).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._proc is None:
+            return
+        self._proc.terminate()  # nspawn halts the container on SIGTERM
+        try:
+            self._proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+
+def _systemd_child(pid: int) -> int:
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return 0
+    for child in children:
+        try:
+            if Path(f"/proc/{child}/comm").read_text().strip() == "systemd":
+                return int(child)
+        except OSError:
+            continue
+    return 0

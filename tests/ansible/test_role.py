@@ -3,28 +3,36 @@
 Run 1 installs; run 2 must change nothing; a bad config value is refused by the
 template validation and leaves the installed config alone; an upgrade through the
 index path (a wheelhouse holding a newer version) changes things and restarts, and
-the run after it changes nothing again. The tree has no systemd as init, so the
-role skips starting the service and its live checks (registration) but still
-checks the files, the venv and the unit (docs/deploy.md says how to run the same
-against a Pi, where those run too).
+the run after it changes nothing again. Chrooted, the tree has no systemd as init,
+so the role skips starting the service and its live checks but still checks the
+files, the venv and the unit. Last, the tree is booted with its own systemd
+(systemd-nspawn): the role then enables and starts the service and checks it is
+active and registered with a real CSMS on loopback, and the unit's watchdog,
+journald logging and SIGTERM stop are exercised under that real systemd.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
+import socket
 import stat
 import subprocess
 import sys
+import time
 import tomllib
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.ansible.target import REPO, PlaybookRun, in_root, make_bookworm, run_playbook
+from tests.ansible.target import REPO, BootedTree, PlaybookRun, in_root, make_bookworm, run_playbook
+from twin.csms import Csms
 
 pytestmark = pytest.mark.slow
 
@@ -233,3 +241,79 @@ def test_upgrade_from_an_index_changes_and_restarts_then_settles(lab: Lab) -> No
     assert again.returncode == 0, again.output[-6000:]
     assert again.recap()["changed"] == 0, again.output[-6000:]
     assert again.handlers_run() == []
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _block_event_loop(port: int, seconds: float) -> None:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/debug/block", method="POST",
+                                     data=json.dumps({"seconds": seconds}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(request, timeout=seconds + 30).read()
+    except (urllib.error.URLError, ConnectionError):
+        pass  # the watchdog kills the station mid-request: no answer is the expected outcome
+
+
+def _wait(check: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+async def test_under_a_real_systemd_the_role_starts_and_verifies_the_registered_service(lab: Lab) -> None:
+    csms = Csms(charge_point_id=CP_ID, require_password=PASSWORD)
+    await csms.start()
+    port = _free_port()
+    values = base_vars(lab.wheel, lab.next_house)
+    values.update(ocpp_twin_wheel="", ocpp_twin_pip_spec=f"ocpp-twin=={lab.next_version}",
+                  ocpp_twin_csms_url=f"{csms.url}/ocpp", ocpp_twin_control_port=port, ocpp_twin_control_debug=True,
+                  ocpp_twin_verify_timeout=60,
+                  # a short watchdog, so the hung-loop check below takes seconds, not half a minute
+                  ocpp_twin_unit_overrides={"WatchdogSec": 3})
+    extra = write_vars(lab.work / "booted.json", **values)
+    try:
+        with BootedTree(lab.root, lab.work / "nspawn.log") as booted:
+            run = await asyncio.to_thread(run_playbook, lab.root, lab.home, extra, booted=booted)
+            assert run.returncode == 0, run.output[-6000:]
+            for checked in ("Enable and start the ocpp-twin service", "Check that the service is active",
+                            "Wait for the control API to report the station registered with the CSMS"):
+                assert re.search(re.escape(checked) + r"\] \*+\n(ok|changed): \[target\]", run.output), checked
+            assert "service Accepted" in run.output
+            boots = [m for m in csms.messages if m.action == "BootNotification" and m.kind == "call"]
+            assert boots and boots[0].payload["chargePointModel"] == "iEVQC33"
+
+            state = booted.show("ocpp-twin.service", "ActiveState", "UnitFileState", "MainPID", "NRestarts",
+                                "StatusText", "WatchdogUSec")
+            assert (state["ActiveState"], state["UnitFileState"], state["WatchdogUSec"]) == ("active", "enabled", "3s")
+            assert state["StatusText"].startswith("registration Accepted")
+
+            # Re-running changes nothing and restarts nothing.
+            again = await asyncio.to_thread(run_playbook, lab.root, lab.home, extra, booted=booted)
+            assert again.returncode == 0, again.output[-6000:]
+            assert again.recap()["changed"] == 0, again.output[-6000:]
+            assert booted.show("ocpp-twin.service", "MainPID")["MainPID"] == state["MainPID"]
+
+            # Structured logs reach the container's journald through the native protocol.
+            journal = booted.run("journalctl", "-u", "ocpp-twin.service", "-o", "verbose", "--no-pager").stdout
+            assert "SYSLOG_IDENTIFIER=ocpp-twin" in journal and "_TRANSPORT=journal" in journal
+
+            # A blocked event loop stops the pings: systemd kills it and Restart= brings it back.
+            await asyncio.to_thread(_block_event_loop, port, 10)
+            await asyncio.to_thread(
+                _wait, lambda: booted.show("ocpp-twin.service", "NRestarts", "ActiveState")
+                == {"NRestarts": "1", "ActiveState": "active"}, 60, "a watchdog restart")
+            log = booted.run("journalctl", "-u", "ocpp-twin.service", "--no-pager").stdout
+            assert "Failed with result 'watchdog'" in log
+
+            # SIGTERM (systemctl stop): a clean exit 0.
+            assert booted.run("systemctl", "stop", "ocpp-twin.service").returncode == 0
+            stopped = booted.show("ocpp-twin.service", "ActiveState", "Result", "ExecMainStatus")
+            assert stopped == {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}
+    finally:
+        await csms.stop()

@@ -1,4 +1,5 @@
-"""A minimal Ansible connection plugin that runs tasks inside a chroot directory.
+"""A minimal Ansible connection plugin that runs tasks inside a chroot directory,
+or inside a booted systemd-nspawn container of that directory.
 
 The role is tested against a throwaway debootstrap'd Debian bookworm tree. Ansible
 core has no chroot connection (it lives in community.general, which only Galaxy or
@@ -6,8 +7,10 @@ the 470 MB `ansible` package would bring), and this is all the tests need: every
 command and every file transfer goes through `chroot <dir>`, so absolute symlinks
 inside the tree can never write to the host.
 
-Inventory: ``<chroot dir> ansible_connection=twin_chroot``; the chroot directory is
-the host name (or ``ansible_host``).
+Inventory: ``ansible_connection=twin_chroot`` with ``ansible_host`` either the tree's
+directory (commands run as ``chroot <dir> /bin/sh -c <cmd>``) or the pid of a container's
+init (``nsenter --target <pid> --all /bin/sh -c <cmd>``: the container's own mounts,
+pid namespace and systemd, so the role's service tasks run for real).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ DOCUMENTATION = """
     name: twin_chroot
     short_description: run tasks inside a local chroot directory (ocpp-twin tests)
     description:
-        - Runs every command as C(chroot <dir> /bin/sh -c <cmd>) on the controller, as root.
+        - Runs every command as C(chroot <dir> /bin/sh -c <cmd>) on the controller, as root,
+          or as C(nsenter --target <pid> --all /bin/sh -c <cmd>) when the host is a pid.
     author: ocpp-twin
     options: {}
     extends_documentation_fragment:
@@ -44,13 +48,21 @@ class Connection(ConnectionBase):
     def _connect(self) -> Connection:
         if os.geteuid() != 0:
             raise AnsibleConnectionFailure("the twin_chroot connection needs root")
-        if not os.path.isfile(os.path.join(self.root, "bin/sh")):
+        if self.root.isdigit():
+            if not os.path.exists(f"/proc/{self.root}/ns/mnt"):
+                raise AnsibleConnectionFailure(f"no process {self.root} to enter")
+        elif not os.path.isfile(os.path.join(self.root, "bin/sh")):
             raise AnsibleConnectionFailure(f"{self.root} is not a chroot tree (no /bin/sh)")
         self._connected = True
         return self
 
+    def _enter(self) -> list[str]:
+        if self.root.isdigit():
+            return ["nsenter", f"--target={self.root}", "--all"]
+        return ["chroot", self.root]
+
     def _run(self, cmd: str, in_data: bytes | None) -> tuple[int, bytes, bytes]:
-        proc = subprocess.run(["chroot", self.root, "/bin/sh", "-c", cmd], input=in_data or b"",
+        proc = subprocess.run([*self._enter(), "/bin/sh", "-c", cmd], input=in_data or b"",
                               capture_output=True, check=False, env=_clean_env())
         return proc.returncode, proc.stdout, proc.stderr
 
