@@ -52,7 +52,6 @@ class Runtime:
         self.api = None
         self.firmware = None
         self.notifier = None
-        self.feedback_since: dict[int, float] = {}
         self.last_status_text = ""
         self.started_monotonic = time.monotonic()
         self.registered_once = False
@@ -96,6 +95,7 @@ class Runtime:
             soc_sources={cid: (lambda cid=cid: self.station.ev_soc(cid)) for cid in st.connectors},
             energy_floors=floors, force_sim=bool(getattr(cfg, "force_sim", False)))
         await self._start_inputs()
+        await self.drivers.start_supervision(self._on_relay_fault, on_watchdog_trip=self._on_watchdog_trip)
         await self._start_firmware(data_dir)
         # Boot: interrupted transactions are stopped (PowerLoss / HardReset) and queued.
         await self._step(st.boot)
@@ -114,7 +114,7 @@ class Runtime:
             on_failed=lambda ref, reason: self._spawn(st.call_failed, ref, reason))
         self.link.start()
         for coro, name in ((self._timer_loop(), "timers"), (self._meter_loop(), "meters"),
-                           (self._watchdog_loop(), "watchdog")):
+                           (self._watchdog_loop(), "watchdog"), (self._store_retry_loop(), "store-retry")):
             self.tasks.append(asyncio.create_task(coro, name=name))
         self.notifier.ready(self._status_text())
         log.info("station %s up: %d connectors, firmware %s, CSMS %s", cfg.charge_point_id, cfg.connectors,
@@ -242,7 +242,6 @@ class Runtime:
                         log.error("not closing contactor %s: its transaction is not on disk", act.connector_id)
                         continue
                     self.drivers.relays[act.connector_id].set(act.closed)
-                    self.feedback_since.pop(act.connector_id, None)
                 elif isinstance(act, A.SetPilot):
                     pilot = self.drivers.pilots.get(act.connector_id)
                     if pilot is not None:
@@ -330,9 +329,15 @@ class Runtime:
                 except asyncio.TimeoutError:
                     pass
             await self._step(self.station.tick)
+
+    async def _store_retry_loop(self) -> None:
+        """The store failed (disk full, I/O error): retry the writes held in memory."""
+        while True:
+            await asyncio.sleep(2.0)
             if self.unsaved:
                 async with self.lock:
                     await self._flush_unsaved()
+                self.kick.set()
 
     async def _meter_loop(self) -> None:
         timeout = float(getattr(self.cfg, "meter_timeout_s", 3.0))
@@ -344,25 +349,21 @@ class Runtime:
                     await self._step(self.station.meter_failed, cid, f"{type(e).__name__}: {e}"[:50])
                     continue
                 await self._step(self.station.meter_reading, cid, reading)
-            self._check_feedback()
             await asyncio.sleep(self.meter_poll_s)
 
-    def _check_feedback(self) -> None:
-        """Contactor supervision: the auxiliary contact must follow the coil (weld detection)."""
-        timeout = float(getattr(self.cfg, "feedback_timeout_s", 1.0))
-        for cid, relay in self.drivers.relays.items():
-            fb = relay.feedback()
-            c = self.station.connectors[cid]
-            if fb is None or fb == relay.commanded or c.fault is not None:
-                self.feedback_since.pop(cid, None)
-                continue
-            first = self.feedback_since.setdefault(cid, time.monotonic())
-            if time.monotonic() - first >= timeout:
-                info = "contactor welded" if fb else "contactor did not close"
-                log.critical("connector %s: %s (coil %s, aux contact %s)", cid, info,
-                             "on" if relay.commanded else "off", "closed" if fb else "open",
-                             extra={"connector": cid})
-                self._spawn(self.station.fault, cid, "OtherError", info)
+    def _on_relay_fault(self, cid: int, fault) -> None:
+        """Contactor supervision (drivers.relay_check): a welded contactor faults the connector,
+        which stops its transaction and refuses new ones; the CSMS gets the StatusNotification."""
+        if fault is None:
+            self._spawn(self.station.clear_fault, cid)
+        else:
+            log.critical("connector %s: %s", cid, fault.info, extra={"connector": cid})
+            self._spawn(self.station.fault, cid, fault.error_code, fault.info)
+
+    def _on_watchdog_trip(self) -> None:
+        """The loop hung long enough for the driver watchdog to open every contactor; resync."""
+        log.critical("event loop was unresponsive; contactors were opened by the watchdog")
+        self._spawn(self.station.outputs_reset)
 
     async def _watchdog_loop(self) -> None:
         interval = self.notifier.watchdog_interval() if self.notifier else None

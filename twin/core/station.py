@@ -1056,6 +1056,14 @@ class Station:
         self.maintenance = on
         return self._settle(now)
 
+    def outputs_reset(self, now: datetime) -> list[Action]:
+        """Something outside the core opened the contactors (the loop watchdog): forget what
+        we commanded so the next settle drives every output again."""
+        for c in self.connectors.values():
+            c.relay = False
+            c.pilot = None
+        return self._settle(now)
+
     def active_transactions(self) -> int:
         return sum(1 for c in self.connectors.values() if c.tx is not None)
 
