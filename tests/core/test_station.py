@@ -442,3 +442,12 @@ def test_empty_stop_txn_sampled_data_means_no_transaction_data():
     h.advance(25)
     h.tap("TAG1")
     assert "transactionData" not in h.calls("StopTransaction")[0].payload  # §3.16.5
+
+
+def test_card_goes_to_the_connector_just_plugged_not_one_left_finishing():
+    h = Harness().boot()
+    charging(h, 1, "TAG1")
+    h.tap("TAG1")  # connector 1 Finishing, cable still in
+    h.plug(2)
+    h.tap("TAG2")
+    assert h.calls("StartTransaction")[-1].payload["connectorId"] == 2

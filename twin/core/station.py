@@ -762,6 +762,8 @@ class Station:
         plugged = [c for c in self.connectors.values() if usable(c) and c.plugged and c.pending is None
                    and c.authorizing is None]
         if plugged:
+            # A cable just plugged (Preparing) wins over one left plugged after a session (Finishing).
+            plugged.sort(key=lambda c: (c.finishing, c.id))
             return self._identify_for(plugged[0], id_tag, now, known)
         if any(c.tx is not None for c in self.connectors.values()):
             # One reader, a session already running: the new tag is for the next cable
