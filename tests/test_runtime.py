@@ -68,3 +68,28 @@ async def test_store_failure_faults_the_station_keeps_data_and_recovers(station,
     txs = [tx for tx in saved["transactions"].values() if tx["id_tag"] == "TAG1"]
     assert len(txs) == 1 and txs[0]["stopped"] and txs[0]["stop_reason"] == "Other"
     assert [m.payload["reason"] for m in csms.calls("StopTransaction")] == ["Other"]
+
+
+async def test_station_fault_through_the_control_api(station, csms):
+    """OCTT SetChargePointFaulted: connector 0 can be faulted from the bench, not plugged."""
+    import asyncio
+    import json
+    import urllib.error
+    import urllib.request
+
+    def post(path: str, body: bytes = b"", method: str = "POST") -> int:
+        req = urllib.request.Request(station.rt.api.url + path, data=body, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            return urllib.request.urlopen(req, timeout=5).status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    body = json.dumps({"errorCode": "OtherError", "info": "cabinet open"}).encode()
+    assert await asyncio.to_thread(post, "/api/connectors/0/fault", body) == 200
+    sn = await csms.wait_for("StatusNotification", {"connectorId": 0, "status": "Faulted"})
+    assert sn.payload["info"] == "cabinet open"
+    await csms.wait_for("StatusNotification", {"connectorId": 1, "status": "Faulted"})
+    assert await asyncio.to_thread(post, "/api/connectors/0/plug") == 404
+    assert await asyncio.to_thread(post, "/api/connectors/0/fault", b"", "DELETE") == 200
+    await csms.wait_for("StatusNotification", {"connectorId": 0, "status": "Available"})

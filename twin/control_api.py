@@ -433,8 +433,10 @@ class ControlApi:
             raise ApiError(404, f"no such route: {path}")
         raw_id, action = match.groups()
         count = self.backend.connector_count
-        if not (raw_id.isdigit() and 1 <= int(raw_id) <= count):
-            raise ApiError(404, f"no connector {raw_id!r}: connector ids are integers 1..{count}")
+        # Connector 0 is the whole station: it can be faulted (OCTT SetChargePointFaulted), not plugged.
+        lowest = 0 if action == "fault" else 1
+        if not (raw_id.isdigit() and lowest <= int(raw_id) <= count):
+            raise ApiError(404, f"no connector {raw_id!r}: connector ids are integers {lowest}..{count}")
         routes: dict[str, dict[str, _Handler]] = {
             "plug": {"POST": self._plug},
             "unplug": {"POST": self._unplug},

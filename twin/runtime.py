@@ -410,10 +410,10 @@ class Runtime:
             snap["csmsUrl"] = self.link.url
         return snap
 
-    def _conn(self, cid: int) -> int:
+    def _conn(self, cid: int, *, allow_station: bool = False) -> int:
         from twin.control_api import ApiError
 
-        if cid not in self.station.connectors:
+        if cid not in self.station.connectors and not (allow_station and cid == 0):
             raise ApiError(404, f"no connector {cid}")
         return cid
 
@@ -430,11 +430,11 @@ class Runtime:
         return self.state()
 
     async def fault(self, connector_id: int, error_code: str, info: str | None) -> dict:
-        await self._step(self.station.fault, self._conn(connector_id), error_code, info)
+        await self._step(self.station.fault, self._conn(connector_id, allow_station=True), error_code, info)
         return self.state()
 
     async def clear_fault(self, connector_id: int) -> dict:
-        await self._step(self.station.clear_fault, self._conn(connector_id))
+        await self._step(self.station.clear_fault, self._conn(connector_id, allow_station=True))
         return self.state()
 
     async def ev(self, connector_id: int, suspended: bool | None, max_power_w: float | None) -> dict:
