@@ -106,3 +106,22 @@ async def test_sigterm_stops_transactions_delivers_and_exits_zero(csms, tmp_path
     snap = Store.snapshot(tmp_path / "data" / "twin.db")
     assert snap["queue"] == []  # delivered before exit
     assert all(tx["stopped"] for tx in snap["transactions"].values())
+
+
+async def test_reset_restarts_a_standalone_process_in_place(csms, tmp_path):
+    """Reset without systemd or a firmware slot: the process re-executes itself (same PID)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "twin", "run", "--sim", "--csms", csms.url, "--id", "CP1", "--data-dir",
+        str(tmp_path / "data"), "--control", "127.0.0.1:0", env=twin_process_env(), cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        await csms.wait_for("BootNotification", timeout=20)
+        await csms.wait_for("StatusNotification", {"connectorId": 2}, timeout=10)
+        for kind in ("Soft", "Hard"):
+            mark = csms.mark()
+            assert (await csms.call("Reset", {"type": kind}))["status"] == "Accepted"
+            await csms.wait_for("BootNotification", timeout=20, after=mark)
+            assert proc.returncode is None  # the same process, re-executed
+    finally:
+        proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), timeout=20) == 0
