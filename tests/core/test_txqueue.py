@@ -197,8 +197,8 @@ def test_other_messages_overtake_a_transaction_message_in_backoff():
     assert [s.action for s in h.calls(since=m)] == ["StatusNotification", "StartTransaction"]
 
 
-def test_new_transaction_messages_wait_until_the_queue_has_drained():
-    h = Harness({"AllowOfflineTxForUnknownId": "true"}, auto=False)
+def _manual_start(h: Harness) -> None:
+    """Manual answers: boot Accepted, then TAG1 on connector 1, its StartTransaction left outstanding."""
     h.boot()
     h.answer("BootNotification")
     while h.outstanding:
@@ -206,6 +206,11 @@ def test_new_transaction_messages_wait_until_the_queue_has_drained():
     h.plug(1)
     h.tap("TAG1")
     h.answer("Authorize")
+
+
+def test_new_transaction_messages_wait_until_the_queue_has_drained():
+    h = Harness(auto=False)
+    _manual_start(h)
     h.plug(2)
     h.tap("TAG2")
     h.answer("Authorize")
@@ -217,13 +222,7 @@ def test_new_transaction_messages_wait_until_the_queue_has_drained():
 
 def test_response_timeout_is_a_failed_attempt():
     h = Harness(auto=False)
-    h.boot()
-    h.answer("BootNotification")
-    while h.outstanding:
-        h.answer(next(iter(h.outstanding.values())).action)
-    h.plug(1)
-    h.tap("TAG1")
-    h.answer("Authorize")
+    _manual_start(h)
     h.fail("StartTransaction", "timeout")
     assert h.st.queue.head().attempts == 1
     assert h.st.queue.head().next_attempt_at == h.now + timedelta(seconds=5)
