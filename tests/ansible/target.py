@@ -151,9 +151,9 @@ class BootedTree:
             raise RuntimeError(f"the container's systemd is {state.stdout.strip()!r}: {state.stderr}")
         return self
 
-    def run(self, *cmd: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run(self, *cmd: str, timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["nsenter", f"--target={self.init_pid}", "--all", *cmd], capture_output=True,
-                              text=True, check=False, timeout=timeout)
+                              text=True, check=False, timeout=timeout, input=input)
 
     def show(self, unit: str, *props: str) -> dict[str, str]:
         out = self.run("systemctl", "show", unit, *(f"--property={p}" for p in props)).stdout
