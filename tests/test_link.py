@@ -4,6 +4,7 @@ with server-certificate verification (profile 2), against the real CSMS on loopb
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 
 import pytest
@@ -42,76 +43,64 @@ def test_well_formed_frames_parse():
     assert parse_inbound('[4, "c", "NotImplemented", "nope", {}]') == ("error", "c", "NotImplemented", "nope")
 
 
-async def _run_station(csms: Csms, tmp_path, **attrs):
+@contextlib.asynccontextmanager
+async def running(csms: Csms, tmp_path, **attrs):
+    """A CSMS started with its own settings and a station (sim drivers) pointed at it."""
     from twin.runtime import Runtime
 
+    await csms.start()
     rt = Runtime(station_config(csms, tmp_path / "data", **attrs), meter_poll_s=0.5)
-    await rt.start()
-    return StationHandle(rt, csms)
+    try:
+        await rt.start()
+        yield StationHandle(rt, csms)
+    finally:
+        await rt.shutdown(graceful=False)
+        await csms.stop()
+
+
+async def registered(station: StationHandle) -> None:
+    await station.csms.wait_for("BootNotification", timeout=10)
+    await station.until(lambda: station.st.registration == "Accepted")
+
+
+async def refused(station: StationHandle, why: str) -> None:
+    await station.until(lambda: station.rt.link.last_error is not None, timeout=10)
+    assert why in station.rt.link.last_error
+    await asyncio.sleep(0.2)
+    assert not station.csms.calls("BootNotification") and station.st.registration == "None"
 
 
 async def test_basic_auth_password_is_sent_and_checked(tmp_path):
-    csms = Csms(require_password="s3cret-pass-1234")
-    await csms.start()
-    station = await _run_station(csms, tmp_path, password="s3cret-pass-1234")
-    try:
-        await csms.wait_for("BootNotification", timeout=10)
-        await station.until(lambda: station.st.registration == "Accepted")
-    finally:
-        await station.rt.shutdown(graceful=False)
-        await csms.stop()
+    async with running(Csms(require_password="s3cret-pass-1234"), tmp_path, password="s3cret-pass-1234") as st:
+        await registered(st)
 
 
 async def test_wrong_password_is_refused_and_station_keeps_retrying(tmp_path):
-    csms = Csms(require_password="right-password-1234")
-    await csms.start()
-    station = await _run_station(csms, tmp_path, password="wrong-password-1234")
-    try:
-        await station.until(lambda: station.rt.link.last_error is not None, timeout=10)
-        assert "401" in station.rt.link.last_error
-        assert not csms.calls("BootNotification") and station.st.registration == "None"
-    finally:
-        await station.rt.shutdown(graceful=False)
-        await csms.stop()
+    async with running(Csms(require_password="right-password-1234"), tmp_path,
+                       password="wrong-password-1234") as st:
+        await refused(st, "401")
 
 
-def _server_context(tls) -> ssl.SSLContext:
+def _tls(directory) -> tuple:
+    directory.mkdir()
+    tls = make_tls_files(directory)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(tls.cert_file, tls.key_file)
-    return ctx
+    return tls, ctx
 
 
 async def test_wss_verifies_the_server_certificate(tmp_path):
-    (tmp_path / "tls").mkdir()
-    tls = make_tls_files(tmp_path / "tls")
-    csms = Csms(ssl_context=_server_context(tls))
-    await csms.start()
-    assert csms.url.startswith("wss://")
-    station = await _run_station(csms, tmp_path, ca_file=tls.ca_file)
-    try:
-        await csms.wait_for("BootNotification", timeout=10)
-        await station.until(lambda: station.st.registration == "Accepted")
-    finally:
-        await station.rt.shutdown(graceful=False)
-        await csms.stop()
+    tls, ctx = _tls(tmp_path / "tls")
+    async with running(Csms(ssl_context=ctx), tmp_path, ca_file=tls.ca_file) as st:
+        assert st.csms.url.startswith("wss://")
+        await registered(st)
 
 
 async def test_wss_with_an_untrusted_certificate_does_not_connect(tmp_path):
-    (tmp_path / "tls").mkdir()
-    tls = make_tls_files(tmp_path / "tls")
-    (tmp_path / "other").mkdir()
-    other = make_tls_files(tmp_path / "other")
-    csms = Csms(ssl_context=_server_context(tls))
-    await csms.start()
-    station = await _run_station(csms, tmp_path, ca_file=other.ca_file)
-    try:
-        await station.until(lambda: station.rt.link.last_error is not None, timeout=10)
-        assert "CERTIFICATE_VERIFY_FAILED" in station.rt.link.last_error
-        await asyncio.sleep(0.2)
-        assert not csms.calls("BootNotification")
-    finally:
-        await station.rt.shutdown(graceful=False)
-        await csms.stop()
+    _, ctx = _tls(tmp_path / "tls")
+    other, _ = _tls(tmp_path / "other")
+    async with running(Csms(ssl_context=ctx), tmp_path, ca_file=other.ca_file) as st:
+        await refused(st, "CERTIFICATE_VERIFY_FAILED")
 
 
 async def test_reconnects_after_the_csms_drops_the_connection(station, csms):
