@@ -259,23 +259,6 @@ def _block_event_loop(port: int, seconds: float) -> None:
         pass  # the watchdog kills the station mid-request: no answer is the expected outcome
 
 
-def _pcscd_probe_unit(unit: str) -> str:
-    probe = ("/opt/ocpp-twin/venv/bin/python -I -c \"import os, pwd, socket; "
-             "s = socket.socket(socket.AF_UNIX); s.connect('/run/pcscd/pcscd.comm'); "
-             "print('pcscd reachable as', pwd.getpwuid(os.getuid()).pw_name)\"")
-    lines = []
-    for line in unit.splitlines():
-        key = line.split("=", 1)[0]
-        if key == "ExecStart":
-            line = f"ExecStart={probe}"
-        elif key == "Type":
-            line = "Type=oneshot"
-        elif key in ("WatchdogSec", "NotifyAccess", "Restart", "RestartSec", "RestartForceExitStatus"):
-            continue
-        lines.append(line)
-    return "\n".join(lines) + "\n"
-
-
 def _wait(check: object, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not check():  # type: ignore[operator]
@@ -328,16 +311,24 @@ async def test_under_a_real_systemd_the_role_starts_and_verifies_the_registered_
             log = booted.run("journalctl", "-u", "ocpp-twin.service", "--no-pager").stdout
             assert "Failed with result 'watchdog'" in log
 
-            # The hardening leaves pcscd reachable: the same unit, its ExecStart swapped for a
-            # connect to pcscd's socket (socket-activated pcscd in the container).
+            # The hardening leaves pcscd reachable: systemd/sandbox-probe (installed by the role)
+            # runs a command in the unit's sandbox; pcscd is socket-activated in the container.
             assert booted.run("systemctl", "is-active", "pcscd.socket").stdout.strip() == "active"
-            probe_unit = _pcscd_probe_unit((REPO / "systemd/ocpp-twin.service").read_text())
-            booted.run("sh", "-c", "cat > /run/systemd/system/pcscd-probe.service", input=probe_unit)
-            booted.run("systemctl", "daemon-reload")
-            probe = booted.run("systemctl", "start", "pcscd-probe.service")
-            probe_log = booted.run("journalctl", "-u", "pcscd-probe.service", "--no-pager").stdout
-            assert probe.returncode == 0, probe.stderr + probe_log
-            assert "pcscd reachable as ocpp-twin" in probe_log
+            connect = ("import os, pwd, socket; s = socket.socket(socket.AF_UNIX); s.connect('/run/pcscd/pcscd.comm'); "
+                       "print('pcscd reachable as', pwd.getpwuid(os.getuid()).pw_name, os.getgroups() != [])")
+            probe = booted.run("/opt/ocpp-twin/bin/sandbox-probe", "/opt/ocpp-twin/venv/bin/python", "-I", "-c", connect)
+            assert probe.returncode == 0, probe.stdout + probe.stderr
+            assert "pcscd reachable as ocpp-twin True" in probe.stdout
+            # ... and it reports failures with the command's exit status.
+            refused = booted.run("/opt/ocpp-twin/bin/sandbox-probe", "/opt/ocpp-twin/venv/bin/python", "-c",
+                                 "import sys; print('giving up'); sys.exit(3)")
+            assert refused.returncode == 3, refused.stdout + refused.stderr
+            assert refused.stdout.strip() == "giving up"
+            assert "the command failed (exit status 3)" in refused.stderr
+            # The default probe: the station's drivers, from inside the sandbox.
+            drivers = booted.run("/opt/ocpp-twin/bin/sandbox-probe")
+            assert "relay" in drivers.stdout and "meter" in drivers.stdout, drivers.stdout + drivers.stderr
+            assert "ocpp-twin-sandbox-probe" not in booted.run("systemctl", "list-units", "--all", "--no-legend").stdout
 
             # SIGTERM (systemctl stop): a clean exit 0.
             assert booted.run("systemctl", "stop", "ocpp-twin.service").returncode == 0
