@@ -8,7 +8,6 @@ import json
 import subprocess
 from pathlib import Path
 
-import pytest
 from gpiozero.pins.mock import MockFactory
 
 from drivers.registry import probe
@@ -79,8 +78,3 @@ async def test_every_example_unit_gets_a_config_the_twin_and_its_drivers_accept(
     assert bay1.drivers["relay"]["pins"] == {"1": 5, "2": 6}
     bench = load_config(rendered["bench-sim"])
     assert bench.control_host == "0.0.0.0"
-
-
-@pytest.fixture(autouse=True)
-def _no_real_gpio(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")

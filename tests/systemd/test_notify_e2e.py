@@ -12,7 +12,6 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -65,15 +64,8 @@ class Pings:
         return [t for t, text in self.received if text == message]
 
 
-@pytest.fixture
-async def csms() -> AsyncIterator[Csms]:
-    server = Csms()
-    await server.start()
-    yield server
-    await server.stop()
-
-
 async def test_ready_watchdog_blocked_loop_and_stopping(csms: Csms, tmp_path: Path) -> None:
+    """``csms``: the loopback CSMS fixture of tests/conftest.py."""
     sink = DatagramSink()
     control_port = _free_port()
     config = tmp_path / "station.toml"
