@@ -91,12 +91,12 @@ class PlaybookRun:
     output: str
 
     def recap(self) -> dict[str, int]:
-        match = re.search(r"^\S+\s*:\s*(ok=.*)$", self.output.split("PLAY RECAP", 1)[-1], re.M)
+        match = re.search(r"^\S+\s*:\s*(ok=.*)$", self.output.split("PLAY RECAP", 1)[-1], re.MULTILINE)
         assert match, self.output[-3000:]
         return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
 
     def handlers_run(self) -> list[str]:
-        return re.findall(r"^RUNNING HANDLER \[ocpp_twin : ([^\]]+)\]", self.output, re.M)
+        return re.findall(r"^RUNNING HANDLER \[ocpp_twin : ([^\]]+)\]", self.output, re.MULTILINE)
 
 
 def run_playbook(root: Path, home: Path, extra_vars_file: Path, *, booted: BootedTree | None = None) -> PlaybookRun:

@@ -31,7 +31,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.ansible.target import REPO, BootedTree, PlaybookRun, in_root, make_bookworm, run_playbook
+from tests.ansible.target import (
+    REPO,
+    BootedTree,
+    PlaybookRun,
+    in_root,
+    make_bookworm,
+    run_playbook,
+)
 from twin.csms import Csms
 
 pytestmark = pytest.mark.slow

@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,7 @@ async def test_ready_watchdog_blocked_loop_and_stopping(csms: Csms, tmp_path: Pa
     config.write_text("[control]\ndebug = true\n")
     env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "WATCHDOG_PID", "LISTEN_FDS")}
     env.update(NOTIFY_SOCKET=sink.address, WATCHDOG_USEC=str(WATCHDOG_USEC), PYTHONPATH=str(REPO))
-    stderr = open(tmp_path / "stderr.log", "wb")  # noqa: SIM115 (closed in finally)
+    stderr = open(tmp_path / "stderr.log", "wb")
     # As systemd does, WATCHDOG_PID names the main process: the shell's pid, which
     # exec hands on to the station.
     proc = await asyncio.create_subprocess_exec(
@@ -95,7 +96,7 @@ async def test_ready_watchdog_blocked_loop_and_stopping(csms: Csms, tmp_path: Pa
         for _ in range(3):
             await pings.next("WATCHDOG=1", timeout=10)
         before = pings.times("WATCHDOG=1")
-        assert max(b - a for a, b in zip(before, before[1:])) < 3.0, before
+        assert max(b - a for a, b in pairwise(before)) < 3.0, before
 
         # Block the event loop (the answer comes when the block ends); keep listening meanwhile.
         block = asyncio.create_task(_post(control_port, "/api/debug/block", {"seconds": BLOCK_SECONDS}))
@@ -108,7 +109,7 @@ async def test_ready_watchdog_blocked_loop_and_stopping(csms: Csms, tmp_path: Pa
         assert status == 200, body
         await pings.next("WATCHDOG=1", timeout=10)  # the pings come back
         times = pings.times("WATCHDOG=1")
-        gaps = [b - a for a, b in zip(times, times[1:])]
+        gaps = [b - a for a, b in pairwise(times)]
         # No ping can leave a blocked loop: one gap spans the whole block.
         assert max(gaps) >= BLOCK_SECONDS - 0.5, f"pings kept coming while the loop was blocked: {gaps}"
         await pings.next("WATCHDOG=1", timeout=10)

@@ -19,7 +19,12 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from twin.service.journald import DEFAULT_JOURNAL_SOCKET, STRUCTURED_EXTRAS, JournalHandler, stderr_is_journal
+from twin.service.journald import (
+    DEFAULT_JOURNAL_SOCKET,
+    STRUCTURED_EXTRAS,
+    JournalHandler,
+    stderr_is_journal,
+)
 
 __all__ = ["LOG_FILE_NAME", "LOG_TIME_FORMAT", "TextFormatter", "log_files", "setup_logging"]
 
@@ -47,7 +52,7 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(extras)s%(message)s", datefmt=LOG_TIME_FORMAT)
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 (logging API)
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return f"{super().formatTime(record, datefmt)}.{int(record.msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
@@ -79,7 +84,7 @@ class _BoundedRotatingFileHandler(logging.handlers.RotatingFileHandler):
             text = encoded[: max(0, limit - len(marker))].decode("utf-8", "ignore") + marker
         return text
 
-    def shouldRollover(self, record: logging.LogRecord) -> bool:  # noqa: N802 (logging API)
+    def shouldRollover(self, record: logging.LogRecord) -> bool:
         if self.stream is None:
             self.stream = self._open()
         size = len((self.format(record) + self.terminator).encode("utf-8"))
