@@ -337,8 +337,10 @@ async def test_kill_9_at_random_points_loses_and_duplicates_nothing(tmp_path):
 
         found = problems(ledger, bench.started_tags)
         counts = Counter(a for _c, a, _p in ledger.msgs)
+        resent = len(ledger.msgs) - len({a + json.dumps(p, sort_keys=True) for _c, a, p in ledger.msgs})
         print(f"seed {seed}: {sum(deaths.values())} kills {dict(deaths)}, {len(ledger.start_ids)} transactions, "
-              f"messages received {dict(counts)}, connections {csms.connection_count}")
+              f"messages received {dict(counts)} ({resent} at-least-once resends), "
+              f"connections {csms.connection_count}")
         assert not found, f"seed {seed}:\n" + "\n".join(found)
         proc = await asyncio.create_subprocess_exec(
             PYTHON, "-m", "twin", "queue", "--json", "--discarded", "--data-dir", str(bench.data_dir),
