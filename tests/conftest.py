@@ -133,3 +133,12 @@ def twin_process_env(**extra: str) -> dict:
 
 
 PYTHON = sys.executable
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

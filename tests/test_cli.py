@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import ROOT, twin_process_env
+from tests.conftest import ROOT, free_port, twin_process_env
 
 
 def twin(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -71,12 +71,9 @@ def test_version():
 async def test_sigterm_stops_transactions_delivers_and_exits_zero(csms, tmp_path):
     """issue 7: SIGTERM opens the contactors, stops transactions with a reason, flushes, exits 0."""
     import signal
-    import socket
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "twin", "run", "--sim", "--csms", csms.url, "--id", "CP1", "--data-dir",
         str(tmp_path / "data"), "--control", f"127.0.0.1:{port}", env=twin_process_env(), cwd=ROOT,

@@ -36,7 +36,6 @@ import json
 import os
 import random
 import signal
-import socket
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, twin_process_env
+from tests.conftest import PYTHON, free_port, twin_process_env
 from twin.csms import Csms
 from twin.sim_client import SimClientError, request
 
@@ -155,10 +154,6 @@ def problems(ledger: Ledger, started_tags: set[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- the station process
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_config(path: Path, csms_url: str, data_dir: Path, port: int) -> None:
@@ -191,7 +186,7 @@ class Bench:
     def __init__(self, tmp: Path, csms: Csms, rng: random.Random):
         self.tmp = tmp
         self.rng = rng
-        self.port = _free_port()
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.config = tmp / "station.toml"
         self.data_dir = tmp / "data"

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 import urllib.request
 
-from tests.conftest import ROOT, twin_process_env
+from tests.conftest import ROOT, free_port, twin_process_env
 
 AUTO = """
 [drivers.relay]
@@ -24,12 +23,6 @@ shared = true
 backend = "auto"
 pins = { 1 = 17, 2 = 27 }
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_auto_drivers_fall_back_to_sim_with_warnings_in_api_state(csms, tmp_path):

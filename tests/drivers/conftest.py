@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import fcntl
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import free_port  # noqa: F401 - re-exported
 
 PCSCD_COMM = Path("/run/pcscd/pcscd.comm")
 PCSC_LOCK = "/tmp/ocpp-twin-pcsc-tests.lock"
@@ -37,12 +38,6 @@ def connected_pins():
     yield factory
     factory.reset()
     factory.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler, TLS_FTPHandler
 from pyftpdlib.servers import FTPServer
 
+from tests.conftest import free_port  # noqa: F401 - re-exported
 from tests.firmware.certs import TlsFiles
 
 logging.getLogger("pyftpdlib").setLevel(logging.WARNING)
@@ -159,13 +160,6 @@ def multipart_file(headers: dict[str, str], body: bytes) -> tuple[str, str, byte
         f"Content-Type: {headers['Content-Type']}\r\n\r\n".encode() + body)
     (part,) = list(message.iter_parts())
     return part.get_param("name", header="content-disposition"), part.get_filename(), part.get_payload(decode=True)
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class SilentServer:
