@@ -451,3 +451,17 @@ def test_card_goes_to_the_connector_just_plugged_not_one_left_finishing():
     h.plug(2)
     h.tap("TAG2")
     assert h.calls("StartTransaction")[-1].payload["connectorId"] == 2
+
+
+def test_max_energy_on_invalid_id_allows_that_much_then_suspends():
+    h = Harness({"StopTransactionOnInvalidId": "false", "MaxEnergyOnInvalidId": "500"}).boot()
+    h.scripts["StartTransaction"] = lambda p: {"transactionId": 5, "idTagInfo": {"status": "Blocked"}}
+    h.meter(1, 1000)
+    h.plug(1)
+    h.tap("TAG1")
+    assert h.status(1) == "Charging" and h.relays[1] is True
+    h.meter(1, 1400)
+    assert h.status(1) == "Charging"
+    h.meter(1, 1500)  # 500 Wh delivered after the refusal
+    assert h.status(1) == "SuspendedEVSE" and h.relays[1] is False
+    assert not h.calls("StopTransaction")
