@@ -42,6 +42,8 @@ class Runtime:
         self.meter_poll_s = meter_poll_s
         self.lock = asyncio.Lock()
         self.kick = asyncio.Event()
+        self.meter_wake = asyncio.Event()
+        self.idle_meter_poll_s = 10.0
         self.done: asyncio.Future | None = None
         self.tasks: list[asyncio.Task] = []
         self.unsaved: list[list[tuple]] = []
@@ -202,6 +204,8 @@ class Runtime:
                 return None
             await self._execute(acts or [])
         self.kick.set()
+        if self.station is not None and self._busy():
+            self.meter_wake.set()
         self._update_status()
         if not self.registered_once and self.station.registration == "Accepted":
             self.registered_once = True
@@ -349,7 +353,20 @@ class Runtime:
                     await self._step(self.station.meter_failed, cid, f"{type(e).__name__}: {e}"[:50])
                     continue
                 await self._step(self.station.meter_reading, cid, reading)
-            await asyncio.sleep(self.meter_poll_s)
+            # Poll fast while a car is plugged (energy, limits, SoC matter); slowly when idle,
+            # which keeps an idle station near 0 % CPU. A plug or a card wakes the loop.
+            self.meter_wake.clear()
+            if not self._busy():
+                try:
+                    await asyncio.wait_for(self.meter_wake.wait(), timeout=self.idle_meter_poll_s)
+                except asyncio.TimeoutError:
+                    pass
+            else:
+                await asyncio.sleep(self.meter_poll_s)
+
+    def _busy(self) -> bool:
+        return any(c.plugged or c.tx is not None or c.pending is not None
+                   for c in self.station.connectors.values())
 
     def _on_relay_fault(self, cid: int, fault) -> None:
         """Contactor supervision (drivers.relay_check): a welded contactor faults the connector,
