@@ -122,3 +122,13 @@ async def test_reset_restarts_a_standalone_process_in_place(csms, tmp_path):
     finally:
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), timeout=20) == 0
+
+
+def test_config_check(tmp_path):
+    good = ROOT / "twin" / "data" / "station.example.toml"
+    ok = twin("config", "check", str(good))
+    assert ok.returncode == 0 and "OK" in ok.stdout, ok.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[drivers.relay]\nbackend = "sim"\nactiv_high = true\n')
+    result = twin("config", "check", str(bad))
+    assert result.returncode == 2 and "activ_high" in result.stderr

@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
         add_firmware_subcommands(sub)
     except ImportError:  # pragma: no cover
         pass
+    check = sub.add_parser("config", help="check a station TOML file without starting anything")
+    check.add_argument("action", choices=["check"])
+    check.add_argument("file", type=Path)
+
     csms = sub.add_parser("csms", help="run a standalone CSMS that logs every message")
     csms.add_argument("--host", default="127.0.0.1")
     csms.add_argument("--port", type=int, default=9000)
@@ -104,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_firmware_command(args)
         if cmd == "csms":
             return cmd_csms(args)
+        if cmd == "config":
+            return cmd_config_check(args)
     except KeyboardInterrupt:
         return 130
     return 2
@@ -238,6 +244,24 @@ def cmd_drivers(args) -> int:
             print(f"  {'':<12} WARNING: {r.warning}")
             failed = failed or args.probe
     return 1 if failed else 0
+
+
+# ------------------------------------------------------------------------------ config check
+def cmd_config_check(args) -> int:
+    """Load the file exactly as `twin run` would, including the [drivers] and [firmware] tables."""
+    from drivers.registry import DriverConfigError, describe
+    from twin.config import ConfigError, load_config
+    from twin.firmware.settings import FirmwareSettings
+
+    try:
+        cfg = load_config(args.file)
+        describe(cfg.drivers or {}, cfg.connectors)
+        FirmwareSettings.from_table(cfg.firmware or {})
+    except (ConfigError, DriverConfigError, ValueError) as e:
+        print(f"twin: configuration error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.file}: OK ({cfg.charge_point_id} -> {cfg.ws_url}, {cfg.connectors} connectors)")
+    return 0
 
 
 # ------------------------------------------------------------------------------ csms
