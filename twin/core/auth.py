@@ -84,9 +84,12 @@ class LocalList:
         self.version = version
         self.entries: dict[str, dict] = dict(entries or {})
 
+    # The version lives in its own namespace: any CiString20, "__version__" included, is a valid idTag.
+    VERSION_NS = "local_list_meta"
+
     @classmethod
-    def from_store(cls, kv: dict[str, Any]) -> "LocalList":
-        return cls(kv.get("__version__", 0), {k: v for k, v in kv.items() if k != "__version__"})
+    def from_store(cls, kv: dict[str, Any], meta: dict[str, Any] | None = None) -> "LocalList":
+        return cls(int((meta or {}).get("version", 0)), dict(kv))
 
     def get(self, id_tag: str) -> dict | None:
         return self.entries.get(id_tag)
@@ -118,7 +121,7 @@ class LocalList:
         self.version = version if new else 0
         ops: list[tuple] = [("kv_clear", self.NS)]
         ops += [("kv_put", self.NS, tag, info) for tag, info in new.items()]
-        ops.append(("kv_put", self.NS, "__version__", self.version))
+        ops.append(("kv_put", self.VERSION_NS, "version", self.version))
         return "Accepted", ops
 
 

@@ -55,45 +55,54 @@ def change_availability(st: "Station", p: dict, now: datetime) -> Result:
     if _connector(st, cid) is None:
         return {"status": "Rejected"}, []
     if cid == 0:
-        busy = any(c.tx is not None for c in st.connectors.values())
-        current = st.availability0
-        if current == target and st.scheduled0 is None:
+        if st.availability0 == target and st.scheduled0 is None and all(
+                c.availability == target and c.scheduled is None for c in st.connectors.values()):
             return {"status": "Accepted"}, []  # same state: Accepted, no new StatusNotification
-        if busy and target == "Inoperative":
-            st.scheduled0 = target
-            return {"status": "Scheduled"}, []
-        st.availability0, st.scheduled0 = target, None
-        ops = [("kv_put", "availability", "0", target)]
+        busy = target == "Inoperative" and any(c.tx is not None for c in st.connectors.values())
+        ops: list[tuple] = []
+        # Idle connectors change now; busy ones when their transaction ends (§5.2), and
+        # connector 0 once none is busy. So an idle connector takes no new session meanwhile.
         for c in st.connectors.values():
             if c.tx is not None and target == "Inoperative":
                 c.scheduled = target
             else:
                 c.availability, c.scheduled = target, None
-            ops.append(("kv_put", "availability", str(c.id), c.availability))
-        return {"status": "Accepted"}, [Persist(ops)] + _end_reservations(
-            st, target, list(st.connectors.values()), station=True)
+                ops.append(("kv_put", "availability", str(c.id), c.availability))
+        if busy:
+            st.scheduled0 = target
+        else:
+            st.availability0, st.scheduled0 = target, None
+            ops.append(("kv_put", "availability", "0", target))
+        ops.append(st.scheduled_op())
+        acts = [Persist(ops)] + _end_reservations(st, target, list(st.connectors.values()), station=not busy)
+        return {"status": "Scheduled" if busy else "Accepted"}, acts
     c = st.connectors[cid]
     if c.availability == target and c.scheduled is None:
         return {"status": "Accepted"}, []
     if c.tx is not None and target == "Inoperative":
         c.scheduled = target  # §5.2: during a transaction the change waits until it ends
-        return {"status": "Scheduled"}, []
+        return {"status": "Scheduled"}, [Persist([st.scheduled_op()])]
     c.availability, c.scheduled = target, None
-    return {"status": "Accepted"}, [Persist([("kv_put", "availability", str(cid), target)])] + _end_reservations(
-        st, target, [c])
+    ops = [("kv_put", "availability", str(cid), target), st.scheduled_op()]
+    return {"status": "Accepted"}, [Persist(ops)] + _end_reservations(st, target, [c])
 
 
 def _end_reservations(st: "Station", target: str, conns, station: bool = False) -> list[Action]:
     # §5.13: a connector (or the Charge Point: its connector-0 reservations) that becomes
-    # Unavailable ends its reservation.
+    # Unavailable ends its reservation; an authorization waiting for a cable there lapses.
     if target != "Inoperative":
         return []
+    conns = [c for c in conns if c.availability == "Inoperative"]
     ops: list[tuple] = []
     held = [st.reservations.for_connector(c.id) for c in conns] + (st.reservations.zero() if station else [])
     for r in held:
         if r is not None:
             ops += st.reservations.remove(r.reservation_id)
-    return [Persist(ops)] if ops else []
+    acts: list[Action] = [Persist(ops)] if ops else []
+    for c in conns:
+        if c.pending is not None:
+            acts += st._drop_pending(c)
+    return acts
 
 
 @handles("ChangeConfiguration")
@@ -157,8 +166,7 @@ def remote_start(st: "Station", p: dict, now: datetime) -> Result:
     if profile is not None and (profile.get("chargingProfilePurpose") != "TxProfile" or "transactionId" in profile):
         return rejected  # TC_060, errata 3.41/3.42
     if cid is None:
-        usable = [c for c in st.connectors.values() if c.tx is None and c.fault is None and st._operative(c)
-                  and c.pending is None]
+        usable = [c for c in st.connectors.values() if st._usable(c) and c.pending is None and not c.authorizing]
         plugged = [c for c in usable if c.plugged]
         pick = plugged or [c for c in usable if (r := st._reserved_for(c)) is None or r.admits(id_tag, None)]
         if not pick:
@@ -166,8 +174,8 @@ def remote_start(st: "Station", p: dict, now: datetime) -> Result:
         c = pick[0]
     else:
         c = st.connectors[cid]
-    if c.tx is not None or c.fault is not None or st.station_fault or not st._operative(c):
-        return rejected  # TC_026
+    if not st._usable(c) or (c.authorizing and c.authorizing != id_tag):
+        return rejected  # TC_026: busy (a session, or another card being authorized), Faulted, Unavailable
     if c.pending is not None:
         if c.pending.id_tag != id_tag:
             return rejected
@@ -189,7 +197,8 @@ def remote_start(st: "Station", p: dict, now: datetime) -> Result:
     acts: list[Action] = []
     if profile is not None:
         acts.append(Persist([("kv_put", "profiles", "all", st.smart.to_json())]))
-    bound = cid is not None
+    # A session started with a TxProfile stays on the connector the profile was stored for.
+    bound = cid is not None or profile is not None
     if st._key_bool("AuthorizeRemoteTxRequests", True):
         # §5.11: behave like a local start (local list / cache with LocalPreAuthorize, else Authorize).
         d = st._decide(id_tag, now)

@@ -65,14 +65,17 @@ class Station:
         self.meter_floor: dict[int, float] = {int(k): v for k, v in (station_kv.get("meter_energy") or {}).items()}
         self.hard_reset_pending = bool(station_kv.get("hard_reset"))
         self.station_fault: tuple[str, str | None] | None = None
-        self.scheduled0: str | None = None
+        scheduled = station_kv.get("scheduled") or {}  # ChangeAvailability answered Scheduled (§5.2)
+        self.scheduled0: str | None = scheduled.get("0")
+        for cid, c in self.connectors.items():
+            c.scheduled = scheduled.get(str(cid))
         self.maintenance = False  # firmware install waiting: idle connectors Unavailable (errata 3.47-3.49)
         self.reported0: Status | None = None
         self.current0: Status | None = None
         self.since0: datetime | None = None
 
         self.cache = auth.AuthCache({k: v for k, v in kv.get("auth_cache", {}).items()})
-        self.local_list = auth.LocalList.from_store(kv.get("local_list", {}))
+        self.local_list = auth.LocalList.from_store(kv.get("local_list", {}), kv.get(auth.LocalList.VERSION_NS))
         self.reservations = Reservations([Reservation.from_record(r) for r in kv.get("reservations", {}).values()])
         if kv.get("profiles", {}).get("all"):
             for problem in self.smart.load_json(kv["profiles"]["all"]) or []:
@@ -81,7 +84,9 @@ class Station:
         self.txs: dict[int, dict] = {int(k): dict(v) for k, v in state.get("transactions", {}).items()}
         self.next_local_id = max([0] + list(self.txs)) + 1
         # Transactions that are finished and fully delivered need not stay in memory.
-        self.queue = TxQueue([Entry.from_record(r) for r in state.get("queue", [])])
+        # Sequence numbers are never reused: the discarded table keeps old ones for diagnostics.
+        used = [r["seq"] for r in state.get("discarded", []) if isinstance(r.get("seq"), int)]
+        self.queue = TxQueue([Entry.from_record(r) for r in state.get("queue", [])], next_seq=max(used, default=0) + 1)
         self.discarded_count = len(state.get("discarded", []))
         self._gc_txs()
 
@@ -191,6 +196,10 @@ class Station:
         return (c.idle() and not c.plugged and c.fault is None and self.station_fault is None
                 and self._operative(c) and self.reservations.for_connector(c.id) is None)
 
+    def _usable(self, c: Connector) -> bool:
+        """Can this connector take a new session now?"""
+        return (c.tx is None and c.fault is None and self.station_fault is None and self._operative(c))
+
     def _evse_suspended(self, c: Connector) -> bool:
         if c.tx is None:
             return False
@@ -199,7 +208,7 @@ class Station:
             allowed = self._key_int("MaxEnergyOnInvalidId", 0)
             if self._energy(c) - tx.get("energy_at_invalid", 0.0) >= allowed:
                 return True
-        return c.limit_a is not None and c.limit_a < MIN_CHARGING_CURRENT_A and c.limit_a <= 0
+        return c.limit_a is not None and c.limit_a < MIN_CHARGING_CURRENT_A
 
     def offered_a(self, c: Connector) -> float:
         limit = self.spec.max_current_a
@@ -249,6 +258,12 @@ class Station:
         if self.hard_reset_pending:
             self.hard_reset_pending = False
             acts.append(Persist([("kv_put", "station", "hard_reset", False)]))
+        for c in self.connectors.values():
+            if c.plugged and c.tx is None and not c.finishing:
+                # A car left plugged across the restart waits for identification again.
+                c.plug_deadline = now + timedelta(seconds=self._key_int("ConnectionTimeOut", 60))
+        # Clock-aligned sampling runs from power-up, also before the first Accepted (errata 3.15).
+        self._schedule_aligned(now)
         self.booted = True
         self._refresh_limits(now)
         acts += self._outputs()
@@ -292,14 +307,20 @@ class Station:
         ctx = self.pending_calls.pop(ref, None)
         if ctx is None:
             return []
+        problem = _malformed(ctx["action"], payload)
+        if problem is not None:
+            # A reply the station cannot interpret is a failure to process (§3.7.1), not a refusal.
+            log.error("malformed %s.conf from the CSMS (%s): %s", ctx["action"], problem, payload,
+                      extra={"ocpp_action": ctx["action"]})
+            self.pending_calls[ref] = ctx
+            return self.call_failed(ref, f"malformed response: {problem}", now)
         kind = ctx["kind"]
         if kind == "boot":
             return self._on_boot_conf(payload, now)
         if kind == "tx":
             return self._on_tx_conf(ctx["entry"], payload, now)
         if kind == "authorize":
-            info = payload.get("idTagInfo") or {}
-            return self._on_authorize_conf(ctx, info, now)
+            return self._on_authorize_conf(ctx, payload["idTagInfo"], now)
         return []
 
     def call_failed(self, ref: int, reason: str, now: datetime) -> list[Action]:
@@ -315,7 +336,7 @@ class Station:
         if kind == "tx":
             return self._on_tx_failed(ctx["entry"], reason, now)
         if kind == "authorize":
-            return self._authorize_unanswered(ctx, now)
+            return self._authorize_unanswered(ctx, now) + self._settle(now)
         return []
 
     def _call_aborted(self, ref: int, ctx: dict, now: datetime) -> list[Action]:
@@ -331,6 +352,7 @@ class Station:
         acts: list[Action] = []
         if status == "Accepted":
             self.registration = "Accepted"
+            self.next_boot_at = None
             if interval > 0:
                 self.heartbeat_interval = interval
                 acts += self._set_key("HeartbeatInterval", str(interval))
@@ -364,7 +386,7 @@ class Station:
                 times.append(c.pending.deadline)
             times.append(c.plug_deadline)
             msd = self._key_int("MinimumStatusDuration", 0)
-            if c.since and c.current != c.reported and msd > 0:
+            if self._connected() and c.since and c.current != c.reported and msd > 0:
                 times.append(c.since + timedelta(seconds=msd))
         if self.held_tag:
             times.append(self.held_tag[1])
@@ -634,6 +656,10 @@ class Station:
             return []
         if c.authorizing == id_tag:
             c.authorizing = None
+        if not self._usable(c):
+            # The connector faulted, went Unavailable or got a session while we waited (TC_041, §5.2).
+            log.info("connector %s can no longer take %s", c.id, id_tag, extra={"connector": c.id})
+            return self._drop_pending(c) if purpose == "remote" else []
         if info.get("status") != "Accepted":
             # TC_023 / reference §3.3 item 4: no transaction and no further status change.
             log.info("authorization of %s refused (%s)", id_tag, info.get("status"), extra={"connector": c.id})
@@ -645,7 +671,7 @@ class Station:
             ok = res.admits(id_tag, info.get("parentIdTag"))
             if not ok:
                 log.info("connector %s is reserved for another identifier; %s may not start", c.id, id_tag)
-                return []
+                return self._drop_pending(c) if purpose == "remote" else []
         return self._authorized(c, id_tag, info, now, remote=purpose == "remote", bound=ctx.get("bound", False))
 
     def _authorized(self, c: Connector, id_tag: str, info: dict | None, now: datetime, *, remote: bool = False,
@@ -681,6 +707,8 @@ class Station:
         acts.append(Persist(self._plug_ops()))
         if c.tx is not None and c.ev_disconnected:
             c.ev_disconnected = False  # the EV came back; the transaction resumes
+        elif not self._usable(c) or c.authorizing:
+            pass  # Faulted / Unavailable / busy: the cable is noted, nothing starts (TC_041)
         elif c.pending is not None:
             p, c.pending = c.pending, None
             acts += self._start_tx(c, p.id_tag, p.info, p.reservation_id, now)
@@ -697,7 +725,7 @@ class Station:
 
     def _take_movable_pending(self, target: Connector) -> Pending | None:
         """Shared reader: a tag presented first goes to the next connector plugged (docs/station-behaviour.md)."""
-        if not self._operative(target) or target.fault or self.reservations.for_connector(target.id):
+        if not self._usable(target) or target.authorizing or self.reservations.for_connector(target.id):
             return None
         for c in self.connectors.values():
             # A connector reservation binds the tag to its connector; a connector-0 one does not.
@@ -792,7 +820,10 @@ class Station:
         if known is not None and auth.is_valid(known):
             return self._authorized(c, id_tag, known, now)
         d = self._decide(id_tag, now)
-        if res is not None and res.admits(id_tag, (d.info or {}).get("parentIdTag")) is None and self._connected():
+        if res is not None and res.admits(id_tag, (d.info or {}).get("parentIdTag")) is None:
+            if not self._connected():
+                log.info("connector %s reserved; %s's parent cannot be learned offline", c.id, id_tag)
+                return []  # §5.13: only the reserved tag or its parent may start
             d = auth.Decision("ask", d.info, d.source)  # must learn the parent (§5.13)
         if d.verdict == "accept":
             return self._authorized(c, id_tag, d.info, now)
@@ -822,6 +853,7 @@ class Station:
             acts += self._stop_tx(c, "Other", None, now)
         if c.pending is not None:
             acts += self._drop_pending(c)
+        c.authorizing = None
         res = self.reservations.for_connector(c.id)
         if res is not None:  # §5.13: a Faulted connector ends its reservation
             acts.append(Persist(self.reservations.remove(res.reservation_id)))
@@ -967,16 +999,39 @@ class Station:
 
     def _apply_scheduled(self, c: Connector, now: datetime) -> list[Action]:
         ops: list[tuple] = []
+        changed: list[Connector] = []
         if c.scheduled is not None and c.tx is None:
             c.availability, c.scheduled = c.scheduled, None
             ops.append(("kv_put", "availability", str(c.id), c.availability))
+            changed.append(c)
         if self.scheduled0 and all(x.tx is None for x in self.connectors.values()):
             self.availability0, self.scheduled0 = self.scheduled0, None
             ops.append(("kv_put", "availability", "0", self.availability0))
             for x in self.connectors.values():
-                x.availability = self.availability0
+                x.availability, x.scheduled = self.availability0, None
                 ops.append(("kv_put", "availability", str(x.id), x.availability))
-        return [Persist(ops)] if ops else []
+            changed = list(self.connectors.values())
+        if not ops:
+            return []
+        ops.append(self.scheduled_op())
+        for x in changed:
+            if x.availability != "Operative":
+                # §5.13: a connector that becomes Unavailable ends its reservation.
+                if (r := self.reservations.for_connector(x.id)) is not None:
+                    ops += self.reservations.remove(r.reservation_id)
+                if x.pending is not None:
+                    ops += [op for a in self._drop_pending(x) for op in a.ops]
+        if self.availability0 != "Operative":
+            for r in self.reservations.zero():
+                ops += self.reservations.remove(r.reservation_id)
+        return [Persist(ops)]
+
+    def scheduled_op(self) -> tuple:
+        """The pending (Scheduled) availability changes, persisted so a power loss keeps them (§5.2)."""
+        scheduled = {str(c.id): c.scheduled for c in self.connectors.values() if c.scheduled}
+        if self.scheduled0:
+            scheduled["0"] = self.scheduled0
+        return ("kv_put", "station", "scheduled", scheduled)
 
     # ------------------------------------------------------------------ meter values
     def _values(self, c: Connector) -> dict[str, float]:
@@ -1056,7 +1111,12 @@ class Station:
         """While a firmware update waits to install, idle connectors are Unavailable and
         take no new transaction (errata 3.47-3.49). Not persisted: a restart ends it."""
         self.maintenance = on
-        return self._settle(now)
+        acts: list[Action] = []
+        if on:
+            for c in self.connectors.values():
+                if c.pending is not None:
+                    acts += self._drop_pending(c)
+        return acts + self._settle(now)
 
     def outputs_reset(self, now: datetime) -> list[Action]:
         """Something outside the core opened the contactors (the loop watchdog): forget what
@@ -1120,3 +1180,36 @@ class Station:
             "localListVersion": self.local_list.version,
             "firmwareStatus": self.firmware_status, "diagnosticsStatus": self.diagnostics_status,
         }
+
+
+def _malformed(action: str, payload: Any) -> str | None:
+    """What the core reads from a .conf, checked before it is used (the link does not
+    schema-check replies, to keep the drain fast). None when it is usable."""
+    if not isinstance(payload, dict):
+        return "payload is not an object"
+
+    def tag_info(required: bool) -> str | None:
+        info = payload.get("idTagInfo")
+        if info is None:
+            return "idTagInfo missing" if required else None
+        if not isinstance(info, dict) or not isinstance(info.get("status"), str):
+            return "idTagInfo is not an object with a status"
+        if info.get("parentIdTag") is not None and not isinstance(info["parentIdTag"], str):
+            return "parentIdTag is not a string"
+        return None
+
+    if action == "BootNotification":
+        if payload.get("status") not in ("Accepted", "Pending", "Rejected"):
+            return "status is not Accepted/Pending/Rejected"
+        if not isinstance(payload.get("interval"), int) or isinstance(payload.get("interval"), bool):
+            return "interval is not an integer"
+    elif action == "Authorize":
+        return tag_info(required=True)
+    elif action == "StartTransaction":
+        tid = payload.get("transactionId")
+        if not isinstance(tid, int) or isinstance(tid, bool):
+            return "transactionId is not an integer"
+        return tag_info(required=True)
+    elif action == "StopTransaction":
+        return tag_info(required=False)
+    return None
