@@ -190,8 +190,10 @@ async def run_station(cfg) -> int:
     if done_task.done():
         stop_task.cancel()
         return done_task.result()
-    done_task.cancel()
     await rt.shutdown("Reboot", graceful=True)
+    if done_task.done() and not done_task.cancelled():
+        return done_task.result()  # a Reset was already restarting the station: keep its exit code
+    done_task.cancel()
     return 0
 
 

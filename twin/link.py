@@ -78,9 +78,9 @@ def parse_inbound(text: str | bytes) -> tuple[str, Any, ...]:
         except UnicodeDecodeError:
             raise InboundError("-1", "GenericError", "frame is not UTF-8 text") from None
     try:
-        msg = json.loads(text)
+        msg = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
-        raise InboundError("-1", "GenericError", "frame is not valid JSON") from None
+        raise InboundError(_salvage_id(text), "GenericError", "frame is not valid JSON") from None
     if not isinstance(msg, list) or len(msg) < 3 or not isinstance(msg[0], int):
         uid = msg[1] if isinstance(msg, list) and len(msg) > 1 and isinstance(msg[1], str) else "-1"
         raise InboundError(uid, "FormationViolation", "frame is not an OCPP-J message array")
@@ -102,8 +102,12 @@ def parse_inbound(text: str | bytes) -> tuple[str, Any, ...]:
         # the ``ocpp`` package's). The core still gets the payload with plain floats.
         parse_float = Decimal if action in DECIMAL_CALLS else float
         validator = get_validator(2, action, "1.6", parse_float=parse_float)
-        instance = json.loads(text, parse_float=parse_float)[3] if parse_float is Decimal else payload
-        errors = sorted(validator.iter_errors(instance), key=lambda e: len(list(e.path)))
+        try:
+            instance = json.loads(text, parse_float=parse_float)[3] if parse_float is Decimal else payload
+            errors = sorted(validator.iter_errors(instance), key=lambda e: len(list(e.path)))
+        except (ArithmeticError, TypeError, ValueError) as e:  # e.g. multipleOf on 1e30 as a Decimal
+            raise InboundError(uid, "PropertyConstraintViolation", f"{action}: a number out of range ({e})"[:255]) \
+                from None
         if errors:
             e = errors[0]
             code = SCHEMA_ERRORS.get(e.validator, "FormationViolation")
@@ -118,6 +122,22 @@ def parse_inbound(text: str | bytes) -> tuple[str, Any, ...]:
         desc = msg[3] if len(msg) > 3 and isinstance(msg[3], str) else ""
         return ("error", uid, code, desc)
     raise InboundError(uid, "FormationViolation", f"unknown message type {kind}")
+
+
+def _salvage_id(text: str) -> str:
+    """The unique id of a frame that is JSON only to Python (NaN, Infinity), so the CALLERROR
+    can still name the call it answers; "-1" when there is none."""
+    try:
+        msg = json.loads(text)
+    except (ValueError, RecursionError):
+        return "-1"
+    if isinstance(msg, list) and len(msg) > 1 and isinstance(msg[1], str) and 0 < len(msg[1]) <= 36:
+        return msg[1]
+    return "-1"
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")  # NaN/Infinity: Python accepts them, JSON does not
 
 
 class Link:
@@ -143,6 +163,7 @@ class Link:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.connected = False
+        self.session = 0  # one per websocket connection, so a call is sent only on the one the core knows
         self.last_error: str | None = None
 
     # --------------------------------------------------------------- public
@@ -239,6 +260,7 @@ class Link:
 
     async def _session(self, ws) -> None:
         self._ws = ws
+        self.session += 1
         self.connected = True
         self._calls = asyncio.Queue()
         log.info("connected to %s", self.url)
@@ -266,7 +288,16 @@ class Link:
             msg = parse_inbound(frame)
         except InboundError as e:
             log.warning("malformed frame from CSMS (%s: %s): %.200s", e.code, e.description, frame)
-            self.reply_error(e.unique_id, e.code, e.description)
+            fut = self._waiting.get(e.unique_id)
+            if fut is not None and not fut.done():
+                # A broken answer to one of our calls: a failure to process, never answered back.
+                fut.set_result(("error", e.unique_id, e.code, e.description))
+            else:
+                self.reply_error(e.unique_id, e.code, e.description)
+            return
+        except Exception as e:  # noqa: BLE001 - one bad frame must never drop the session
+            log.exception("unexpected error parsing a CSMS frame: %.200s", frame)
+            self.reply_error("-1", "GenericError", f"cannot process frame: {type(e).__name__}")
             return
         if msg[0] == "call":
             _, uid, action, payload = msg
@@ -284,9 +315,9 @@ class Link:
             uid = str(uuid.uuid4())  # a new message id for every (re)transmission (§3.7.1)
             fut = asyncio.get_running_loop().create_future()
             self._waiting[uid] = fut
-            frame = json.dumps([2, uid, action, payload], separators=(",", ":"))
-            log.debug("-> %s", frame)
             try:
+                frame = json.dumps([2, uid, action, payload], separators=(",", ":"), allow_nan=False)
+                log.debug("-> %s", frame)
                 await ws.send(frame)
                 msg = await asyncio.wait_for(fut, timeout)
             except asyncio.TimeoutError:
@@ -295,6 +326,10 @@ class Link:
                 continue
             except (websockets.ConnectionClosed, asyncio.CancelledError):
                 return
+            except Exception as e:  # noqa: BLE001 - the sender must outlive one bad call
+                log.exception("sending %s failed", action)
+                self.on_failed(ref, f"send failed: {type(e).__name__}: {e}")
+                continue
             finally:
                 self._waiting.pop(uid, None)
             if msg[0] == "result":

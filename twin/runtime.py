@@ -57,6 +57,9 @@ class Runtime:
         self.last_status_text = ""
         self.started_monotonic = time.monotonic()
         self.registered_once = False
+        self.core_session: int | None = None
+        self.closing = False
+        self.shutdown_done: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -110,7 +113,8 @@ class Runtime:
         self.link = Link(
             cfg.csms_url, cfg.charge_point_id, password=cfg.password, ca_file=cfg.ca_file,
             ping_interval=keys.get_int("WebSocketPingInterval"),
-            on_up=lambda: self._spawn(st.link_up), on_down=lambda: self._spawn(st.link_down),
+            on_up=lambda: self._spawn(self._core_link_up, self.link.session),
+            on_down=lambda: self._spawn(self._core_link_down),
             on_call=self._on_csms_call,
             on_result=lambda ref, payload: self._spawn(st.call_result, ref, payload),
             on_failed=lambda ref, reason: self._spawn(st.call_failed, ref, reason))
@@ -155,7 +159,20 @@ class Runtime:
             self.done.set_result(code)
 
     async def shutdown(self, reason: str = "Reboot", *, graceful: bool = True, drain_s: float = 5.0) -> None:
-        """SIGTERM and Soft reset: open contactors, stop transactions, try to deliver, flush, close."""
+        """SIGTERM and Soft reset: open contactors, stop transactions, try to deliver, flush, close.
+        A second call (e.g. SIGTERM during a Reset) waits for the first one."""
+        if self.shutdown_done is not None:
+            await self.shutdown_done.wait()
+            return
+        # Runs in the caller's task (the firmware service restarts from inside its own task
+        # and must be recognised there), the Event lets a second caller wait for it.
+        self.shutdown_done = asyncio.Event()
+        try:
+            await self._shutdown(reason, graceful, drain_s)
+        finally:
+            self.shutdown_done.set()
+
+    async def _shutdown(self, reason: str, graceful: bool, drain_s: float) -> None:
         if self.notifier:
             self.notifier.stopping()
         st = self.station
@@ -169,12 +186,16 @@ class Runtime:
                 acts += st._settle(now)
                 await self._execute(acts)
             deadline = time.monotonic() + drain_s
-            while len(st.queue) and st.online and time.monotonic() < deadline:
+            while ((len(st.queue) and st.online) or self.unsaved) and time.monotonic() < deadline:
+                if self.unsaved:
+                    async with self.lock:
+                        await self._flush_unsaved()
                 await asyncio.sleep(0.1)
         for t in self.tasks:
             t.cancel()
         if self.link:
             await self.link.close()
+        self.closing = True  # from here on, late link callbacks must not step the core
         if self.api:
             await self.api.stop()
         if self.firmware:
@@ -182,20 +203,37 @@ class Runtime:
         if self.drivers:
             await self.drivers.close()  # opens every contactor
         if self.store:
-            await self._flush_unsaved()
+            if not await self._flush_unsaved():
+                log.critical("store still failing at shutdown; NOT saved: %r", self.unsaved)
             await self.store.close()
+
+    def _core_link_up(self, session: int, now: datetime) -> list:
+        self.core_session = session
+        return self.station.link_up(now)
+
+    def _core_link_down(self, now: datetime) -> list:
+        self.core_session = None
+        return self.station.link_down(now)
 
     def _on_csms_call(self, uid: str, action: str, payload: dict) -> None:
         if self.firmware is not None:  # TriggerMessage reports the transfers' live status
             self.station.firmware_status = self.firmware.firmware_status
             self.station.diagnostics_status = self.firmware.diagnostics_status
-        self._spawn(self.station.csms_call, uid, action, payload)
+        asyncio.ensure_future(self._answer_call(uid, action, payload))
+
+    async def _answer_call(self, uid: str, action: str, payload: dict) -> None:
+        acts = await self._step(self.station.csms_call, uid, action, payload)
+        if acts is None and self.link is not None:  # the core failed: the CSMS still gets an answer
+            self.link.reply_error(uid, "InternalError", f"the station could not process {action}")
 
     # ------------------------------------------------------------------ stepping the core
     def _spawn(self, fn: Callable, *args) -> None:
         asyncio.ensure_future(self._step(fn, *args))
 
     async def _step(self, fn: Callable, *args) -> Any:
+        if self.closing:
+            log.debug("station closing; ignoring %s", getattr(fn, "__name__", fn))
+            return []
         async with self.lock:
             try:
                 acts = fn(*args, self.clock())
@@ -236,7 +274,10 @@ class Runtime:
                     if not await self._persist(act.ops):
                         unsafe = True
                 elif isinstance(act, A.Send):
-                    self.link.send_call(act.ref, act.action, act.payload, act.timeout) if self.link else None
+                    # Only on the connection the core has seen come up: a call computed for a link
+                    # that has since dropped is redone by the core after its link_down/link_up.
+                    if self.link is not None and self.core_session == self.link.session:
+                        self.link.send_call(act.ref, act.action, act.payload, act.timeout)
                 elif isinstance(act, A.Reply):
                     self.link.reply(act.unique_id, act.payload)
                 elif isinstance(act, A.ReplyError):
@@ -274,16 +315,26 @@ class Runtime:
             await self.store.apply(ops)
             return True
         except StoreError as e:
+            if not getattr(e, "retryable", True):
+                return self._refused(ops, e)
             log.error("store write failed, keeping the data in memory and retrying: %s", e)
             self.unsaved.append(ops)
             return False
+
+    def _refused(self, ops: list[tuple], e: Exception) -> bool:
+        """The store refuses this batch for good (a bug in the data, not the disk): retrying would
+        block every later write, so it is logged in full and set aside."""
+        log.critical("store refused a batch permanently (%s); it is NOT saved: %r", e, ops)
+        return False
 
     async def _flush_unsaved(self) -> bool:
         while self.unsaved:
             try:
                 await self.store.apply(self.unsaved[0])
-            except StoreError:
-                return False
+            except StoreError as e:
+                if getattr(e, "retryable", True):
+                    return False
+                self._refused(self.unsaved[0], e)
             self.unsaved.pop(0)
         if self.station and self.station.station_fault == STORAGE_FAULT:
             log.warning("store writable again; clearing the storage fault")

@@ -27,6 +27,7 @@ from twin.core.txqueue import Entry, TxQueue
 
 log = logging.getLogger("twin.station")
 
+INT32_MAX = 2**31 - 1  # OCPP integers; also bounds every interval the CSMS can set
 MIN_CHARGING_CURRENT_A = 6.0  # IEC 61851-1: below 6 A an EV cannot be told to charge
 
 
@@ -348,7 +349,8 @@ class Station:
     def _on_boot_conf(self, payload: dict, now: datetime) -> list[Action]:
         self.boot_in_flight = False
         status = payload.get("status")
-        interval = int(payload.get("interval") or 0)
+        # A schema-valid but absurd interval (10**12 s) must not overflow the clock arithmetic.
+        interval = max(0, min(int(payload.get("interval") or 0), INT32_MAX))
         acts: list[Action] = []
         if status == "Accepted":
             self.registration = "Accepted"

@@ -17,11 +17,11 @@ def parse_ts(text: str | None) -> datetime | None:
         return None
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        return when.astimezone(timezone.utc)
+    except (ValueError, OverflowError):  # e.g. 9999-12-31T23:59:59-14:00 is past datetime.max in UTC
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return when.astimezone(timezone.utc)
 
 
 def next_aligned(now: datetime, interval_s: int) -> datetime:
