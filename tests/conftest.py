@@ -76,6 +76,24 @@ class StationHandle:
             assert result["status"] in ("Accepted", "RebootRequired"), (key, value, result)
 
 
+class FlakyStore:
+    """Makes a running station's store fail every write (a full disk, an I/O error) until
+    ``failing`` is set to False; the real store is used again from then on."""
+
+    def __init__(self, store, message: str):
+        from twin.store import StoreError
+
+        self.real_apply = store.apply
+        self.failing = True
+        self.error = lambda: StoreError(f"{message} (simulated)", retryable=True)
+        store.apply = self.apply
+
+    async def apply(self, ops):
+        if self.failing:
+            raise self.error()
+        return await self.real_apply(ops)
+
+
 def station_config(csms: Csms, data_dir: Path, keys: dict | None = None, **attrs):
     """A sim-driver station config for ``csms``; ``attrs`` set StationConfig fields (e.g. fixed_cable=False)."""
     from twin.config import load_config

@@ -230,27 +230,19 @@ async def test_graceful_shutdown_retries_a_transiently_failing_store_before_givi
     well inside drain_s. On the next boot the station believes the transaction is still running
     and stops it again (PowerLoss): a second StopTransaction for a transaction the CSMS has closed."""
     from tests.octt.test_core import start_charging
-    from twin.store import Store, StoreError
+    from twin.store import Store
 
     await start_charging(station, csms)
-    store = station.rt.store
-    real_apply = store.apply
-    failing = True
+    from tests.conftest import FlakyStore
 
-    async def apply(ops):
-        if failing:
-            raise StoreError("I/O error (simulated)", retryable=True)
-        return await real_apply(ops)
+    disk = FlakyStore(station.rt.store, "I/O error")
 
     async def recover():
-        nonlocal failing
         await asyncio.sleep(0.5)
-        failing = False
-
-    store.apply = apply
+        disk.failing = False
     asyncio.ensure_future(recover())
     await station.rt.shutdown("Reboot", graceful=True, drain_s=5.0)
     await csms.wait_for("StopTransaction", {"reason": "Reboot"}, timeout=1, after=0)
-    saved = Store.snapshot(store.path)
+    saved = Store.snapshot(station.rt.store.path)
     txs = list(saved["transactions"].values())
     assert txs and all(tx.get("stopped") for tx in txs), txs

@@ -38,26 +38,17 @@ async def test_meter_that_stops_answering_reports_power_meter_failure(station, c
 
 
 async def test_store_failure_faults_the_station_keeps_data_and_recovers(station, csms):
-    from twin.store import StoreError
-
-    store = station.rt.store
-    real_apply = store.apply
-    failing = True
-
-    async def apply(ops):
-        if failing:
-            raise StoreError("disk full (simulated)", retryable=True)
-        return await real_apply(ops)
+    from tests.conftest import FlakyStore
 
     await station.plug(1)
     await csms.wait_for("StatusNotification", {"connectorId": 1, "status": "Preparing"})
-    store.apply = apply
+    disk = FlakyStore(station.rt.store, "disk full")
     await station.tap("TAG1")
     # The transaction cannot be recorded: the contactor must not close, the station faults.
     await csms.wait_for("StatusNotification", {"connectorId": 0, "status": "Faulted"}, timeout=10)
     assert station.rt.drivers.relays[1].commanded is False
     assert station.rt.state()["store"]["ok"] is False
-    failing = False
+    disk.failing = False
     await csms.wait_for("StatusNotification", {"connectorId": 0, "status": "Available"}, timeout=15)
     await station.until(lambda: station.rt.state()["store"]["ok"])
     from twin.store import Store
