@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from tests.core.harness import Harness
 from tests.core.test_station import _state_from_ops
 from twin.core.timeutil import ts
@@ -184,29 +186,23 @@ def test_authorize_timeout_accepted_locally_does_not_start_charging_until_next_t
 # ---------------------------------------------------------------------------------------------------
 # 6. Persistence
 # ---------------------------------------------------------------------------------------------------
-def test_scheduled_unavailability_is_lost_across_power_loss():
-    """ChangeAvailability(1, Inoperative) during a transaction answers Scheduled (§5.2: executed when
-    the transaction ends). c.scheduled is not persisted: after a power loss the transaction is
-    stopped at boot (PowerLoss) but the connector comes back Operative instead of Unavailable."""
+@pytest.mark.parametrize("connector_id", [1, 0])
+def test_scheduled_unavailability_survives_power_loss(connector_id):
+    """ChangeAvailability(1 or 0, Inoperative) during a transaction answers Scheduled (§5.2:
+    executed when the transaction ends). The pending change must be persisted: after a power
+    loss the transaction is stopped at boot (PowerLoss) and the change then takes effect,
+    instead of the connector (or station) coming back Operative."""
     h = Harness().boot()
     h.plug(1)
     h.tap("TAG1")
-    assert h.csms("ChangeAvailability", {"connectorId": 1, "type": "Inoperative"}).payload["status"] == "Scheduled"
+    r = h.csms("ChangeAvailability", {"connectorId": connector_id, "type": "Inoperative"})
+    assert r.payload["status"] == "Scheduled"
     h2 = Harness(state=_state_from_ops(h.ops), now=h.now + timedelta(minutes=1))
     h2.boot()
     assert h2.calls("StopTransaction")[0].payload["reason"] == "PowerLoss"
     assert h2.status(1) == "Unavailable"
-
-
-def test_scheduled_station_unavailability_is_lost_across_power_loss():
-    """Same for ChangeAvailability(0, Inoperative) -> Scheduled: scheduled0 is not persisted."""
-    h = Harness().boot()
-    h.plug(1)
-    h.tap("TAG1")
-    assert h.csms("ChangeAvailability", {"connectorId": 0, "type": "Inoperative"}).payload["status"] == "Scheduled"
-    h2 = Harness(state=_state_from_ops(h.ops), now=h.now + timedelta(minutes=1))
-    h2.boot()
-    assert h2.status(2) == "Unavailable" and h2.st.availability0 == "Inoperative"
+    if connector_id == 0:
+        assert h2.status(2) == "Unavailable" and h2.st.availability0 == "Inoperative"
 
 
 def test_queue_sequence_numbers_restart_at_one_and_overwrite_discarded_rows():
