@@ -88,31 +88,27 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    cmd = args.command
+    commands = {
+        "run": lambda: cmd_run(args, argv), "demo": lambda: cmd_demo(args), "queue": lambda: cmd_queue(args),
+        "drivers": lambda: cmd_drivers(args), "sim": lambda: _sim(args), "firmware": lambda: _firmware(args),
+        "csms": lambda: cmd_csms(args), "config": lambda: cmd_config_check(args),
+    }
     try:
-        if cmd == "run":
-            return cmd_run(args, argv)
-        if cmd == "demo":
-            return cmd_demo(args)
-        if cmd == "queue":
-            return cmd_queue(args)
-        if cmd == "drivers":
-            return cmd_drivers(args)
-        if cmd == "sim":
-            from twin.sim_client import run_sim_command
-
-            return run_sim_command(args)
-        if cmd == "firmware":
-            from twin.firmware.bundle import run_firmware_command
-
-            return run_firmware_command(args)
-        if cmd == "csms":
-            return cmd_csms(args)
-        if cmd == "config":
-            return cmd_config_check(args)
+        return commands[args.command]()
     except KeyboardInterrupt:
         return 130
-    return 2
+
+
+def _sim(args) -> int:
+    from twin.sim_client import run_sim_command
+
+    return run_sim_command(args)
+
+
+def _firmware(args) -> int:
+    from twin.firmware.bundle import run_firmware_command
+
+    return run_firmware_command(args)
 
 
 def _load(args) -> "object":
