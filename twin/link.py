@@ -8,6 +8,21 @@ reply at all while Rejected (§4.2), a fresh message id for each retransmission
 
 One CALL at a time (OCPP-J §4.1.1: wait for the result or the timeout before the
 next CALL); replies to CSMS calls go out at once, ahead of queued calls.
+
+A response timeout is not by itself a failure to process (§3.7.1 counts those towards
+TransactionMessageAttempts): a half-open TCP connection looks the same. So the link first
+checks itself with a websocket ping (RFC 6455 §5.5.2). No pong: the connection is
+aborted, the core sees the link go down and resends on the next connection without
+counting an attempt. A pong: the CSMS is there and did not answer, reported through
+``on_timeout``. The client pings on its own schedule too, every WebSocketPingInterval
+seconds or every ``keepalive_s`` when that key is 0 (the CSMS may ping from its side, but
+a half-open link must still be found with no call in flight). Both checks end the same
+way, so the keepalive and the message timeout no longer race to decide what a silence
+means.
+
+Every log line written here goes through ``twin.redact``: frames carry URL passwords
+(UpdateFirmware, GetDiagnostics) and the AuthorizationKey (ChangeConfiguration), and the
+handshake carries the Authorization header.
 """
 
 from __future__ import annotations
@@ -23,12 +38,31 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import websockets
 from ocpp.messages import get_validator
 from websockets.asyncio.client import connect
+from websockets.frames import DATA_OPCODES, Frame
+
+from twin.redact import RedactingFilter, redact_frame
 
 log = logging.getLogger("twin.link")
+# The websockets library's own lines about this connection (handshake headers, close codes,
+# pings). Its copies of data frames are dropped: they are cut to 75 characters, which can
+# split a secret where no rule recognises it, and the full frames are logged here anyway.
+ws_log = logging.getLogger("twin.link.websocket")
+
+
+class _NoDataFrames(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.args, tuple) and len(record.args) == 1
+                    and isinstance(record.args[0], Frame) and record.args[0].opcode in DATA_OPCODES)
+
+
+ws_log.addFilter(_NoDataFrames())
+for _logger in (log, ws_log):
+    _logger.addFilter(RedactingFilter())
 
 # Every action OCPP 1.6 defines for CSMS -> CP (core + the five optional profiles),
 # and the security-whitepaper ones this station does not implement (-> NotSupported).
@@ -112,7 +146,9 @@ def parse_inbound(text: str | bytes) -> tuple[str, Any, ...]:
             e = errors[0]
             code = SCHEMA_ERRORS.get(e.validator, "FormationViolation")
             where = "/".join(str(p) for p in e.path) or "payload"
-            raise InboundError(uid, code, f"{action}: {where}: {e.message}"[:255])
+            # jsonschema's messages quote the offending value; not when it is the secret.
+            what = f"fails {e.validator} {e.validator_value!r}" if _sets_secret_key(action, payload) else e.message
+            raise InboundError(uid, code, f"{action}: {where}: {what}"[:255])
         return ("call", uid, action, payload)
     if kind == 3:
         payload = msg[2] if isinstance(msg[2], dict) else {}
@@ -122,6 +158,21 @@ def parse_inbound(text: str | bytes) -> tuple[str, Any, ...]:
         desc = msg[3] if len(msg) > 3 and isinstance(msg[3], str) else ""
         return ("error", uid, code, desc)
     raise InboundError(uid, "FormationViolation", f"unknown message type {kind}")
+
+
+def _sets_secret_key(action: str, payload: dict) -> bool:
+    """ChangeConfiguration of AuthorizationKey (key names are CiString, compared
+    case-insensitively): its value is the Basic-auth password of security profile 1."""
+    key = payload.get("key")
+    return action == "ChangeConfiguration" and isinstance(key, str) and key.casefold() == "authorizationkey"
+
+
+def _url_password(url: str) -> str | None:
+    """The password in the URL's userinfo (websockets sends it as Basic auth), if any."""
+    try:
+        return urlsplit(url).password
+    except ValueError:  # e.g. an unclosed IPv6 bracket: connecting reports the bad URL
+        return None
 
 
 def _salvage_id(text: str) -> str:
@@ -141,21 +192,36 @@ def _reject_constant(name: str):
 
 
 class Link:
-    """Keeps a websocket to the CSMS up and moves frames. Callbacks run on the loop."""
+    """Keeps a websocket to the CSMS up and moves frames. Callbacks run on the loop.
+
+    ``ping_interval`` is WebSocketPingInterval (0: the client still pings, every
+    ``keepalive_s``); a ping unanswered for ``pong_timeout_s`` (after a call timed out:
+    for the shorter of that and the call's timeout) means the link is dead. ``on_timeout(ref)``
+    reports a call the CSMS left unanswered on a live link; without it, ``on_failed(ref,
+    "timeout")`` is called instead. Calls outstanding when the link dies get neither: the
+    ``on_down`` that follows aborts them.
+    """
 
     def __init__(self, url: str, charge_point_id: str, *, on_up: Callable[[], None],
                  on_down: Callable[[], None], on_call: Callable[[str, str, dict], None],
                  on_result: Callable[[int, dict], None], on_failed: Callable[[int, str], None],
-                 password: str | None = None, ca_file: Path | None = None, ping_interval: int = 10,
-                 backoff_cap: float = 30.0):
+                 on_timeout: Callable[[int], None] | None = None,
+                 password: str | None = None, ca_file: Path | None = None, ping_interval: float = 10,
+                 keepalive_s: float = 30.0, pong_timeout_s: float = 10.0, backoff_cap: float = 30.0):
+        if keepalive_s <= 0 or pong_timeout_s <= 0:
+            raise ValueError("keepalive_s and pong_timeout_s must be positive")
         self.url = f"{url.rstrip('/')}/{charge_point_id}"
         self.charge_point_id = charge_point_id
         self.password = password
         self.ca_file = ca_file
+        self._ping_interval = 0.0
+        self._ping_interval_changed = asyncio.Event()
         self.ping_interval = ping_interval
+        self.keepalive_s = keepalive_s
+        self.pong_timeout_s = pong_timeout_s
         self.backoff_cap = backoff_cap
         self.on_up, self.on_down, self.on_call = on_up, on_down, on_call
-        self.on_result, self.on_failed = on_result, on_failed
+        self.on_result, self.on_failed, self.on_timeout = on_result, on_failed, on_timeout
         self.enabled = True
         self._ws = None
         self._calls: asyncio.Queue = asyncio.Queue()
@@ -166,8 +232,23 @@ class Link:
         self.session = 0  # one per websocket connection, so a call is sent only on the one the core knows
         self.last_error: str | None = None
 
+    @property
+    def ping_interval(self) -> float:
+        """WebSocketPingInterval in seconds; 0 means the client keepalive of ``keepalive_s``."""
+        return self._ping_interval
+
+    @ping_interval.setter
+    def ping_interval(self, seconds: float | None) -> None:
+        # A changed key applies to the running connection at once, not only the next one.
+        self._ping_interval = max(0.0, float(seconds or 0))
+        self._ping_interval_changed.set()
+
     # --------------------------------------------------------------- public
     def start(self) -> None:
+        if (self.password or _url_password(self.url)) and self.url.startswith("ws://"):
+            # Security profile 1 allows Basic auth without TLS, but then anyone on the path reads it.
+            log.warning("HTTP Basic auth over unencrypted ws://: the password to %s travels in clear "
+                        "(use wss://, security profile 2, where the network is not trusted)", self.url)
         self._task = asyncio.create_task(self._run(), name="ocpp-link")
 
     async def close(self) -> None:
@@ -234,10 +315,13 @@ class Link:
                 failures = 0
                 continue
             try:
+                # websockets' own keepalive is off (ping_interval=None): _keepalive pings
+                # instead, also when WebSocketPingInterval is 0, and aborts a dead
+                # connection without a closing handshake that could only time out.
                 async with connect(self.url, subprotocols=["ocpp1.6"], additional_headers=self._headers(),
-                                   ssl=self._ssl(), ping_interval=self.ping_interval or None,
-                                   ping_timeout=(self.ping_interval or 10) * 2, compression=None,
-                                   open_timeout=10, close_timeout=2, proxy=None, max_size=4 * 2**20) as ws:
+                                   ssl=self._ssl(), ping_interval=None, compression=None,
+                                   open_timeout=10, close_timeout=2, proxy=None, max_size=4 * 2**20,
+                                   logger=ws_log) as ws:
                     if ws.subprotocol != "ocpp1.6":
                         raise ConnectionError(f"CSMS did not accept subprotocol ocpp1.6 (got {ws.subprotocol!r})")
                     failures = 0
@@ -265,14 +349,16 @@ class Link:
         self._calls = asyncio.Queue()
         log.info("connected to %s", self.url)
         self.on_up()
-        sender = asyncio.create_task(self._sender(ws), name="ocpp-sender")
+        helpers = [asyncio.create_task(self._sender(ws), name="ocpp-sender"),
+                   asyncio.create_task(self._keepalive(ws), name="ocpp-keepalive")]
         try:
             async for frame in ws:
                 self._dispatch(frame)
         except websockets.ConnectionClosed:
             pass
         finally:
-            sender.cancel()
+            for task in helpers:
+                task.cancel()
             self._ws = None
             self.connected = False
             for fut in self._waiting.values():
@@ -282,12 +368,45 @@ class Link:
             log.warning("disconnected from %s", self.url)
             self.on_down()
 
+    async def _keepalive(self, ws) -> None:
+        while True:
+            interval = self.ping_interval or self.keepalive_s
+            self._ping_interval_changed.clear()
+            try:
+                async with asyncio.timeout(interval):
+                    await self._ping_interval_changed.wait()
+                continue  # WebSocketPingInterval changed: wait the new interval
+            except TimeoutError:
+                pass
+            if not await self._pong_within(ws, self.pong_timeout_s):
+                self._abort_dead(ws, f"no pong within {self.pong_timeout_s:g}s to a keepalive ping")
+                return
+
+    async def _pong_within(self, ws, seconds: float) -> bool:
+        """Whether the peer answers a ping within ``seconds`` (RFC 6455 §5.5.2-3)."""
+        try:
+            async with asyncio.timeout(seconds):
+                pong = await ws.ping()
+                await pong
+            return True
+        except (TimeoutError, websockets.ConnectionClosed):
+            return False
+
+    def _abort_dead(self, ws, why: str) -> None:
+        """Drop a connection that no longer carries frames. A closing handshake would wait
+        close_timeout for a peer that cannot answer; aborting the transport ends the session
+        at once (on_down), and the reconnect loop takes over."""
+        self.last_error = f"dead link: {why}"
+        log.warning("link to %s is dead (%s): aborting the connection", self.url, why)
+        ws.transport.abort()
+
     def _dispatch(self, frame) -> None:
         log.debug("<- %s", frame)
         try:
             msg = parse_inbound(frame)
         except InboundError as e:
-            log.warning("malformed frame from CSMS (%s: %s): %.200s", e.code, e.description, frame)
+            # Redacted before it is cut: a password cut in half is no longer recognisable.
+            log.warning("malformed frame from CSMS (%s: %s): %.200s", e.code, e.description, redact_frame(frame))
             fut = self._waiting.get(e.unique_id)
             if fut is not None and not fut.done():
                 # A broken answer to one of our calls: a failure to process, never answered back.
@@ -296,7 +415,7 @@ class Link:
                 self.reply_error(e.unique_id, e.code, e.description)
             return
         except Exception as e:  # noqa: BLE001 - one bad frame must never drop the session
-            log.exception("unexpected error parsing a CSMS frame: %.200s", frame)
+            log.exception("unexpected error parsing a CSMS frame: %.200s", redact_frame(frame))
             self.reply_error("-1", "GenericError", f"cannot process frame: {type(e).__name__}")
             return
         if msg[0] == "call":
@@ -318,14 +437,17 @@ class Link:
             try:
                 frame = json.dumps([2, uid, action, payload], separators=(",", ":"), allow_nan=False)
                 log.debug("-> %s", frame)
-                await ws.send(frame)
-                msg = await asyncio.wait_for(fut, timeout)
-            except asyncio.TimeoutError:
-                log.warning("no response to %s within %ss", action, timeout, extra={"ocpp_action": action})
-                self.on_failed(ref, "timeout")
-                continue
-            except (websockets.ConnectionClosed, asyncio.CancelledError):
-                return
+                try:
+                    async with asyncio.timeout(timeout):
+                        await ws.send(frame)  # inside the timeout: on a half-open link the send can block
+                        msg = await asyncio.shield(fut)  # fut stays waiting through the link check
+                except TimeoutError:
+                    msg = await self._after_timeout(ws, fut, action, timeout)
+                    if msg is None:
+                        self._timed_out(ref)
+                        continue
+            except (websockets.ConnectionClosed, asyncio.CancelledError, _LinkDead):
+                return  # on_down follows and aborts the call
             except Exception as e:  # noqa: BLE001 - the sender must outlive one bad call
                 log.exception("sending %s failed", action)
                 self.on_failed(ref, f"send failed: {type(e).__name__}: {e}")
@@ -337,3 +459,31 @@ class Link:
             else:
                 log.warning("CALLERROR %s for %s: %s", msg[2], action, msg[3], extra={"ocpp_action": action})
                 self.on_failed(ref, f"CALLERROR {msg[2]}: {msg[3]}")
+
+    async def _after_timeout(self, ws, fut: asyncio.Future, action: str, timeout: float) -> tuple | None:
+        """No answer to ``action`` in time: the answer if it came while the link was checked,
+        None if the link is alive (the CSMS just did not answer). Raises _LinkDead after
+        aborting a connection that does not answer a ping either."""
+        wait = min(self.pong_timeout_s, timeout) if timeout > 0 else self.pong_timeout_s
+        log.warning("no response to %s within %ss; checking the link with a ping (%gs)", action, timeout, wait,
+                    extra={"ocpp_action": action})
+        alive = await self._pong_within(ws, wait)
+        if fut.done() and not fut.cancelled():
+            log.info("the response to %s came late, during the link check; accepted", action)
+            return fut.result()
+        if not alive:
+            self._abort_dead(ws, f"no pong within {wait:g}s after {action} timed out")
+            raise _LinkDead
+        log.warning("the link is alive but the CSMS did not answer %s within %ss", action, timeout,
+                    extra={"ocpp_action": action})
+        return None
+
+    def _timed_out(self, ref: int) -> None:
+        if self.on_timeout is not None:
+            self.on_timeout(ref)
+        else:
+            self.on_failed(ref, "timeout")
+
+
+class _LinkDead(Exception):
+    """The connection was aborted as dead; its session is ending."""
