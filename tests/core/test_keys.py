@@ -1,8 +1,11 @@
-"""twin/core/keys.py: the iEVQC33 key profile, Get/ChangeConfiguration, persistence."""
+"""twin/core/keys.py: the OCPP key definitions, the charger profile's keys, Get/ChangeConfiguration,
+persistence."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema
@@ -12,17 +15,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from twin.core.keys import (
+    INT32_MAX,
     KEYS,
+    R,
+    R_OR_RW,
+    RW,
     SUPPORTED_MEASURANDS,
     ConfigKeys,
     KeyConfigError,
     KeyDef,
     TooManyKeys,
+    check_key_profile,
     normalize,
 )
+from twin.core import limits
 from twin.core.metering import MEASURANDS
+from twin.profiles import load_profile
 
 SCHEMAS = Path(ocpp.v16.__file__).parent / "schemas"
+EXAMPLE = Path(__file__).parents[2] / "twin" / "profiles" / "examples" / "generic-ac-1c.toml"
 GET_CONF_SCHEMA = json.loads((SCHEMAS / "GetConfigurationResponse.json").read_text())
 
 MEASURAND_LIST = "Energy.Active.Import.Register,Current.Import,Voltage,SoC,Power.Active.Import"
@@ -77,8 +88,8 @@ IEVQC33 = {
     "MaxChargingProfilesInstalled": "10",
 }
 
-# Read-only per SPEC §9 (+ ERRATA 3.90 for SupportedFileTransferProtocols); every other
-# key the twin has is read-write.
+# Read-only per SPEC §9 (+ ERRATA 3.90 for SupportedFileTransferProtocols); the iEVQC33
+# reports every other key read-write.
 READ_ONLY = {
     "ConnectorPhaseRotationMaxLength", "GetConfigurationMaxKeys", "MeterValuesAlignedDataMaxLength",
     "MeterValuesSampledDataMaxLength", "NumberOfConnectors", "StopTxnAlignedDataMaxLength",
@@ -112,6 +123,23 @@ def access(entry: dict) -> str:
     return "R" if entry["readonly"] else "RW"
 
 
+@dataclass(frozen=True)
+class KeysOnly:
+    """The part of a charger profile ConfigKeys reads (twin.core.keys.KeyProfile)."""
+
+    key_values: Mapping[str, str]
+    key_access: Mapping[str, str]
+
+
+def shipped_with(values: dict[str, str] | None = None, access: dict[str, str] | None = None,
+                 drop: tuple[str, ...] = ()) -> KeysOnly:
+    """The shipped profile's keys with some values/access changed or keys left out."""
+    default = load_profile()
+    new_values = {k: v for k, v in {**default.key_values, **(values or {})}.items() if k not in drop}
+    new_access = {k: v for k, v in {**default.key_access, **(access or {})}.items() if k not in drop}
+    return KeysOnly(new_values, new_access)
+
+
 def conf(keys: ConfigKeys, requested: list[str] | None = None) -> dict:
     """GetConfiguration.conf, checked against the OCPP 1.6 schema the link uses."""
     payload = keys.get_configuration(requested)
@@ -129,28 +157,57 @@ def test_default_is_the_certified_iEVQC33_value(name):
 
 @pytest.mark.parametrize("name", sorted(KEYS))
 def test_read_only_flags_follow_the_spec(name):
-    assert KEYS[name].readonly == (name in READ_ONLY)
+    assert ConfigKeys().readonly(name) == (name in READ_ONLY)
+    if name in READ_ONLY:
+        assert KEYS[name].access == R and not KEYS[name].spec_allows_rw
+    else:
+        assert KEYS[name].spec_allows_rw
+
+
+# SPEC §9.1.3 / §9.1.33 and ERRATA 3.80 let the station choose; the vendor key is the model's.
+EITHER = {"AuthorizeRemoteTxRequests", "UnlockConnectorOnEVSideDisconnect", "StopTransactionOnEVSideDisconnect",
+          "StopTransactionMaxMeterValues"}
+
+
+@pytest.mark.parametrize("name", sorted(KEYS))
+def test_spec_access_is_r_rw_or_either(name):
+    expected = R if name in READ_ONLY else R_OR_RW if name in EITHER else RW
+    assert KEYS[name].access == expected
+
+
+def test_required_keys_are_the_ones_octt_checks():
+    # OCTT Table 25 plus the required keys of the other feature profiles.
+    required = set(TC_019_REQUIRED) | {k for keys in PROFILE_REQUIRED.values() for k in keys} | {"NumberOfConnectors"}
+    assert {name for name, defn in KEYS.items() if defn.required} == required
+
+
+def test_int32_max_has_one_home():
+    assert INT32_MAX is limits.INT32_MAX == 2**31 - 1
+    assert KEYS["HeartbeatInterval"].maximum == INT32_MAX
 
 
 def test_vendor_and_errata_keys_the_twin_needs():
     keys = ConfigKeys()
     assert keys.get("SupportedFileTransferProtocols") == "FTP,FTPS,HTTP,HTTPS"
-    assert KEYS["SupportedFileTransferProtocols"].readonly
-    assert keys.get_int("MessageTimeout") == 30 and not KEYS["MessageTimeout"].readonly
+    assert keys.readonly("SupportedFileTransferProtocols")
+    assert keys.get_int("MessageTimeout") == 30 and not keys.readonly("MessageTimeout")
     assert keys.get_int("StopTransactionMaxMeterValues") == 0
     assert keys.get_int("WebSocketPingInterval") == 10
     assert keys.get_int("MaxEnergyOnInvalidId") == 0
 
 
 def test_definitions_are_consistent():
+    values = load_profile().key_values
     for name, defn in KEYS.items():
         assert defn.name == name and len(name) <= 50  # CiString50 in the schemas
         assert defn.kind in ("bool", "int", "csl", "str")
-        assert defn.profile in ("Core", "FirmwareManagement", "LocalAuthListManagement", "Reservation",
-                                "SmartCharging", "RemoteTrigger", "Vendor")
-        assert normalize(defn, defn.default) == defn.default, name
+        assert defn.feature_profile in ("Core", "FirmwareManagement", "LocalAuthListManagement", "Reservation",
+                                        "SmartCharging", "RemoteTrigger", "Vendor")
+        assert defn.section.startswith(("§9.", "ERRATA 3.", "vendor"))
+        assert defn.access in (R, RW, R_OR_RW)
+        assert normalize(defn, values[name]) == values[name], name
         if defn.max_length_key:
-            assert KEYS[defn.max_length_key].readonly and KEYS[defn.max_length_key].kind == "int"
+            assert KEYS[defn.max_length_key].access == R and KEYS[defn.max_length_key].kind == "int"
 
 
 def test_supported_measurands_are_the_ones_metering_can_render():
@@ -350,15 +407,17 @@ def test_list_longer_than_its_max_length_is_rejected():
 
 def test_writable_list_without_max_length_key_holds_one_item():
     # SPEC §5.3: a CSL key without [Key]MaxLength is assumed to hold 1 item.
-    defs = {"Colours": KeyDef("Colours", "red", False, "csl", "Vendor", allowed=frozenset({"red", "blue"}))}
-    keys = ConfigKeys(defs=defs)
+    defs = {"Colours": KeyDef("Colours", "csl", "Vendor", "vendor", RW, allowed=frozenset({"red", "blue"}))}
+    keys = ConfigKeys(defs=defs, profile=KeysOnly({"Colours": "red"}, {"Colours": "RW"}))
     assert keys.change("Colours", "blue") == ("Accepted", {"Colours": "blue"})
     assert keys.change("Colours", "red,blue") == ("Rejected", {})
 
 
 def test_reboot_required_key():
-    defs = {**KEYS, "Radio": KeyDef("Radio", "4G", False, "str", "Vendor", reboot_required=True)}
-    keys = ConfigKeys(defs=defs)
+    defs = {**KEYS, "Radio": KeyDef("Radio", "str", "Vendor", "vendor", RW, reboot_required=True)}
+    default = load_profile()
+    profile = KeysOnly({**default.key_values, "Radio": "4G"}, {**default.key_access, "Radio": "RW"})
+    keys = ConfigKeys(defs=defs, profile=profile)
     assert keys.change("Radio", "5G") == ("RebootRequired", {"Radio": "5G"})
     assert keys.get("Radio") == "5G"
 
@@ -452,3 +511,118 @@ def test_bad_override_names_the_key_and_problem(overrides, key, problem):
     assert raised.value.key == key
     assert problem in raised.value.problem
     assert str(raised.value).startswith(f"{key}: ")
+
+
+# ------------------------------------------------------------------ the charger profile
+
+
+def test_the_profile_decides_values_and_access():
+    profile = shipped_with({"HeartbeatInterval": "120", "AuthorizeRemoteTxRequests": "false"},
+                           {"AuthorizeRemoteTxRequests": "R"})
+    keys = ConfigKeys(profile=profile)
+    assert keys.get_int("HeartbeatInterval") == 120
+    assert keys.readonly("AuthorizeRemoteTxRequests")
+    entry = conf(keys, ["AuthorizeRemoteTxRequests"])["configurationKey"][0]
+    assert entry == {"key": "AuthorizeRemoteTxRequests", "readonly": True, "value": "false"}
+    # the default profile reports it read-write
+    assert not ConfigKeys().readonly("AuthorizeRemoteTxRequests")
+
+
+def test_profile_then_toml_override_then_stored_value():
+    profile = shipped_with({"HeartbeatInterval": "120", "ResetRetries": "2", "BlinkRepeat": "4"})
+    assert ConfigKeys(profile=profile).get_int("HeartbeatInterval") == 120
+    keys = ConfigKeys({"HeartbeatInterval": "90", "ResetRetries": "3"}, {"HeartbeatInterval": "20"}, profile=profile)
+    assert keys.get_int("HeartbeatInterval") == 20  # stored wins
+    assert keys.get_int("ResetRetries") == 3  # the override wins over the profile
+    assert keys.get_int("BlinkRepeat") == 4  # the profile's value where nothing else says
+    assert keys.stored_values() == {"HeartbeatInterval": "20"}
+
+
+def test_a_key_the_profile_narrows_to_read_only_cannot_be_changed_or_restored():
+    keys = ConfigKeys(stored={"StopTransactionOnEVSideDisconnect": "false"},
+                      profile=shipped_with(access={"StopTransactionOnEVSideDisconnect": "R"}))
+    assert keys.get("StopTransactionOnEVSideDisconnect") == "true"
+    assert keys.warnings == ["stored value for read-only key StopTransactionOnEVSideDisconnect ignored"]
+    assert keys.change("StopTransactionOnEVSideDisconnect", "false") == ("Rejected", {})
+    assert keys.why_rejected("StopTransactionOnEVSideDisconnect", "false") == (
+        "StopTransactionOnEVSideDisconnect is read-only")
+
+
+@pytest.mark.parametrize(
+    ("values", "access", "drop", "key", "problem"),
+    [
+        ({}, {"NumberOfConnectors": "RW"}, (), "NumberOfConnectors", "access RW is not allowed: §9.1.21 makes it R"),
+        ({}, {"GetConfigurationMaxKeys": "RW"}, (), "GetConfigurationMaxKeys", "§9.1.9 makes it R"),
+        ({}, {"HeartbeatInterval": "R"}, (), "HeartbeatInterval", "access R is not allowed: §9.1.10 makes it RW"),
+        ({}, {"HeartbeatInterval": "rw"}, (), "HeartbeatInterval", "access 'rw' is not R or RW"),
+        ({"HeartbeatInterval": "-1"}, {}, (), "HeartbeatInterval", "-1 is below the minimum 0"),
+        ({"MeterValuesSampledData": "Temperature"}, {}, (), "MeterValuesSampledData", "not supported"),
+        ({"MeterValuesSampledDataMaxLength": "2"}, {}, (), "MeterValuesSampledData", "5 items, more than 2"),
+        ({"Testing": "1"}, {"Testing": "RW"}, (), "Testing", "unknown configuration key"),
+        ({"heartbeatinterval": "30"}, {"heartbeatinterval": "RW"}, ("HeartbeatInterval",), "heartbeatinterval",
+         "unknown configuration key (the spelling is HeartbeatInterval)"),
+        ({}, {}, ("HeartbeatInterval",), "HeartbeatInterval", "missing: §9.1.10 requires it of a station that "
+                                                              "supports Core"),
+        ({}, {}, ("SendLocalListMaxLength",), "SendLocalListMaxLength", "requires it of a station that supports "
+                                                                        "LocalAuthListManagement"),
+        ({"SupportedFeatureProfiles": "Core,RemoteTrigger"}, {}, (), "LocalAuthListEnabled",
+         "belongs to the LocalAuthListManagement feature profile, which SupportedFeatureProfiles does not list"),
+        ({"SupportedFeatureProfiles": "RemoteTrigger"}, {}, (), "SupportedFeatureProfiles", "must list Core"),
+        ({}, {}, ("SupportedFeatureProfiles",), "SupportedFeatureProfiles", "missing"),
+    ],
+)
+def test_a_bad_profile_names_the_key_and_problem(values, access, drop, key, problem):
+    profile = shipped_with(values, access, drop)
+    with pytest.raises(KeyConfigError) as raised:
+        check_key_profile(profile.key_values, profile.key_access)
+    assert raised.value.key == key
+    assert problem in raised.value.problem
+    with pytest.raises(KeyConfigError):
+        ConfigKeys(profile=profile)
+
+
+def test_a_value_without_access_and_an_access_without_value_are_errors():
+    values = dict(load_profile().key_values)
+    access = dict(load_profile().key_access)
+    with pytest.raises(KeyConfigError, match="BlinkRepeat: has a value but no access"):
+        check_key_profile(values, {k: v for k, v in access.items() if k != "BlinkRepeat"})
+    with pytest.raises(KeyConfigError, match="BlinkRepeat: has an access but no value"):
+        check_key_profile({k: v for k, v in values.items() if k != "BlinkRepeat"}, access)
+
+
+def test_a_key_the_model_does_not_have_is_not_supported_anywhere():
+    profile = shipped_with(drop=("BlinkRepeat", "ConnectorPhaseRotationMaxLength"),
+                           values={"ConnectorPhaseRotation": "1.RST"})
+    keys = ConfigKeys(stored={"BlinkRepeat": "3"}, profile=profile)
+    assert "BlinkRepeat" not in keys.names()
+    assert keys.change("BlinkRepeat", "3") == ("NotSupported", {})  # TC_040_1
+    answer = conf(keys, ["BlinkRepeat", "HeartbeatInterval"])
+    assert answer["unknownKey"] == ["BlinkRepeat"] and len(answer["configurationKey"]) == 1
+    assert "BlinkRepeat" not in {e["key"] for e in conf(keys)["configurationKey"]}
+    assert keys.warnings == ["stored value for unknown key 'BlinkRepeat' ignored"]
+    with pytest.raises(KeyConfigError) as raised:
+        ConfigKeys({"blinkrepeat": "3"}, profile=profile)
+    assert raised.value.problem == "this charger model has no BlinkRepeat key (its profile does not list it)"
+    # SPEC §5.3: without its MaxLength key, a writable list holds 1 item
+    assert keys.change("ConnectorPhaseRotation", "1.RTS") == ("Accepted", {"ConnectorPhaseRotation": "1.RTS"})
+    assert keys.change("ConnectorPhaseRotation", "1.RST,2.RST") == ("Rejected", {})
+    assert "2 items, more than 1 (a list key without MaxLength)" in keys.why_rejected(
+        "ConnectorPhaseRotation", "1.RST,2.RST")
+
+
+def test_a_profile_list_longer_than_one_item_without_max_length_is_an_error():
+    profile = shipped_with(drop=("ConnectorPhaseRotationMaxLength",))  # keeps "1.RST,2.RST,3.RST"
+    with pytest.raises(KeyConfigError) as raised:
+        ConfigKeys(profile=profile)
+    assert raised.value.key == "ConnectorPhaseRotation" and "3 items, more than 1" in raised.value.problem
+
+
+def test_the_example_profile_keys():
+    keys = ConfigKeys(profile=load_profile(EXAMPLE))
+    assert keys.get_int("NumberOfConnectors") == 1
+    assert keys.get_list("SupportedFeatureProfiles") == [
+        "Core", "FirmwareManagement", "LocalAuthListManagement", "SmartCharging", "RemoteTrigger"]
+    assert keys.change("ReserveConnectorZeroSupported", "true") == ("NotSupported", {})
+    assert keys.change("AuthorizeRemoteTxRequests", "true") == ("Rejected", {})  # the model reports it R
+    assert keys.change("HeartbeatInterval", "60") == ("Accepted", {"HeartbeatInterval": "60"})
+    assert len(conf(keys)["configurationKey"]) == len(keys.names()) < len(KEYS)
