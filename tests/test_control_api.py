@@ -9,14 +9,17 @@ import contextlib
 import json
 import logging
 import random
+import re
 import socket
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from twin.control_api import FAULT_ERROR_CODES, MAX_BODY_BYTES, MAX_HEAD_BYTES, ApiError, ControlApi
+from twin.config import ConfigError, StationConfig, load_config, redacted
+from twin.control_api import FAULT_ERROR_CODES, MAX_BODY_BYTES, MAX_HEAD_BYTES, ApiError, ControlApi, normalize_origin
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -111,9 +114,14 @@ async def call(
     return status, payload
 
 
+def host(api: ControlApi) -> bytes:
+    """The Host header line (without its CRLF) of a client that connected to ``api`` on loopback."""
+    return f"Host: 127.0.0.1:{api.port}".encode()
+
+
 async def raw_exchange(api: ControlApi, data: bytes, *, half_close: bool = False) -> bytes:
     """Send bytes on a raw socket and read until the server closes the connection."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
+    reader, writer = await asyncio.open_connection("127.0.0.1" if api.host == "0.0.0.0" else api.host, api.port)
     try:
         writer.write(data)
         await writer.drain()
@@ -257,7 +265,7 @@ async def test_unknown_path_is_404(api: ControlApi, path: str) -> None:
     ],
 )
 async def test_wrong_method_is_405_with_allow(api: ControlApi, backend: FakeBackend, method: str, path: str, allow: str) -> None:
-    reply = await raw_exchange(api, f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    reply = await raw_exchange(api, f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{api.port}\r\nConnection: close\r\n\r\n".encode())
     [(status, headers, body)] = parse_responses(reply)
     assert status == 405 and headers["allow"] == allow
     assert method in body["error"] and allow in body["error"]
@@ -348,7 +356,7 @@ async def test_non_json_number_constants_are_400(api: ControlApi, backend: FakeB
 async def test_non_json_content_type_is_415(api: ControlApi, backend: FakeBackend, content_type: str | None) -> None:
     raw = b'{"idTag": "A"}'
     ct = f"Content-Type: {content_type}\r\n" if content_type else ""
-    request = f"POST /api/rfid HTTP/1.1\r\nHost: x\r\n{ct}Content-Length: {len(raw)}\r\nConnection: close\r\n\r\n"
+    request = f"POST /api/rfid HTTP/1.1\r\nHost: 127.0.0.1:{api.port}\r\n{ct}Content-Length: {len(raw)}\r\nConnection: close\r\n\r\n"
     [(status, _, body)] = parse_responses(await raw_exchange(api, request.encode() + raw))
     assert status == 415 and "application/json" in body["error"]
     assert backend.calls == []
@@ -363,7 +371,7 @@ async def test_json_content_type_with_utf8_charset_is_accepted(api: ControlApi, 
 
 
 async def test_body_route_without_content_length_is_411(api: ControlApi, backend: FakeBackend) -> None:
-    request = b"POST /api/rfid HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+    request = b"POST /api/rfid HTTP/1.1\r\n" + host(api) + b"\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
     [(status, _, body)] = parse_responses(await raw_exchange(api, request))
     assert status == 411 and "Content-Length" in body["error"]
     assert backend.calls == []
@@ -371,7 +379,7 @@ async def test_body_route_without_content_length_is_411(api: ControlApi, backend
 
 async def test_chunked_body_is_411_and_closes(api: ControlApi, backend: FakeBackend) -> None:
     request = (
-        b"POST /api/rfid HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"POST /api/rfid HTTP/1.1\r\n" + host(api) + b"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
         b'e\r\n{"idTag": "A"}\r\n0\r\n\r\n'
     )
     [(status, headers, body)] = parse_responses(await raw_exchange(api, request))
@@ -381,7 +389,7 @@ async def test_chunked_body_is_411_and_closes(api: ControlApi, backend: FakeBack
 
 async def test_huge_body_is_413_without_reading_it(api: ControlApi, backend: FakeBackend) -> None:
     # Only the head is sent: the server must refuse from Content-Length alone and close.
-    request = f"POST /api/rfid HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {10**9}\r\n\r\n"
+    request = f"POST /api/rfid HTTP/1.1\r\nHost: 127.0.0.1:{api.port}\r\nContent-Type: application/json\r\nContent-Length: {10**9}\r\n\r\n"
     [(status, headers, body)] = parse_responses(await raw_exchange(api, request.encode()))
     assert status == 413 and headers["connection"] == "close" and str(MAX_BODY_BYTES) in body["error"]
 
@@ -393,7 +401,7 @@ async def test_huge_body_via_urllib_is_413(api: ControlApi) -> None:
 
 @pytest.mark.parametrize("value", ["abc", "-1", "+5", "1, 2", "5 5", "\xb2"])  # \xb2 is '²': str.isdigit() is True
 async def test_invalid_content_length_is_400(api: ControlApi, value: str) -> None:
-    request = f"POST /api/rfid HTTP/1.1\r\nHost: x\r\nContent-Length: {value}\r\n\r\n"
+    request = f"POST /api/rfid HTTP/1.1\r\nHost: 127.0.0.1:{api.port}\r\nContent-Length: {value}\r\n\r\n"
     [(status, _, body)] = parse_responses(await raw_exchange(api, request.encode("latin-1")))
     assert status == 400 and "Content-Length" in body["error"]
 
@@ -423,7 +431,7 @@ async def test_garbage_request_gets_an_error_and_the_server_survives(api: Contro
 
 
 async def test_bare_lf_line_endings_are_accepted(api: ControlApi) -> None:
-    reply = await raw_exchange(api, b"GET /api/state HTTP/1.1\nHost: x\nConnection: close\n\n")
+    reply = await raw_exchange(api, b"GET /api/state HTTP/1.1\n" + host(api) + b"\nConnection: close\n\n")
     assert parse_responses(reply)[0][0] == 200
 
 
@@ -491,10 +499,10 @@ async def test_slowloris_trickle_is_cut_at_the_request_deadline(backend: FakeBac
 
 
 async def test_keep_alive_and_pipelining(api: ControlApi, backend: FakeBackend) -> None:
-    one = b"POST /api/connectors/1/plug HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
-    two = b'POST /api/rfid HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 14\r\n\r\n{"idTag": "A"}'
-    bad = b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
-    last = b"GET /api/state HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    one = b"POST /api/connectors/1/plug HTTP/1.1\r\n" + host(api) + b"\r\nContent-Length: 0\r\n\r\n"
+    two = b'POST /api/rfid HTTP/1.1\r\n' + host(api) + b'\r\nContent-Type: application/json\r\nContent-Length: 14\r\n\r\n{"idTag": "A"}'
+    bad = b"GET /nope HTTP/1.1\r\n" + host(api) + b"\r\n\r\n"
+    last = b"GET /api/state HTTP/1.1\r\n" + host(api) + b"\r\nConnection: close\r\n\r\n"
     replies = parse_responses(await raw_exchange(api, one + two + bad + last))
     assert [r[0] for r in replies] == [200, 200, 404, 200]
     assert [r[1]["connection"] for r in replies] == ["keep-alive", "keep-alive", "keep-alive", "close"]
@@ -502,14 +510,14 @@ async def test_keep_alive_and_pipelining(api: ControlApi, backend: FakeBackend) 
 
 
 async def test_http10_closes_unless_keep_alive(api: ControlApi) -> None:
-    [(status, headers, _)] = parse_responses(await raw_exchange(api, b"GET /api/state HTTP/1.0\r\n\r\n"))
+    [(status, headers, _)] = parse_responses(await raw_exchange(api, b"GET /api/state HTTP/1.0\r\n" + host(api) + b"\r\n\r\n"))
     assert status == 200 and headers["connection"] == "close"
 
 
 async def test_expect_100_continue(api: ControlApi, backend: FakeBackend) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
     writer.write(
-        b"POST /api/network HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /api/network HTTP/1.1\r\n" + host(api) + b"\r\nContent-Type: application/json\r\n"
         b"Content-Length: 16\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
     )
     assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10) == b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -524,7 +532,7 @@ async def test_connection_cap_answers_503(backend: FakeBackend) -> None:
     await server.start()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(b"GET /api/state HTTP/1.1\r\nHost: x\r\n\r\n")  # keep-alive: stays open
+        writer.write(b"GET /api/state HTTP/1.1\r\n" + host(server) + b"\r\n\r\n")  # keep-alive: stays open
         assert (await read_response(reader))[0] == 200
         status, body = await call(server, "GET", "/api/state")
         assert status == 503 and "too many connections" in body["error"]
@@ -537,7 +545,7 @@ async def test_stop_closes_idle_connections(backend: FakeBackend) -> None:
     server = ControlApi(backend, port=0)
     await server.start()
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(b"GET /api/state HTTP/1.1\r\nHost: x\r\n\r\n")
+    writer.write(b"GET /api/state HTTP/1.1\r\n" + host(server) + b"\r\n\r\n")
     assert (await read_response(reader))[0] == 200
     await asyncio.wait_for(server.stop(), 10)
     assert await asyncio.wait_for(reader.read(), 10) == b""
@@ -619,10 +627,11 @@ async def test_mutated_requests_never_crash_the_server(
     'unexpected error' path."""
     rng = random.Random(20261124)
     seeds = [
-        b'POST /api/connectors/1/fault HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n'
+        b'POST /api/connectors/1/fault HTTP/1.1\r\n' + host(api) + b'\r\nContent-Type: application/json\r\n'
         b'Content-Length: 44\r\n\r\n{"errorCode": "GroundFailure", "info": "x1"}',
-        b"GET /api/state HTTP/1.1\r\nHost: x\r\n\r\n",
-        b'POST /api/connectors/2/ev HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 36\r\n\r\n'
+        b"GET /api/state HTTP/1.1\r\n" + host(api) + b"\r\n\r\n",
+        b'POST /api/connectors/2/ev HTTP/1.1\r\n' + host(api) + b'\r\nContent-Type: application/json\r\n'
+        b'Content-Length: 36\r\n\r\n'
         b'{"suspended": true, "maxPowerW": 11}',
     ]
     with caplog.at_level(logging.ERROR, logger="twin.control_api"):
@@ -645,3 +654,461 @@ async def test_mutated_requests_never_crash_the_server(
                 assert isinstance(body, dict)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert (await call(api, "GET", "/api/state"))[0] == 200
+
+
+# ---------------------------------------------------------------- who may ask: Host, Origin, token, Content-Type
+
+TOKEN = "3f9c2a7be41d5c08a6f1e29b7d4c3a10"  # what `openssl rand -hex 16` prints
+
+
+async def ask(
+    api: ControlApi, method: str, path: str, headers: dict[str, str], body: bytes = b"", *, target: str | None = None
+) -> tuple[int, dict[str, str], Any]:
+    """One request on a raw socket, with exactly the header fields given (a browser's, a forger's)."""
+    lines = [f"{method} {target or path} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items())]
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    lines.append("Connection: close")
+    [reply] = parse_responses(await raw_exchange(api, ("\r\n".join(lines) + "\r\n\r\n").encode() + body))
+    return reply
+
+
+def here(api: ControlApi) -> str:
+    return f"127.0.0.1:{api.port}"
+
+
+@pytest.fixture
+async def locked(backend: FakeBackend):
+    """A ControlApi with a token and one allowed web origin."""
+    server = ControlApi(backend, port=0, token=TOKEN, allowed_origins=["http://127.0.0.1:8080"])
+    await server.start()
+    yield server
+    await server.stop()
+
+
+# Every route, with a valid body where it needs one.
+ROUTES = [
+    ("GET", "/api/state", b""),
+    ("POST", "/api/connectors/1/plug", b""),
+    ("POST", "/api/connectors/2/unplug", b""),
+    ("POST", "/api/rfid", b'{"idTag": "STOLEN-CARD"}'),
+    ("POST", "/api/connectors/1/fault", b'{"errorCode": "GroundFailure"}'),
+    ("DELETE", "/api/connectors/1/fault", b""),
+    ("POST", "/api/connectors/1/ev", b'{"suspended": true}'),
+    ("POST", "/api/network", b'{"online": false}'),
+]
+
+
+def _json_headers(body: bytes) -> dict[str, str]:
+    return {"Content-Type": "application/json"} if body else {}
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ROUTES)
+async def test_a_dns_rebinding_host_is_421_on_every_route(
+    api: ControlApi, backend: FakeBackend, method: str, path: str, body: bytes
+) -> None:
+    # After rebinding, the attacker's page is same-origin with "rebind.example": the browser
+    # sends that name as Host (and, for a GET, no Origin at all).
+    status, headers, payload = await ask(api, method, path, {"Host": f"rebind.example:{api.port}",
+                                                             **_json_headers(body)}, body)
+    assert status == 421 and "is not this control API" in payload["error"]
+    assert headers["content-type"] == "application/json"
+    assert backend.calls == []
+
+
+@pytest.mark.parametrize("name", ["127.0.0.1", "localhost", "LocalHost", "[::1]"])
+async def test_loopback_names_with_the_port_are_served(api: ControlApi, backend: FakeBackend, name: str) -> None:
+    status, _, _ = await ask(api, "POST", "/api/connectors/1/plug", {"Host": f"{name}:{api.port}"})
+    assert status == 200 and backend.calls == [("plug", 1)]
+    # The same name with another port is another server (a local dev server a page came from).
+    other_port = api.port + 1 if api.port < 65535 else 1
+    assert (await ask(api, "POST", "/api/connectors/1/plug", {"Host": f"{name}:{other_port}"}))[0] == 421
+    assert backend.calls == [("plug", 1)]
+
+
+@pytest.mark.parametrize("authority", ["127.0.0.1", "127.0.0.1:1", "localhost:8", "127.0.0.2:{port}",
+                                       "127.0.0.1.rebind.example:{port}", "[::2]:{port}"])
+async def test_a_host_with_another_port_or_address_is_421(api: ControlApi, backend: FakeBackend, authority: str) -> None:
+    status, _, payload = await ask(api, "GET", "/api/state", {"Host": authority.format(port=api.port)})
+    assert status == 421, payload
+    assert backend.calls == []
+
+
+@pytest.mark.parametrize(
+    ("headers", "fragment"),
+    [
+        ({}, "a Host header is required"),
+        ({"Host": ""}, "a Host header is required"),
+        ({"Host": "[::1"}, "malformed Host"),
+        ({"Host": "127.0.0.1:http"}, "malformed Host"),
+        ({"Host": "127.0.0.1, evil.example"}, "malformed Host"),
+        ({"Host": "user@127.0.0.1"}, "malformed Host"),  # RFC 9110 §7.2: no userinfo
+    ],
+)
+async def test_a_missing_or_malformed_host_is_400(api: ControlApi, backend: FakeBackend, headers: dict, fragment: str) -> None:
+    status, _, payload = await ask(api, "GET", "/api/state", headers)
+    assert status == 400 and fragment in payload["error"]
+    assert backend.calls == []
+
+
+async def test_two_host_fields_are_400(api: ControlApi, backend: FakeBackend) -> None:
+    request = f"GET /api/state HTTP/1.1\r\nHost: {here(api)}\r\nHost: evil.example\r\nConnection: close\r\n\r\n"
+    [(status, headers, payload)] = parse_responses(await raw_exchange(api, request.encode()))
+    assert status == 400 and "more than one Host" in payload["error"] and headers["connection"] == "close"
+    assert backend.calls == []
+
+
+async def test_an_absolute_form_target_names_the_host(api: ControlApi, backend: FakeBackend) -> None:
+    # RFC 9112 §3.2.2: the target's authority wins over the Host field.
+    status, _, _ = await ask(api, "GET", "/api/state", {"Host": here(api)}, target="http://evil.example/api/state")
+    assert status == 421
+    status, _, _ = await ask(api, "GET", "/api/state", {"Host": "evil.example"}, target=f"{api.url}/api/state")
+    assert status == 200
+
+
+async def test_the_bind_address_is_a_valid_host(backend: FakeBackend) -> None:
+    server = ControlApi(backend, host="::1", port=0)
+    await server.start()
+    try:
+        status, _, _ = await ask(server, "GET", "/api/state", {"Host": f"[::1]:{server.port}"})
+        assert status == 200
+        assert (await ask(server, "GET", "/api/state", {"Host": f"[::2]:{server.port}"}))[0] == 421
+    finally:
+        await server.stop()
+
+
+async def test_on_a_wildcard_bind_the_address_a_client_connected_to_is_a_valid_host(backend: FakeBackend) -> None:
+    # A bench PC reaches a 0.0.0.0-bound station by its LAN address; here 127.0.0.2 plays that address
+    # (no traffic leaves loopback). The token keeps the wildcard socket closed to everyone else.
+    server = ControlApi(backend, host="0.0.0.0", port=0, token=TOKEN)
+    await server.start()
+    try:
+        for address, expected in (("127.0.0.2", 200), ("127.0.0.3", 421)):
+            reader, writer = await asyncio.open_connection("127.0.0.2", server.port)
+            writer.write(f"GET /api/state HTTP/1.1\r\nHost: {address}:{server.port}\r\nAuthorization: Bearer {TOKEN}"
+                         "\r\nConnection: close\r\n\r\n".encode())
+            [(status, _, _)] = parse_responses(await asyncio.wait_for(reader.read(), 10))
+            writer.close()
+            assert status == expected, address
+    finally:
+        await server.stop()
+
+
+async def test_a_cross_origin_simple_post_is_403(api: ControlApi, backend: FakeBackend) -> None:
+    """What a page on another site sends with fetch(url, {method: "POST", mode: "no-cors"}):
+    a bodyless POST, no preflight, with the page's Origin."""
+    headers = {"Host": here(api), "Origin": "http://evil.example", "Content-Length": "0",
+               "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Site": "cross-site"}
+    status, resp_headers, payload = await ask(api, "POST", "/api/connectors/1/plug", headers)
+    assert status == 403 and "Origin 'http://evil.example' is not in [control] allowed_origins" in payload["error"]
+    assert "access-control-allow-origin" not in resp_headers
+    assert backend.calls == []
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ROUTES)
+@pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://127.0.0.1:8180"])
+async def test_any_origin_not_allowed_is_403_on_every_route(
+    api: ControlApi, backend: FakeBackend, method: str, path: str, body: bytes, origin: str
+) -> None:
+    # allowed_origins is empty by default: not even the API's own origin is a web page of ours.
+    status, _, _ = await ask(api, method, path, {"Host": here(api), "Origin": origin, **_json_headers(body)}, body)
+    assert status == 403
+    assert backend.calls == []
+
+
+async def test_an_allowed_origin_is_served_with_cors_headers(locked: ControlApi, backend: FakeBackend) -> None:
+    headers = {"Host": here(locked), "Origin": "http://127.0.0.1:8080", "Authorization": f"Bearer {TOKEN}",
+               "Content-Type": "application/json"}
+    status, resp_headers, _ = await ask(locked, "POST", "/api/rfid", headers, b'{"idTag": "CAFE"}')
+    assert status == 200 and backend.calls == [("rfid", "CAFE")]
+    assert resp_headers["access-control-allow-origin"] == "http://127.0.0.1:8080"
+    assert resp_headers["vary"] == "Origin"
+
+
+async def test_a_preflight_from_an_allowed_origin_is_answered_without_the_token(locked: ControlApi, backend: FakeBackend) -> None:
+    headers = {"Host": here(locked), "Origin": "http://127.0.0.1:8080", "Access-Control-Request-Method": "POST",
+               "Access-Control-Request-Headers": "authorization, content-type"}
+    status, resp_headers, payload = await ask(locked, "OPTIONS", "/api/rfid", headers)
+    assert (status, payload) == (204, None)
+    assert resp_headers["access-control-allow-origin"] == "http://127.0.0.1:8080"
+    assert resp_headers["access-control-allow-methods"] == "GET, POST, DELETE"
+    assert resp_headers["access-control-allow-headers"] == "Authorization, Content-Type"
+    assert "content-type" not in resp_headers and resp_headers["content-length"] == "0"
+    # The page still needs the token for the request itself, and can read why it was refused.
+    status, resp_headers, _ = await ask(locked, "POST", "/api/connectors/1/plug",
+                                        {"Host": here(locked), "Origin": "http://127.0.0.1:8080"})
+    assert status == 401 and resp_headers["access-control-allow-origin"] == "http://127.0.0.1:8080"
+    assert backend.calls == []
+
+
+async def test_a_preflight_from_another_origin_is_403_and_options_alone_is_405(locked: ControlApi) -> None:
+    preflight = {"Host": here(locked), "Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+    assert (await ask(locked, "OPTIONS", "/api/rfid", preflight))[0] == 403
+    status, headers, _ = await ask(locked, "OPTIONS", "/api/rfid", {"Host": here(locked),
+                                                                    "Authorization": f"Bearer {TOKEN}"})
+    assert status == 405 and headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [*ROUTES, ("GET", "/no/such/route", b"")])
+async def test_with_a_token_every_route_needs_it(locked: ControlApi, backend: FakeBackend, method: str, path: str, body: bytes) -> None:
+    status, headers, payload = await ask(locked, method, path, {"Host": here(locked), **_json_headers(body)}, body)
+    assert status == 401 and "Authorization: Bearer" in payload["error"]
+    assert headers["www-authenticate"] == 'Bearer realm="ocpp-twin control API"'
+    assert backend.calls == []
+    status, _, _ = await ask(locked, method, path, {"Host": here(locked), "Authorization": f"Bearer {TOKEN}",
+                                                    **_json_headers(body)}, body)
+    assert status == (404 if path == "/no/such/route" else 200)
+
+
+@pytest.mark.parametrize("authorization", [f"Bearer {TOKEN[:-1]}", f"Bearer {TOKEN}0", f"Bearer {TOKEN.upper()}",
+                                           f"Basic {TOKEN}", TOKEN, "Bearer", "Bearer ", f"Bearer\t{TOKEN}"])
+async def test_a_wrong_or_malformed_token_is_401(locked: ControlApi, backend: FakeBackend, authorization: str) -> None:
+    status, headers, _ = await ask(locked, "POST", "/api/connectors/1/plug",
+                                   {"Host": here(locked), "Authorization": authorization})
+    assert status == 401 and headers["www-authenticate"].startswith('Bearer realm="ocpp-twin control API"')
+    assert backend.calls == []
+
+
+async def test_the_wrong_token_is_reported_as_invalid_token(locked: ControlApi) -> None:
+    _, headers, payload = await ask(locked, "GET", "/api/state", {"Host": here(locked), "Authorization": "Bearer nope"})
+    assert headers["www-authenticate"] == 'Bearer realm="ocpp-twin control API", error="invalid_token"'
+    assert payload == {"error": "the bearer token is wrong"}
+
+
+async def test_the_bearer_scheme_is_case_insensitive(locked: ControlApi, backend: FakeBackend) -> None:
+    # RFC 9110 §11.1: the auth-scheme is case-insensitive.
+    status, _, _ = await ask(locked, "GET", "/api/state", {"Host": here(locked), "Authorization": f"bearer {TOKEN}"})
+    assert status == 200 and backend.calls == [("state",)]
+
+
+async def test_a_curl_style_bodyless_post_is_valid(locked: ControlApi, backend: FakeBackend) -> None:
+    """Exactly what `curl -X POST -H "Authorization: Bearer $(cat file)" URL` sends: no body,
+    no Content-Length, no Content-Type."""
+    request = (f"POST /api/connectors/2/plug HTTP/1.1\r\nHost: {here(locked)}\r\nUser-Agent: curl/7.88.1\r\n"
+               f"Accept: */*\r\nAuthorization: Bearer {TOKEN}\r\n\r\n")
+    reader, writer = await asyncio.open_connection("127.0.0.1", locked.port)
+    writer.write(request.encode())
+    status, _, payload = await read_response(reader)
+    writer.close()
+    assert (status, payload) == (200, {"ok": True, "call": "plug"}) and backend.calls == [("plug", 2)]
+
+
+async def test_the_checks_run_in_order_host_origin_token_content_type(locked: ControlApi, backend: FakeBackend) -> None:
+    body = b'{"idTag": "A"}'
+    good = {"Host": here(locked), "Origin": "http://127.0.0.1:8080", "Authorization": f"Bearer {TOKEN}",
+            "Content-Type": "application/json"}
+    cases = [
+        ({"Host": "evil.example", "Origin": "http://evil.example", "Authorization": "", "Content-Type": "text/plain"}, 421),
+        ({"Origin": "http://evil.example", "Authorization": "", "Content-Type": "text/plain"}, 403),
+        ({"Authorization": "Bearer wrong-token-here", "Content-Type": "text/plain"}, 401),
+        ({"Content-Type": "text/plain"}, 415),
+        ({}, 200),
+    ]
+    for change, status in cases:
+        assert (await ask(locked, "POST", "/api/rfid", {**good, **change}, body))[0] == status, change
+    assert backend.calls == [("rfid", "A")]
+
+
+async def test_refusals_are_logged_without_the_token_and_throttled(
+    locked: ControlApi, backend: FakeBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    wrong = "Bearer " + TOKEN[::-1]
+    with caplog.at_level(logging.DEBUG):
+        for _ in range(5):
+            assert (await ask(locked, "GET", "/api/state", {"Host": here(locked), "Authorization": wrong}))[0] == 401
+        assert (await ask(locked, "GET", "/api/state", {"Host": here(locked), "Authorization": f"Bearer {TOKEN}"}))[0] == 200
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 1 and "401 the bearer token is wrong" in refusals[0]
+    everything = "\n".join(r.getMessage() for r in caplog.records) + caplog.text
+    assert TOKEN not in everything and TOKEN[::-1] not in everything
+
+
+@pytest.mark.parametrize("token", ["", "two words", "tøken-tøken-tøken", "abc=def"])
+def test_a_token_that_cannot_be_sent_is_refused(token: str) -> None:
+    with pytest.raises(ValueError, match="b64token"):
+        ControlApi(FakeBackend(), token=token)
+
+
+@pytest.mark.parametrize(
+    ("origin", "normalized"),
+    [("http://127.0.0.1:8080", "http://127.0.0.1:8080"), ("HTTP://Bench.Example:80/", "http://bench.example"),
+     ("https://[::1]:443", "https://[::1]"), ("https://dash.example:8443", "https://dash.example:8443")],
+)
+def test_normalize_origin(origin: str, normalized: str) -> None:
+    assert normalize_origin(origin) == normalized
+
+
+@pytest.mark.parametrize("origin", ["*", "null", "http://x/dash", "ftp://x", "http://", "x.example", "http://x?a=1",
+                                    "http://u@x", "http://x:99999"])
+def test_normalize_origin_refuses(origin: str) -> None:
+    with pytest.raises(ValueError):
+        normalize_origin(origin)
+
+
+# ---------------------------------------------------------------- [control] in the station config
+
+
+def control_config(tmp_path: Path, text: str, overrides: dict | None = None) -> StationConfig:
+    path = tmp_path / "station.toml"
+    path.write_text(text)
+    return load_config(path, overrides, env={})
+
+
+def token_file(tmp_path: Path, content: str = TOKEN + "\n", mode: int = 0o600, name: str = "control-token") -> Path:
+    path = tmp_path / name
+    path.write_text(content)
+    path.chmod(mode)
+    return path
+
+
+def test_the_api_is_on_by_default_for_an_all_sim_station(tmp_path: Path) -> None:
+    assert load_config(None, env={}).control_enabled is True
+    assert control_config(tmp_path, '[drivers.relay]\nbackend = "sim"\n').control_enabled is True
+    # "auto" falls back to the simulator when the hardware is missing (CI, a laptop).
+    assert control_config(tmp_path, '[drivers.relay]\nbackend = "auto"\n').control_enabled is True
+
+
+def test_enabled_false_switches_it_off(tmp_path: Path, backend: FakeBackend) -> None:
+    cfg = control_config(tmp_path, "[control]\nenabled = false\n")
+    assert cfg.control_enabled is False
+    with pytest.raises(ValueError, match="disabled"):
+        ControlApi.from_config(backend, cfg)
+    # Off, it needs no token whatever its host.
+    assert control_config(tmp_path, '[control]\nenabled = false\nhost = "0.0.0.0"\n').control_enabled is False
+
+
+@pytest.mark.parametrize("drivers", ['[drivers.relay]\nbackend = "gpiozero"\npins = {1 = 5, 2 = 6}\n',
+                                     '[drivers.meter]\nbackend = "modbus"\n', '[drivers.reader]\nbackend = "pcsc"\n'])
+def test_a_station_naming_a_hardware_backend_has_it_off_unless_asked(tmp_path: Path, drivers: str) -> None:
+    assert control_config(tmp_path, drivers).control_enabled is False
+    assert control_config(tmp_path, drivers + "[control]\nenabled = true\n").control_enabled is True
+    assert control_config(tmp_path, drivers, {"sim": True}).control_enabled is True  # --sim: nothing real
+    # --control HOST:PORT asks for it, and flags win over the file.
+    assert control_config(tmp_path, "[control]\nenabled = false\n" + drivers,
+                          {"control": "127.0.0.1:8181"}).control_enabled is True
+
+
+def test_token_file_is_read_relative_to_the_config_file(tmp_path: Path) -> None:
+    token_file(tmp_path, TOKEN + "\r\n")
+    cfg = control_config(tmp_path, '[control]\ntoken_file = "control-token"\n')
+    assert cfg.control_token == TOKEN and cfg.control_token_file == tmp_path / "control-token"
+    assert TOKEN not in repr(cfg)
+
+
+@pytest.mark.parametrize(
+    ("content", "mode", "fragment"),
+    [
+        (TOKEN, 0o640, "accessible to group or others (mode 0640): the token would not be secret; chmod 600"),
+        (TOKEN, 0o604, "(mode 0604)"),
+        (TOKEN, 0o620, "(mode 0620)"),
+        ("", 0o600, "is empty"),
+        ("\n", 0o600, "is empty"),
+        ("short-token", 0o600, "at least 16 of"),
+        (TOKEN + " " + TOKEN, 0o600, "does not hold a usable bearer token"),
+        (TOKEN + "\n" + TOKEN + "\n", 0o600, "on one line"),
+        ("ø" * 20, 0o600, "does not hold a usable bearer token"),
+    ],
+)
+def test_a_bad_token_file_is_a_config_error_naming_file_key_and_problem(
+    tmp_path: Path, content: str, mode: int, fragment: str
+) -> None:
+    path = token_file(tmp_path, content, mode)
+    with pytest.raises(ConfigError) as err:
+        control_config(tmp_path, f'[control]\ntoken_file = "{path}"\n')
+    assert (err.value.file, err.value.key) == (str(tmp_path / "station.toml"), "control.token_file")
+    assert str(path) in err.value.problem and fragment in err.value.problem
+    assert TOKEN not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("setup", "fragment"),
+    [("missing", "cannot read"), ("under-a-file", "cannot read"), ("directory", "is not a regular file")],
+)
+def test_an_unreadable_token_file_is_a_config_error(tmp_path: Path, setup: str, fragment: str) -> None:
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "a-dir").mkdir(mode=0o700)
+    path = {"missing": tmp_path / "nope", "under-a-file": tmp_path / "a-file" / "token",
+            "directory": tmp_path / "a-dir"}[setup]
+    with pytest.raises(ConfigError, match=r"control\.token_file: .*" + fragment):
+        control_config(tmp_path, f'[control]\ntoken_file = "{path}"\n')
+
+
+def test_an_empty_token_file_name_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"control\.token_file: must not be empty"):
+        control_config(tmp_path, '[control]\ntoken_file = " "\n')
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10", "bench-pi.lan"])
+def test_a_non_loopback_host_needs_a_token(tmp_path: Path, host: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        control_config(tmp_path, f'[control]\nhost = "{host}"\n')
+    assert err.value.key == "control.host" and "needs control.token_file" in err.value.problem
+    path = token_file(tmp_path)
+    cfg = control_config(tmp_path, f'[control]\nhost = "{host}"\ntoken_file = "{path.name}"\n')
+    assert (cfg.control_host, cfg.control_token) == (host, TOKEN)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_a_loopback_host_needs_no_token(tmp_path: Path, host: str) -> None:
+    assert control_config(tmp_path, f'[control]\nhost = "{host}"\n').control_token is None
+
+
+def test_a_non_loopback_control_flag_needs_a_token(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        control_config(tmp_path, "", {"control": "0.0.0.0:8180"})
+    assert (err.value.file, err.value.key) == ("<command line>", "--control")
+    path = token_file(tmp_path)
+    cfg = control_config(tmp_path, f'[control]\ntoken_file = "{path.name}"\n', {"control": "0.0.0.0:8180"})
+    assert (cfg.control_host, cfg.control_port, cfg.control_enabled) == ("0.0.0.0", 8180, True)
+
+
+def test_allowed_origins_are_normalized(tmp_path: Path) -> None:
+    cfg = control_config(tmp_path, '[control]\nallowed_origins = ["HTTP://Dash.Example:80/", "http://127.0.0.1:8080", '
+                                   '"http://dash.example"]\n')
+    assert cfg.control_allowed_origins == ("http://dash.example", "http://127.0.0.1:8080")
+    assert load_config(None, env={}).control_allowed_origins == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "fragment"),
+    [('"http://x"', "control.allowed_origins", "expected an array, got a string"),
+     ("[5]", "control.allowed_origins[0]", "expected a string, got an integer"),
+     ('["http://ok", "*"]', "control.allowed_origins[1]", "name each origin"),
+     ('["http://x/dash"]', "control.allowed_origins[0]", "no path")],
+)
+def test_a_bad_allowed_origin_is_a_config_error(tmp_path: Path, value: str, key: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        control_config(tmp_path, f"[control]\nallowed_origins = {value}\n")
+    assert err.value.key == key and fragment in err.value.problem
+
+
+def test_the_redacted_dump_shows_the_control_settings_but_not_the_token(tmp_path: Path) -> None:
+    path = token_file(tmp_path)
+    cfg = control_config(tmp_path, f'[control]\ntoken_file = "{path.name}"\nallowed_origins = ["http://127.0.0.1:8080"]\n')
+    data = redacted(cfg)
+    assert TOKEN not in repr(data) and data["control_token"] == "***"
+    assert (data["control_enabled"], data["control_allowed_origins"]) == (True, ["http://127.0.0.1:8080"])
+    assert redacted(load_config(None, env={}))["control_token"] is None
+
+
+def test_the_example_file_documents_the_control_options() -> None:
+    text = (Path(__file__).parent.parent / "twin" / "data" / "station.example.toml").read_text()
+    for option in ("enabled", "token_file", "allowed_origins"):
+        assert re.search(rf"^#? ?{option} = ", text, re.M), option
+
+
+async def test_from_config_builds_the_api_the_config_describes(tmp_path: Path, backend: FakeBackend) -> None:
+    path = token_file(tmp_path)
+    cfg = control_config(tmp_path, f'[control]\nport = 0\ndebug = true\ntoken_file = "{path.name}"\n'
+                                   'allowed_origins = ["http://127.0.0.1:8080"]\n')
+    server = ControlApi.from_config(backend, cfg)
+    await server.start()
+    try:
+        assert (server.host, server.debug, server.token_required) == ("127.0.0.1", True, True)
+        assert (await ask(server, "GET", "/api/state", {"Host": here(server)}))[0] == 401
+        headers = {"Host": here(server), "Origin": "http://127.0.0.1:8080", "Authorization": f"Bearer {TOKEN}",
+                   "Content-Type": "application/json"}
+        assert (await ask(server, "POST", "/api/debug/block", headers, b'{"seconds": 0.1}'))[0] == 200
+    finally:
+        await server.stop()
+    assert backend.calls == [("debug_block", 0.1)]

@@ -7,14 +7,15 @@ import argparse
 import asyncio
 import json
 import socket
+from pathlib import Path
 
 import pytest
 
 # The fixtures are shared with the server's tests: a real ControlApi on an ephemeral
 # loopback port in front of the fake station backend.
-from tests.test_control_api import FakeBackend, api, backend  # noqa: F401  (pytest fixtures)
+from tests.test_control_api import TOKEN, FakeBackend, api, backend, locked  # noqa: F401  (pytest fixtures)
 from twin.control_api import ControlApi
-from twin.sim_client import SimClientError, add_sim_subcommands, control_url, request, run_sim_command
+from twin.sim_client import TOKEN_FILE_ENV, SimClientError, add_sim_subcommands, control_url, request, run_sim_command
 
 
 def parser() -> argparse.ArgumentParser:
@@ -191,3 +192,88 @@ def test_usage_errors_are_argparse_errors(argv: list[str], capsys: pytest.Captur
         parser().parse_args(argv)
     assert exc.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- a station with a token
+
+
+@pytest.fixture
+def token_path(tmp_path: Path) -> Path:
+    path = tmp_path / "control-token"
+    path.write_text(TOKEN + "\n")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def no_token_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(TOKEN_FILE_ENV, raising=False)
+
+
+async def test_request_sends_the_token_and_json_content_type_with_bodies() -> None:
+    heads: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        heads.append(head)
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(record, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        await asyncio.to_thread(request, url, "POST", "/api/rfid", {"idTag": "A"}, 5, TOKEN)
+        await asyncio.to_thread(request, url, "POST", "/api/connectors/1/plug", None, 5, TOKEN)
+    finally:
+        server.close()
+        await server.wait_closed()
+    with_body, bodyless = (head.decode("latin-1").lower() for head in heads)
+    assert "content-type: application/json\r\n" in with_body
+    assert "content-type" not in bodyless
+    for head in (with_body, bodyless):
+        assert f"authorization: bearer {TOKEN}\r\n" in head
+
+
+async def test_sim_with_token_file(locked: ControlApi, backend: FakeBackend, token_path: Path) -> None:
+    assert await sim(locked, "--token-file", str(token_path), "plug", "1") == 0
+    # Also accepted after the subcommand, like --control.
+    assert await sim(locked, "rfid", "CAFE", "--token-file", str(token_path)) == 0
+    assert backend.calls == [("plug", 1), ("rfid", "CAFE")]
+
+
+async def test_sim_takes_the_token_file_from_the_environment(
+    locked: ControlApi, backend: FakeBackend, token_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(TOKEN_FILE_ENV, str(token_path))
+    assert await sim(locked, "state") == 0
+    # The option wins over the environment.
+    wrong = tmp_path / "wrong-token"
+    wrong.write_text("not-the-token-at-all\n")
+    assert await sim(locked, "--token-file", str(wrong), "plug", "2") == 1
+    assert backend.calls == [("state",)]
+
+
+async def test_sim_without_the_token_exits_1_with_the_server_message(
+    locked: ControlApi, backend: FakeBackend, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await sim(locked, "plug", "1") == 1
+    assert "401 a bearer token is required" in capsys.readouterr().err
+    assert backend.calls == []
+
+
+@pytest.mark.parametrize(("content", "fragment"), [(None, "cannot read the token file"), ("", "is empty"),
+                                                   ("two words\n", "more than one word")])
+async def test_sim_with_an_unusable_token_file_exits_1(
+    locked: ControlApi, backend: FakeBackend, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    content: str | None, fragment: str,
+) -> None:
+    path = tmp_path / "token"
+    if content is not None:
+        path.write_text(content)
+    assert await sim(locked, "--token-file", str(path), "state") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("twin sim state: error: ") and fragment in err and str(path) in err
+    assert backend.calls == []

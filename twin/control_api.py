@@ -10,6 +10,19 @@ it: head and body sizes are capped, every request must arrive within
 connections is capped, and every failure becomes a JSON ``{"error": "..."}``
 answer, never an exception that could take the station down.
 
+It can switch a contactor and bill a card, so every request, on every route,
+passes four checks first, in this order:
+
+1. ``Host`` names this server: the bind address, the address the connection
+   arrived at, or localhost, with the port the connection arrived at. Anything
+   else is a DNS-rebinding page or a misdirected client: 421.
+2. An ``Origin`` header (a browser always sends one on a cross-origin POST or
+   DELETE, RFC 6454 §7.3 and the Fetch standard) must be in ``allowed_origins``
+   (empty by default): 403 otherwise. Allowed origins get CORS answers.
+3. With a token, ``Authorization: Bearer <token>`` (RFC 6750 §2.1): 401 otherwise.
+4. A body must be ``application/json`` (415), which a page cannot send
+   cross-origin without a preflight. A request without a body stays valid.
+
 Validation lives here, before the backend is called, so the station runtime
 only ever sees well-formed values.
 """
@@ -18,13 +31,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import ipaddress
 import json
 import logging
 import math
 import re
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Awaitable, Callable, Protocol
+from urllib.parse import urlsplit
 
 from ocpp.v16.enums import ChargePointErrorCode
 
@@ -48,6 +66,18 @@ DEBUG_BLOCK_MAX_SECONDS = 600.0
 _REQUEST_LINE = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+) (\S+) HTTP/(\d)\.(\d)")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CONNECTOR_PATH = re.compile(r"/api/connectors/([^/]*)/(plug|unplug|fault|ev)")
+
+# Host names a local client may use whatever the bind address (RFC 6761 §6.3: localhost is loopback).
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+# RFC 6750 §2.1 b64token: what may follow "Bearer " in an Authorization header.
+BEARER_TOKEN_RE = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+BEARER_REALM = "ocpp-twin control API"
+# What a CORS preflight from an allowed origin is told (Fetch standard, CORS protocol).
+CORS_METHODS = "GET, POST, DELETE"
+CORS_HEADERS = "Authorization, Content-Type"
+CORS_MAX_AGE_S = 600
+# At most one "refused" log line per this many seconds: a page retrying in a loop must not flood the journal.
+REFUSAL_LOG_INTERVAL_S = 10.0
 
 
 class ApiError(Exception):
@@ -91,6 +121,12 @@ class _Request:
     headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
     body: bytes = b""
     has_length: bool = False  # a Content-Length header was sent
+    # The authority of an absolute-form target; RFC 9112 §3.2.2: it then replaces Host.
+    target_authority: str | None = None
+
+    @property
+    def authority(self) -> str | None:
+        return self.target_authority if self.target_authority is not None else self.headers.get("host")
 
     def wants_close(self) -> bool:
         tokens = {t.strip().lower() for t in self.headers.get("connection", "").split(",")}
@@ -100,10 +136,12 @@ class _Request:
 
 
 def _response(status: int, payload: Any, *, close: bool, extra: dict[str, str] | None = None) -> bytes:
-    body = json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8")
-    lines = [
-        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
-        "Content-Type: application/json",
+    # RFC 9110 §15.3.5: a 204 (the answer to a CORS preflight) has no content.
+    body = b"" if status == 204 else json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
+    if status != 204:
+        lines.append("Content-Type: application/json")
+    lines += [
         f"Content-Length: {len(body)}",
         "Cache-Control: no-store",
         f"Connection: {'close' if close else 'keep-alive'}",
@@ -164,11 +202,16 @@ async def _read_request(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
         if not sep or not _HEADER_NAME.fullmatch(name):
             raise _CloseAfter(400, f"malformed header line: {line[:60]!r}")
         key, value = name.lower(), value_bytes.decode("latin-1").strip(" \t")
+        if key == "host" and key in headers:  # RFC 9112 §3.2
+            raise _CloseAfter(400, "more than one Host header field")
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
 
+    authority = None
     if target.lower().startswith(("http://", "https://")):  # absolute-form, RFC 9112 §3.2.2
-        target = "/" + target.split("/", 3)[3] if target.count("/") >= 3 else "/"
-    request = _Request(method, target.split("?", 1)[0], (1, int(minor)), headers)
+        parts = target.split("/", 3)
+        authority = parts[2]
+        target = "/" + parts[3] if len(parts) > 3 else "/"
+    request = _Request(method, target.split("?", 1)[0], (1, int(minor)), headers, target_authority=authority)
     expect = headers.get("expect", "").lower()
     if expect and expect != "100-continue":
         raise _CloseAfter(417, f"unsupported Expect: {headers['expect']!r}")
@@ -277,6 +320,69 @@ def _number(name: str, value: Any, *, minimum: float, maximum: float = math.inf,
     return number
 
 
+# ---------------------------------------------------------------- who may ask
+
+
+@dataclass(frozen=True)
+class _Arrival:
+    """Where a connection came in: the host names it may use for us, the port, and who it is."""
+
+    hosts: frozenset[str]
+    port: int
+    peer: str
+
+
+def _host_key(host: str) -> str:
+    """A host as compared here: an IP address in its compressed form, a name in lower case."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])  # without an IPv6 zone
+    except ValueError:
+        return host.lower()
+    mapped = getattr(address, "ipv4_mapped", None)  # a v4 client on a dual-stack socket
+    return str(mapped or address)
+
+
+def split_authority(text: str) -> tuple[str, int | None] | None:
+    """``host[:port]`` or ``[v6]:port`` (RFC 9110 §7.2, RFC 3986 §3.2.2) -> (host key, port or
+    None), or None when it is malformed."""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return None
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return None
+        port_text = rest[1:] if rest else ""
+    else:
+        host, _, port_text = text.partition(":")
+    if not host or not all(c.isascii() and c.isprintable() and c not in " ,/@" for c in host):
+        return None
+    if port_text and not (port_text.isascii() and port_text.isdigit() and int(port_text) <= 65535):
+        return None
+    return _host_key(host), int(port_text) if port_text else None  # RFC 3986 §3.2.3: an empty port is the default
+
+
+def normalize_origin(text: str) -> str:
+    """An origin as a browser serializes it in the Origin header (RFC 6454 §6.2): lower-case
+    scheme and host, no default port, no path. ValueError with the problem otherwise."""
+    if text.strip() in ("*", "null"):
+        raise ValueError(f"{text!r} is not allowed: name each origin, like http://127.0.0.1:8080")
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not an origin ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{text!r} is not an origin: expected http(s)://HOST[:PORT]")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username is not None:
+        raise ValueError(f"{text!r} is not an origin: only scheme, host and port, no path, query or user")
+    host = parts.hostname.lower()
+    host = f"[{host}]" if ":" in host else host
+    default_port = {"http": 80, "https": 443}[parts.scheme]
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None and port != default_port else "")
+
+
 # ---------------------------------------------------------------- the server
 
 
@@ -284,7 +390,11 @@ _Handler = Callable[[_Request, int], Awaitable[dict]]
 
 class ControlApi:
     """The bench control API server. ``port=0`` binds an ephemeral port; read
-    ``port``/``url`` after ``start()``."""
+    ``port``/``url`` after ``start()``.
+
+    ``token``: when set, every request needs ``Authorization: Bearer <token>``.
+    ``allowed_origins``: the web origins (``http://host:port``) whose pages may call
+    the API; a request from any other page (an ``Origin`` header) is refused."""
 
     def __init__(
         self,
@@ -293,19 +403,40 @@ class ControlApi:
         port: int = 8180,
         *,
         debug: bool = False,
+        token: str | None = None,
+        allowed_origins: Iterable[str] = (),
         request_timeout: float = 10.0,
         backend_timeout: float = 30.0,
         max_connections: int = 32,
     ) -> None:
+        if token is not None and not BEARER_TOKEN_RE.fullmatch(token):
+            raise ValueError("the token must be 1 or more of A-Z a-z 0-9 - . _ ~ + / then any '=' (RFC 6750 b64token)")
         self.backend = backend
         self.host = host
         self.port = port
         self.debug = debug
+        self.allowed_origins = frozenset(normalize_origin(origin) for origin in allowed_origins)
+        self._token = token.encode("ascii") if token is not None else None
         self.request_timeout = request_timeout
         self.backend_timeout = backend_timeout
         self.max_connections = max_connections
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._refusal_logged_at = -math.inf
+        self._refusals_not_logged = 0
+
+    @classmethod
+    def from_config(cls, backend: ControlBackend, cfg: Any) -> ControlApi:
+        """The API as a StationConfig (twin.config) describes it: address, debug routes,
+        token and allowed origins. Only for a config whose control API is enabled."""
+        if not cfg.control_enabled:
+            raise ValueError("the control API is disabled in this config ([control] enabled = false)")
+        return cls(backend, cfg.control_host, cfg.control_port, debug=cfg.control_debug,
+                   token=cfg.control_token, allowed_origins=cfg.control_allowed_origins)
+
+    @property
+    def token_required(self) -> bool:
+        return self._token is not None
 
     @property
     def url(self) -> str:
@@ -361,6 +492,10 @@ class ControlApi:
                 await writer.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        local = writer.get_extra_info("sockname")
+        peer = writer.get_extra_info("peername")
+        arrival = _Arrival(frozenset(_host_key(name) for name in (*LOOPBACK_NAMES, self.host, local[0])),
+                           int(local[1]), str(peer[0]) if peer else "?")
         while True:
             try:
                 async with asyncio.timeout(self.request_timeout):
@@ -376,7 +511,7 @@ class ControlApi:
                 await self._send(writer, _response(exc.status, {"error": exc.message}, close=True))
                 return
             close = request.wants_close()
-            status, payload, extra = await self._dispatch(request)
+            status, payload, extra = await self._dispatch(request, arrival)
             await self._send(writer, _response(status, payload, close=close, extra=extra))
             if close:
                 return
@@ -386,9 +521,67 @@ class ControlApi:
         async with asyncio.timeout(self.request_timeout):
             await writer.drain()
 
+    # -- who may ask
+
+    def _refuse(self, request: _Request, peer: str, status: int, message: str,
+                extra: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str] | None]:
+        now = time.monotonic()
+        if now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL_S:
+            more = f" ({self._refusals_not_logged} more refused since the last report)" if self._refusals_not_logged else ""
+            # The message never holds the Authorization header; Host and Origin are shown escaped.
+            log.warning("control API: refused %s %r from %s: %d %s%s", request.method, request.path[:80], peer,
+                        status, message, more)
+            self._refusal_logged_at, self._refusals_not_logged = now, 0
+        else:
+            self._refusals_not_logged += 1
+        return status, {"error": message}, extra
+
+    def _guard(self, request: _Request, arrival: _Arrival) -> tuple[int, Any, dict[str, str] | None] | None:
+        """The refusal for a request that is not let through, or None. Runs before routing."""
+        peer, port = arrival.peer, arrival.port
+        authority = request.authority
+        if not authority:
+            return self._refuse(request, peer, 400, "a Host header is required (RFC 9112 §3.2)")
+        parsed = split_authority(authority)
+        if parsed is None:
+            return self._refuse(request, peer, 400, f"malformed Host {authority[:100]!r}")
+        # DNS rebinding: a page from evil.example whose name now resolves to this station
+        # reaches it with "Host: evil.example". RFC 9110 §15.5.20: 421, this server does not
+        # answer for that name. (403 would say "not allowed", suggesting credentials would help.)
+        name, given_port = parsed
+        if name not in arrival.hosts or (given_port if given_port is not None else 80) != port:
+            return self._refuse(request, peer, 421, f"Host {authority[:100]!r} is not this control API; use "
+                                                    f"localhost:{port} or the address it listens on")
+        origin = request.headers.get("origin")
+        if origin is not None and origin.lower() not in self.allowed_origins:
+            return self._refuse(request, peer, 403, f"requests from web pages are refused: Origin {origin[:100]!r} is "
+                                                    "not in [control] allowed_origins")
+        if origin is not None and request.method == "OPTIONS" and "access-control-request-method" in request.headers:
+            # A CORS preflight carries no credentials (Fetch standard): answer it before the token check.
+            return 204, None, {"Access-Control-Allow-Methods": CORS_METHODS,
+                               "Access-Control-Allow-Headers": CORS_HEADERS,
+                               "Access-Control-Max-Age": str(CORS_MAX_AGE_S)}
+        if self._token is not None:
+            scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not credentials.strip():
+                return self._refuse(request, peer, 401, "a bearer token is required: send 'Authorization: Bearer "
+                                                        "<token>' with the token from [control] token_file",
+                                    {"WWW-Authenticate": f'Bearer realm="{BEARER_REALM}"'})
+            if not hmac.compare_digest(credentials.strip().encode("latin-1"), self._token):
+                return self._refuse(request, peer, 401, "the bearer token is wrong",
+                                    {"WWW-Authenticate": f'Bearer realm="{BEARER_REALM}", error="invalid_token"'})
+        return None
+
     # -- routing
 
-    async def _dispatch(self, request: _Request) -> tuple[int, Any, dict[str, str] | None]:
+    async def _dispatch(self, request: _Request, arrival: _Arrival) -> tuple[int, Any, dict[str, str] | None]:
+        status, payload, extra = self._guard(request, arrival) or await self._call(request)
+        origin = (request.headers.get("origin") or "").lower()
+        if origin in self.allowed_origins:
+            extra = {**(extra or {}), "Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+        return status, payload, extra
+
+    async def _call(self, request: _Request) -> tuple[int, Any, dict[str, str] | None]:
         try:
             methods, connector_id = self._route(request.path)
             handler = methods.get(request.method)

@@ -5,6 +5,9 @@ Standard library only (urllib), so a bench script can use it from any Python
 without the station's dependencies. Validation stays on the server: the client
 sends what it was given and reports the server's message, so there is one rule
 set, not two that can drift apart.
+
+A station with ``[control] token_file`` needs the same token from its clients:
+``--token-file FILE``, or the file named by ``$OCPP_TWIN_TOKEN_FILE``.
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
 from typing import Any
 
 DEFAULT_CONTROL = "127.0.0.1:8180"
+TOKEN_FILE_ENV = "OCPP_TWIN_TOKEN_FILE"
 
 # The control API lives on the station's own host or bench LAN: an http_proxy from
 # the environment must not be used for it.
@@ -44,8 +49,24 @@ def _error_message(raw: bytes) -> str:
     return json.dumps(payload)[:200]
 
 
-def request(base_url: str, method: str, path: str, body: dict | None = None, timeout: float = 5) -> dict:
-    """One call to the control API; returns the JSON object it answered with.
+def read_token_file(path: str) -> str:
+    """The bearer token in ``path`` (its trailing newline dropped); SimClientError if unusable."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            token = file.read().rstrip("\r\n")
+    except OSError as exc:
+        raise SimClientError(f"cannot read the token file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise SimClientError(f"the token file {path} is not UTF-8 text") from None
+    if not token or any(c.isspace() for c in token):
+        raise SimClientError(f"the token file {path} is empty or holds more than one word")
+    return token
+
+
+def request(base_url: str, method: str, path: str, body: dict | None = None, timeout: float = 5,
+            token: str | None = None) -> dict:
+    """One call to the control API; returns the JSON object it answered with. ``token``:
+    sent as ``Authorization: Bearer <token>`` (RFC 6750 §2.1).
 
     Raises SimClientError with the server's ``error`` message on a 4xx/5xx, and
     with the cause when the server cannot be reached or answers garbage.
@@ -55,6 +76,8 @@ def request(base_url: str, method: str, path: str, body: dict | None = None, tim
     req = urllib.request.Request(url, data=data, method=method)
     if data is not None:
         req.add_header("Content-Type", "application/json")
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
     try:
         with _OPENER.open(req, timeout=timeout) as resp:
             raw = resp.read()
@@ -107,12 +130,15 @@ def add_sim_subcommands(subparsers: argparse._SubParsersAction) -> argparse.Argu
     control_help = f"control API address HOST:PORT (default {DEFAULT_CONTROL})"
     sim.add_argument("--control", type=control_url, default=control_url(DEFAULT_CONTROL), help=control_help)
     sim.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)")
+    token_help = f"file holding the station's bearer token ([control] token_file; default ${TOKEN_FILE_ENV})"
+    sim.add_argument("--token-file", metavar="FILE", help=token_help)
     commands = sim.add_subparsers(dest="sim_command", metavar="COMMAND", required=True)
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         parser = commands.add_parser(name, help=help_text, description=help_text)
         # Also accepted after the subcommand; SUPPRESS keeps it from overriding one given before.
         parser.add_argument("--control", type=control_url, default=argparse.SUPPRESS, help=control_help)
+        parser.add_argument("--token-file", metavar="FILE", default=argparse.SUPPRESS, help=token_help)
         return parser
 
     command("state", "print the station state")
@@ -165,8 +191,10 @@ def run_sim_command(args: argparse.Namespace) -> int:
     """Run a parsed ``twin sim`` command: print the JSON answer and return 0, or
     print the reason to stderr and return 1."""
     method, path, body = _call(args)
+    token_file = args.token_file or os.environ.get(TOKEN_FILE_ENV) or None
     try:
-        result = request(args.control, method, path, body, timeout=args.timeout)
+        token = read_token_file(token_file) if token_file else None
+        result = request(args.control, method, path, body, timeout=args.timeout, token=token)
     except SimClientError as exc:
         print(f"twin sim {args.sim_command}: error: {exc.message}", file=sys.stderr)
         return 1
