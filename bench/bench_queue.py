@@ -122,8 +122,8 @@ async def fill_queue_offline(rt: Runtime, clock: SteppedClock, n: int) -> tuple[
     t0 = time.perf_counter()
     while len(st.queue) < n:
         clock.advance(SAMPLE_INTERVAL_S)
-        # What the runtime's timer loop does at a sample deadline (tick under the step lock).
-        await rt._step(st.tick)
+        # What the core's actor does at a sample deadline.
+        await rt.actor.call(st.tick)
     elapsed = time.perf_counter() - t0
     actions = {e.action for e in st.queue.entries}
     if len(st.queue) != n or actions != {"MeterValues"} or len(samples_ms) != n:
@@ -153,7 +153,7 @@ async def run(directory: Path, n: int) -> bool:
     await csms.start()
     cfg = load_config(None, {"csms_url": csms.url, "charge_point_id": "BENCH-1", "data_dir": directory / "data",
                              "sim": True})
-    cfg.control_port = None  # no control API needed
+    cfg.control_enabled = False  # no control API needed
     cfg.keys.update({"MeterValueSampleInterval": str(SAMPLE_INTERVAL_S), "ClockAlignedDataInterval": "0"})
     clock = SteppedClock()
     rt = Runtime(cfg, clock=clock, meter_poll_s=0.5)

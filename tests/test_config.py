@@ -56,8 +56,9 @@ def test_built_in_defaults():
     assert cfg.identity == {"chargePointVendor": "XJ Power Co., Ltd.", "chargePointModel": "iEVQC33"}
     assert cfg.keys == {"NumberOfConnectors": "2"}
     assert cfg.drivers == {} and cfg.firmware == {}
-    assert (cfg.ev.max_power_w, cfg.ev.battery_wh, cfg.ev.soc_start, cfg.ev.phases, cfg.ev.voltage) == (
-        11000.0, 60000.0, 20.0, 3, 230.0)
+    assert (cfg.ev.max_power_w, cfg.ev.battery_wh, cfg.ev.soc_start, cfg.ev.phases) == (
+        11000.0, 60000.0, 20.0, 3)
+    assert cfg.profile.voltage == 230.0  # the supply voltage is the charger's
     assert cfg.log_level == "INFO" and cfg.force_sim is False
 
 
@@ -73,7 +74,7 @@ def test_the_example_file_loads_and_documents_every_option():
         assert f"[{section}]" in text
     options = ["charge_point_id", "connectors", "fixed_cable", "data_dir", "log_level", "url", "password",
                "password_file", "ca_file", "host", "port", "debug", "max_power_w", "battery_wh", "soc_start",
-               "phases", "voltage", *IDENTITY_FIELDS]
+               "phases", *IDENTITY_FIELDS]
     for option in options:
         assert re.search(rf"^#? ?{option} = ", text, re.M), option
 
@@ -182,7 +183,7 @@ def test_parse_control_address_rejects(text):
         # unknown names: typos must not pass silently
         ('[sation]\nconnectors = 2\n', "sation", "unknown key (known here: station, csms"),
         ('csms_url = "ws://x/ocpp"\n', "csms_url", "unknown key"),
-        ('[station]\nconectors = 2\n', "station.conectors", "unknown key (known here: charge_point_id, connectors"),
+        ('[station]\nconectors = 2\n', "station.conectors", "unknown key (known here: profile, charge_point_id, connectors"),
         ('[control]\naddress = "1.2.3.4:5"\n', "control.address", "unknown key"),
         ('[ev]\nmax_power = 1\n', "ev.max_power", "unknown key"),
         ('[identity]\nchargePointVender = "X"\n', "identity.chargePointVender", "unknown key"),
@@ -195,7 +196,7 @@ def test_parse_control_address_rejects(text):
         ('[station]\nfixed_cable = "yes"\n', "station.fixed_cable", "expected a boolean, got a string"),
         ('[csms]\nurl = 1979-05-27\n', "csms.url", "expected a string, got date"),
         ('[control]\nport = "8180"\n', "control.port", "expected an integer, got a string"),
-        ('[ev]\nvoltage = "230"\n', "ev.voltage", "expected a number, got a string"),
+        ('[ev]\nvoltage = 230\n', "ev.voltage", "the supply voltage belongs to the charger"),
         ('[ev]\nsoc_start = true\n', "ev.soc_start", "got a boolean"),
         ('drivers = 3\n', "drivers", "expected a table"),
         # values
@@ -318,3 +319,31 @@ servers = [{url = "ftp://h", Authorization_Key = "a"}]
 
 def test_redacted_without_password_says_so():
     assert redacted(load_config(None, env=NO_ENV))["password"] is None
+
+
+def test_a_profile_sets_the_model_and_the_station_file_can_override_its_shape(tmp_path):
+    """The charger is data: --profile (or [station] profile) loads another model."""
+    from pathlib import Path as _P
+
+    import twin.profiles
+
+    example = _P(twin.profiles.__file__).parent / "examples" / "generic-ac-1c.toml"
+    cfg = load_config(None, {"profile": str(example)})
+    assert cfg.profile.source.endswith("generic-ac-1c.toml")
+    assert cfg.connectors == 1 and cfg.fixed_cable is False
+    assert cfg.identity["chargePointModel"] == cfg.profile.identity["chargePointModel"] != "iEVQC33"
+    assert cfg.keys["NumberOfConnectors"] == "1"
+    station_file = tmp_path / "station.toml"
+    station_file.write_text(f'[station]\nprofile = "{example}"\nconnectors = 2\n')
+    cfg = load_config(station_file)
+    assert cfg.connectors == 2 and cfg.profile.connectors == 1
+    default = load_config(None)
+    assert default.profile.identity["chargePointModel"] == "iEVQC33" and default.connectors == 2
+
+
+def test_a_bad_profile_names_its_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[identity]\nchargePointVendor = 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {"profile": str(bad)})
+    assert str(bad) in str(err.value)

@@ -24,11 +24,12 @@ def _add_station_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, help="where the store, logs and firmware slots live")
     p.add_argument("--control", help="bench control API address HOST:PORT (default 127.0.0.1:8180)")
     p.add_argument("--sim", action="store_true", help="simulate every driver (fake-driver mode)")
+    p.add_argument("--profile", type=Path, help="charger profile TOML (default: the iEVQC33; see docs/profiles.md)")
 
 
 def _overrides(args) -> dict:
     out = {}
-    for name in ("csms_url", "charge_point_id", "data_dir", "control"):
+    for name in ("csms_url", "charge_point_id", "data_dir", "control", "profile"):
         value = getattr(args, name, None)
         if value is not None:
             out[name] = value

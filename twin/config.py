@@ -5,10 +5,10 @@ Layout (every option is documented in ``twin/data/station.example.toml``)::
 
     [station]   charge_point_id, connectors, fixed_cable, data_dir, log_level
     [csms]      url, password | password_file, ca_file
-    [control]   host, port, debug
+    [control]   enabled, host, port, debug, token_file, allowed_origins
     [identity]  BootNotification fields (chargePointVendor, chargePointModel, serials, ...)
     [keys]      OCPP configuration-key overrides, validated by twin.core.keys
-    [ev]        the simulated EV: max_power_w, battery_wh, soc_start, phases, voltage
+    [ev]        the simulated EV: max_power_w, battery_wh, soc_start, phases
     [drivers]   passed through to drivers.registry (validated there)
     [firmware]  passed through to twin.firmware
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -51,7 +52,6 @@ IDENTITY_FIELDS: dict[str, int] = {
     "meterType": 25,
     "meterSerialNumber": 25,
 }
-DEFAULT_IDENTITY = {"chargePointVendor": "XJ Power Co., Ltd.", "chargePointModel": "iEVQC33"}
 
 # The id is the last path segment of the URL and the HTTP Basic user name (security
 # profile 1, where ':' is forbidden): RFC 3986 unreserved characters only, 1..48
@@ -77,13 +77,13 @@ class ConfigError(Exception):
 
 @dataclass
 class EvConfig:
-    """The simulated EV behind each connector (twin.core.metering.EvModel)."""
+    """The simulated EV behind each connector (twin.sim.ev.EvModel). The supply voltage is
+    the charger's, in its profile ([station] voltage of docs/profiles.md)."""
 
     max_power_w: float = 11000.0
     battery_wh: float = 60000.0
     soc_start: float = 20.0
     phases: int = 3
-    voltage: float = 230.0
 
 
 @dataclass
@@ -94,12 +94,20 @@ class StationConfig:
     password: str | None
     ca_file: Path | None
     data_dir: Path
+    # The bench control API. control_enabled False: the runtime does not start it.
+    control_enabled: bool = True
     control_host: str = "127.0.0.1"
     control_port: int = 8180
     control_debug: bool = False
-    connectors: int = 2
+    control_token_file: Path | None = None
+    control_token: str | None = field(default=None, repr=False)  # from control_token_file; never logged
+    control_allowed_origins: tuple[str, ...] = ()  # normalized, as browsers send Origin
+    # The charger model (twin.profiles.ChargerProfile): identity, connectors, rating, keys,
+    # quirks. None until load_config() reads it ([station] profile or --profile).
+    profile: Any = None
+    connectors: int = 2  # the profile's unless [station] connectors says otherwise
     fixed_cable: bool = True
-    identity: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_IDENTITY))
+    identity: dict[str, str] = field(default_factory=dict)  # the profile's, with [identity] on top
     # Canonical key names -> normalized values; always includes NumberOfConnectors
     # (from ``connectors``), so ``ConfigKeys(cfg.keys, stored)`` is the whole profile.
     keys: dict[str, str] = field(default_factory=dict)
@@ -255,7 +263,7 @@ def _key_value(reader: _Reader, name: str, value: Any) -> str:
 
 SECTIONS = ("station", "csms", "control", "identity", "keys", "ev", "drivers", "firmware")
 CLI_FLAGS = {"csms_url": "--csms", "charge_point_id": "--id", "data_dir": "--data-dir",
-             "control": "--control", "sim": "--sim"}
+             "control": "--control", "sim": "--sim", "profile": "--profile"}
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -296,7 +304,7 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None,
 
     cfg = StationConfig(config_file=path, charge_point_id=DEFAULT_CHARGE_POINT_ID, csms_url=DEFAULT_CSMS_URL,
                         password=None, ca_file=None, data_dir=default_data_dir(env))
-    _load_station(cfg, tables["station"])
+    _load_station(cfg, tables["station"], (overrides or {}).get("profile"))
     _load_csms(cfg, tables["csms"])
     _load_control(cfg, tables["control"])
     _load_identity(cfg, tables["identity"])
@@ -304,13 +312,22 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None,
     cfg.drivers = tables["drivers"].table  # validated by drivers.registry
     cfg.firmware = tables["firmware"].table  # validated by twin.firmware
     _apply_cli(cfg, dict(overrides or {}))
+    _settle_control(cfg, path, doc.get("control", {}), dict(overrides or {}))
     _load_keys(cfg, tables["keys"])
     if cfg.ca_file is not None and not cfg.csms_url.startswith("wss://"):
         raise ConfigError(path, "csms.ca_file", f"only used with a wss:// URL, but the URL is {cfg.csms_url}")
     return cfg
 
 
-def _load_station(cfg: StationConfig, t: _Reader) -> None:
+def _load_station(cfg: StationConfig, t: _Reader, profile_override: Any = None) -> None:
+    from twin.profiles import load_profile
+
+    given = t.take("profile", str)
+    if profile_override is not None:
+        cfg.profile = load_profile(Path(profile_override).expanduser())
+    else:
+        cfg.profile = load_profile(_path(t.file, given) if given else None)
+    cfg.connectors, cfg.fixed_cable = cfg.profile.connectors, cfg.profile.fixed_cable
     cfg.charge_point_id = t.take("charge_point_id", str, cfg.charge_point_id)
     if problem := check_charge_point_id(cfg.charge_point_id):
         raise t.error("charge_point_id", problem)
@@ -362,6 +379,10 @@ def _read_secret(t: _Reader, key: str, path: Path) -> str:
 
 
 def _load_control(cfg: StationConfig, t: _Reader) -> None:
+    from twin.control_api import normalize_origin
+
+    # Whether it is on by default depends on [drivers] and --sim/--control: _settle_control.
+    t.take("enabled", bool)
     cfg.control_host = t.take("host", str, cfg.control_host)
     if problem := check_host(cfg.control_host):
         raise t.error("host", problem)
@@ -369,11 +390,94 @@ def _load_control(cfg: StationConfig, t: _Reader) -> None:
     if problem := check_port(cfg.control_port):
         raise t.error("port", problem)
     cfg.control_debug = t.take("debug", bool, cfg.control_debug)
+    token_file = t.take("token_file", str)
+    if token_file is not None:
+        if not token_file.strip():
+            raise t.error("token_file", "must not be empty (leave it out for no token)")
+        cfg.control_token_file = _path(t.file, token_file)
+        cfg.control_token = _read_control_token(t, "token_file", cfg.control_token_file)
+    origins = t.take("allowed_origins", list, [])
+    normalized = []
+    for index, origin in enumerate(origins):
+        if not isinstance(origin, str):
+            raise t.error(f"allowed_origins[{index}]", f"expected a string, got {_toml_type(origin)}")
+        try:
+            normalized.append(normalize_origin(origin))
+        except ValueError as exc:
+            raise t.error(f"allowed_origins[{index}]", str(exc)) from None
+    cfg.control_allowed_origins = tuple(dict.fromkeys(normalized))
     t.done()
 
 
+# A length no one guesses over the network (the control API has no rate limit).
+CONTROL_TOKEN_MIN_LEN = 16
+
+
+def _read_control_token(t: _Reader, key: str, path: Path) -> str:
+    """The bearer token in ``path``: a regular file only its owner can read or write."""
+    from twin.control_api import BEARER_TOKEN_RE
+
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise t.error(key, f"cannot read {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise t.error(key, f"{path} is not a regular file")
+    if info.st_mode & 0o077:
+        raise t.error(key, f"{path} is accessible to group or others (mode {stat.S_IMODE(info.st_mode):04o}): "
+                           f"the token would not be secret; chmod 600 {path}")
+    try:
+        token = path.read_text(encoding="utf-8").rstrip("\r\n")  # the newline an editor or echo adds
+    except OSError as exc:
+        raise t.error(key, f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise t.error(key, f"{path} is not UTF-8 text") from None
+    if not token:
+        raise t.error(key, f"{path} is empty")
+    if len(token) < CONTROL_TOKEN_MIN_LEN or not BEARER_TOKEN_RE.fullmatch(token):
+        raise t.error(key, f"{path} does not hold a usable bearer token: at least {CONTROL_TOKEN_MIN_LEN} of "
+                           "A-Z a-z 0-9 - . _ ~ + / (then any '='), on one line; make one with: openssl rand -hex 32")
+    return token
+
+
+def _names_real_backend(drivers: Mapping[str, Any]) -> bool:
+    """Whether [drivers] names a hardware backend (gpiozero, modbus, pcsc or a plugin's). A named
+    backend drives hardware or the station does not start; "auto" may fall back to the simulator."""
+    return any(isinstance(table, Mapping) and isinstance(table.get("backend"), str)
+               and table["backend"] not in ("sim", "auto") for table in drivers.values())
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: where it resolves is not known here
+
+
+def _settle_control(cfg: StationConfig, path: Path | None, table: Mapping[str, Any],
+                    overrides: Mapping[str, Any]) -> None:
+    """What needs the whole config: whether the control API is on, and that it is not
+    exposed beyond loopback without a token."""
+    from_cli = overrides.get("control") is not None
+    if from_cli:
+        cfg.control_enabled = True  # --control HOST:PORT asks for it; flags win over the file
+    elif "enabled" in table:
+        cfg.control_enabled = table["enabled"]
+    else:
+        # A rig whose drivers switch real contactors and read real cards does not take card
+        # taps and plug events from anyone on the host unless the file says so.
+        cfg.control_enabled = cfg.force_sim or not _names_real_backend(cfg.drivers)
+    if cfg.control_enabled and cfg.control_token is None and not _is_loopback(cfg.control_host):
+        where = (CLI, CLI_FLAGS["control"]) if from_cli else (path, "control.host")
+        raise ConfigError(*where, f"the control API on {cfg.control_host} (not loopback) needs control.token_file: "
+                                  "without a token anyone on the network can plug, present cards and cut the "
+                                  "CSMS link")
+
+
 def _load_identity(cfg: StationConfig, t: _Reader) -> None:
-    identity = dict(DEFAULT_IDENTITY)
+    identity = dict(cfg.profile.identity)
     for name, max_len in IDENTITY_FIELDS.items():
         value = t.take(name, str)
         if value is None:
@@ -393,7 +497,9 @@ def _load_ev(cfg: StationConfig, t: _Reader) -> None:
     ev.max_power_w = t.number("max_power_w", ev.max_power_w, lambda v: 0 < v <= 1_000_000, "> 0 and <= 1000000 W")
     ev.battery_wh = t.number("battery_wh", ev.battery_wh, lambda v: 0 < v <= 1_000_000, "> 0 and <= 1000000 Wh")
     ev.soc_start = t.number("soc_start", ev.soc_start, lambda v: 0 <= v <= 100, "0..100 %")
-    ev.voltage = t.number("voltage", ev.voltage, lambda v: 0 < v <= 1000, "> 0 and <= 1000 V")
+    if "voltage" in t.table:
+        raise t.error("voltage", "the supply voltage belongs to the charger: set [station] voltage in its profile "
+                                 "(docs/profiles.md)")
     ev.phases = t.take("phases", int, ev.phases)
     if ev.phases not in (1, 2, 3):
         raise t.error("phases", f"{ev.phases} is not 1, 2 or 3")
@@ -426,6 +532,8 @@ def _apply_cli(cfg: StationConfig, overrides: dict[str, Any]) -> None:
                 problem = str(exc)
         elif name == "sim":
             cfg.force_sim = bool(value)
+        elif name == "profile":
+            pass  # read first, by _load_station: the profile gives the defaults the file overrides
         if problem:
             raise ConfigError(CLI, flag, problem)
 
@@ -446,7 +554,7 @@ def _load_keys(cfg: StationConfig, t: _Reader) -> None:
                                             "set station.connectors only")
     keys["NumberOfConnectors"] = str(cfg.connectors)
     try:
-        checked = ConfigKeys(keys)
+        checked = ConfigKeys(keys, profile=cfg.profile)
     except KeyConfigError as exc:
         raise t.error(exc.key, exc.problem) from None
     cfg.keys = {name: checked.get(name) for name in keys}
@@ -465,9 +573,13 @@ def redacted(cfg: StationConfig) -> dict[str, Any]:
         "password": cfg.password,
         "ca_file": str(cfg.ca_file) if cfg.ca_file else None,
         "data_dir": str(cfg.data_dir),
+        "control_enabled": cfg.control_enabled,
         "control_host": cfg.control_host,
         "control_port": cfg.control_port,
         "control_debug": cfg.control_debug,
+        "control_token_file": str(cfg.control_token_file) if cfg.control_token_file else None,
+        "control_token": cfg.control_token,
+        "control_allowed_origins": list(cfg.control_allowed_origins),
         "connectors": cfg.connectors,
         "fixed_cable": cfg.fixed_cable,
         "identity": dict(cfg.identity),

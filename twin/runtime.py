@@ -1,8 +1,8 @@
-"""The asyncio runtime: wires the pure core to the store, the link, the drivers, the
-control API, systemd and the firmware service.
-
-All core calls go through ``_step`` under one lock, so the core sees one event at a
-time, and their actions run in order: ``Persist`` is awaited before what follows it.
+"""The asyncio runtime: wiring only. It builds the store, the core, the drivers, the link,
+the control API, systemd and the firmware service, and hands the core to its one owner,
+:class:`twin.actor.CoreActor`. Adapters reach the core only through the actor: they post
+events (``actor.post``) or await them (``actor.call``); the runtime executes each event's
+effects on the hardware and the link (it is the actor's :class:`~twin.actor.EffectsSink`).
 """
 
 from __future__ import annotations
@@ -16,17 +16,20 @@ from pathlib import Path
 from typing import Any, Callable
 
 import twin
+from twin.actor import CoreActor
 from twin.core import actions as A
+from twin.core.effects import Effects
 from twin.core.keys import ConfigKeys
 from twin.core.smart_charging import SmartCharging
 from twin.core.station import Station, StationSpec
+from twin.firmware.launcher import RESTART_EXIT_CODE
 from twin.link import Link
-from twin.store import Store, StoreError
+from twin.sim.ev import EvModel, SimulatedEv
+from twin.store import Store
 
 log = logging.getLogger("twin.runtime")
 
-RESTART_EXIT_CODE = 75  # "restart me": Reset and firmware installs (see twin/firmware/launcher.py)
-STORAGE_FAULT = ("OtherError", "storage failure: not recording")
+BOOT_METER_READ_S = 3.0  # how long boot waits for a meter register before it stops interrupted sessions
 
 
 def utcnow() -> datetime:
@@ -40,15 +43,14 @@ class Runtime:
         self.cfg = cfg
         self.clock = clock
         self.meter_poll_s = meter_poll_s
-        self.lock = asyncio.Lock()
-        self.kick = asyncio.Event()
         self.meter_wake = asyncio.Event()
         self.idle_meter_poll_s = 10.0
         self.done: asyncio.Future | None = None
         self.tasks: list[asyncio.Task] = []
-        self.unsaved: list[list[tuple]] = []
         self.store: Store | None = None
         self.station: Station | None = None
+        self.actor: CoreActor | None = None
+        self.sim_evs: dict[int, SimulatedEv] = {}
         self.drivers = None
         self.link: Link | None = None
         self.api = None
@@ -58,7 +60,6 @@ class Runtime:
         self.started_monotonic = time.monotonic()
         self.registered_once = False
         self.core_session: int | None = None
-        self.closing = False
         self.shutdown_done: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -72,68 +73,87 @@ class Runtime:
         data_dir = Path(cfg.data_dir)
         self.store = await Store.open(data_dir / "twin.db")
         state = await self.store.load()
-        keys = ConfigKeys(overrides=cfg.keys, stored=state["kv"].get("config", {}))
+        keys = ConfigKeys(overrides=cfg.keys, stored=state["kv"].get("config", {}), profile=cfg.profile)
         for warning in getattr(keys, "warnings", []):
             log.warning("configuration key: %s", warning)
+        spec = self._spec()
         smart = SmartCharging(
             cfg.connectors, max_stack_level=keys.get_int("ChargeProfileMaxStackLevel"),
             max_periods=keys.get_int("ChargingScheduleMaxPeriods"),
             max_installed=keys.get_int("MaxChargingProfilesInstalled"),
-            station_max_amps=float(getattr(cfg, "max_current_a", 32.0)))
-        identity = {"chargePointVendor": "XJ Power Co., Ltd.", "chargePointModel": "iEVQC33"}
-        identity.update({k: v for k, v in (cfg.identity or {}).items() if v})
-        identity["firmwareVersion"] = "V" + twin.__version__  # the package version is the firmware version
-        ev = cfg.ev
-        spec = StationSpec(connectors=cfg.connectors, fixed_cable=cfg.fixed_cable, identity=identity,
-                           ev={"max_power_w": ev.max_power_w, "battery_wh": ev.battery_wh,
-                               "soc_start": ev.soc_start},
-                           phases=getattr(ev, "phases", 3), voltage=getattr(ev, "voltage", 230.0))
+            station_max_amps=spec.max_current_a,
+            composite_start_schedule=cfg.profile.quirks.composite_start_schedule)
         self.station = st = Station(spec, keys, smart, state)
+        self.actor = CoreActor(st, self.store, self, clock=self.clock, detect_clock_steps=self.clock is utcnow,
+                               after_step=self._after_step)
+        # The simulated cars: only the sim meter asks them what they draw; a real meter measures.
+        ev = cfg.ev
+        self.sim_evs = {cid: SimulatedEv(EvModel(max_power_w=ev.max_power_w, battery_wh=ev.battery_wh,
+                                                 soc_start=ev.soc_start), lambda cid=cid: st.evse_view(cid))
+                        for cid in st.connectors}
         floors = {cid: st.meter_floor.get(cid, 0.0) for cid in st.connectors}
         for tx in state["transactions"].values():
             cid = tx["connector_id"]
             floors[cid] = max(floors.get(cid, 0.0), float(tx.get("last_meter_wh") or 0))
-        st.meter_floor.update(floors)
         self.drivers = await build_drivers(
             cfg.drivers or {}, cfg.connectors,
-            power_sources={cid: (lambda cid=cid: self.station.ev_power_w(cid)) for cid in st.connectors},
-            soc_sources={cid: (lambda cid=cid: self.station.ev_soc(cid)) for cid in st.connectors},
+            power_sources={cid: car.power_w for cid, car in self.sim_evs.items()},
+            soc_sources={cid: car.soc for cid, car in self.sim_evs.items()},
             energy_floors=floors, force_sim=bool(getattr(cfg, "force_sim", False)))
+        self.actor.start()
         await self._start_inputs()
         await self.drivers.start_supervision(self._on_relay_fault, on_watchdog_trip=self._on_watchdog_trip)
         await self._start_firmware(data_dir)
+        # The registers at boot are the energy of sessions a power loss interrupted.
+        await self._read_meters(timeout=BOOT_METER_READ_S)
         # Boot: interrupted transactions are stopped (PowerLoss / HardReset) and queued.
-        await self._step(st.boot)
+        await self.actor.call(st.boot)
         if self.api_enabled():
             from twin.control_api import ControlApi
 
-            self.api = ControlApi(self, cfg.control_host, cfg.control_port, debug=cfg.control_debug)
+            self.api = ControlApi.from_config(self, cfg)
             await self.api.start()
             log.info("control API on %s", self.api.url)
+        else:
+            log.info("control API off ([control] enabled = false, or the drivers name real hardware)")
+        post = self.actor.post
         self.link = Link(
             cfg.csms_url, cfg.charge_point_id, password=cfg.password, ca_file=cfg.ca_file,
             ping_interval=keys.get_int("WebSocketPingInterval"),
-            on_up=lambda: self._spawn(self._core_link_up, self.link.session),
-            on_down=lambda: self._spawn(self._core_link_down),
+            on_up=lambda: post(self._core_link_up, self.link.session),
+            on_down=lambda: post(self._core_link_down),
             on_call=self._on_csms_call,
-            on_result=lambda ref, payload: self._spawn(st.call_result, ref, payload),
-            on_failed=lambda ref, reason: self._spawn(st.call_failed, ref, reason))
+            on_result=lambda ref, payload: post(st.call_result, ref, payload),
+            on_failed=lambda ref, reason: post(st.call_failed, ref, reason),
+            # No answer on a link that still answers pings (a dead one ends in on_down instead).
+            on_timeout=lambda ref: post(st.call_timed_out, ref))
         self.link.start()
-        for coro, name in ((self._timer_loop(), "timers"), (self._meter_loop(), "meters"),
-                           (self._watchdog_loop(), "watchdog"), (self._store_retry_loop(), "store-retry")):
+        for coro, name in ((self._meter_loop(), "meters"), (self._watchdog_loop(), "watchdog")):
             self.tasks.append(asyncio.create_task(coro, name=name))
         self.notifier.ready(self._status_text())
         log.info("station %s up: %d connectors, firmware %s, CSMS %s", cfg.charge_point_id, cfg.connectors,
-                 identity["firmwareVersion"], self.link.url)
+                 spec.identity["firmwareVersion"], self.link.url)
+
+    def _spec(self) -> StationSpec:
+        cfg = self.cfg
+        identity = {**cfg.profile.identity, **{k: v for k, v in (cfg.identity or {}).items() if v}}
+        identity["firmwareVersion"] = "V" + twin.__version__  # the package version is the firmware version
+        ev = cfg.ev
+        spec = StationSpec.from_profile(cfg.profile, identity=identity, connectors=cfg.connectors,
+                                        fixed_cable=cfg.fixed_cable)
+        # The simulated EV may use fewer phases than the connector offers ([ev] phases).
+        spec.phases = min(spec.phases, ev.phases)
+        return spec
 
     def api_enabled(self) -> bool:
-        return getattr(self.cfg, "control_port", None) is not None
+        return self.cfg.control_enabled
 
     async def _start_inputs(self) -> None:
         reader = self.drivers.reader
-        await reader.start(lambda tag: self._spawn(self.station.tap, tag))
+        post = self.actor.post
+        await reader.start(lambda tag: post(self.station.tap, tag))
         for cid, inp in self.drivers.ev_inputs.items():
-            await inp.start(lambda present, cid=cid: self._spawn(
+            await inp.start(lambda present, cid=cid: post(
                 self.station.plug if present else self.station.unplug, cid))
 
     async def _start_firmware(self, data_dir: Path) -> None:
@@ -148,8 +168,8 @@ class Runtime:
         settings = FirmwareSettings.from_table(self.cfg.firmware or {})
         self.firmware = FirmwareService(data_dir, _FirmwareHooks(self), log_files=lambda: log_files(data_dir),
                                         charge_point_id=self.cfg.charge_point_id, settings=settings)
-        self.station.firmware_status = self.firmware.firmware_status
-        self.station.diagnostics_status = self.firmware.diagnostics_status
+        await self.actor.call(self.station.transfer_status, self.firmware.firmware_status,
+                              self.firmware.diagnostics_status)
 
     async def wait(self) -> int:
         return await self.done
@@ -175,27 +195,20 @@ class Runtime:
     async def _shutdown(self, reason: str, graceful: bool, drain_s: float) -> None:
         if self.notifier:
             self.notifier.stopping()
-        st = self.station
-        if st is not None and graceful:
-            async with self.lock:
-                now = self.clock()
-                acts: list = []
-                for c in st.connectors.values():
-                    if c.tx is not None:
-                        acts += st._stop_tx(c, reason, None, now)
-                acts += st._settle(now)
-                await self._execute(acts)
+        st, actor = self.station, self.actor
+        if st is not None and actor is not None and graceful:
+            await actor.call(st.stop_all, reason)
             deadline = time.monotonic() + drain_s
-            while ((len(st.queue) and st.online) or self.unsaved) and time.monotonic() < deadline:
-                if self.unsaved:
-                    async with self.lock:
-                        await self._flush_unsaved()
+            while ((len(st.queue) and st.online) or actor.unsaved) and time.monotonic() < deadline:
+                if actor.unsaved:
+                    await actor.call(st.tick)  # the actor retries held writes before each event
                 await asyncio.sleep(0.1)
         for t in self.tasks:
             t.cancel()
+        if actor is not None:
+            await actor.close()  # finishes what is queued; from here on nothing steps the core
         if self.link:
             await self.link.close()
-        self.closing = True  # from here on, late link callbacks must not step the core
         if self.api:
             await self.api.stop()
         if self.firmware:
@@ -203,52 +216,40 @@ class Runtime:
         if self.drivers:
             await self.drivers.close()  # opens every contactor
         if self.store:
-            if not await self._flush_unsaved():
-                log.critical("store still failing at shutdown; NOT saved: %r", self.unsaved)
+            if actor is not None and not await actor.flush():
+                log.critical("store still failing at shutdown; NOT saved: %r", actor.unsaved)
             await self.store.close()
 
-    def _core_link_up(self, session: int, now: datetime) -> list:
+    # ------------------------------------------------------------------ events into the core
+    def _core_link_up(self, session: int, now: datetime) -> Effects:
         self.core_session = session
         return self.station.link_up(now)
 
-    def _core_link_down(self, now: datetime) -> list:
+    def _core_link_down(self, now: datetime) -> Effects:
         self.core_session = None
         return self.station.link_down(now)
 
     def _on_csms_call(self, uid: str, action: str, payload: dict) -> None:
         if self.firmware is not None:  # TriggerMessage reports the transfers' live status
-            self.station.firmware_status = self.firmware.firmware_status
-            self.station.diagnostics_status = self.firmware.diagnostics_status
-        asyncio.ensure_future(self._answer_call(uid, action, payload))
+            self.actor.post(self.station.transfer_status, self.firmware.firmware_status,
+                            self.firmware.diagnostics_status)
+        self.actor.post(self._answer_call, uid, action, payload)
 
-    async def _answer_call(self, uid: str, action: str, payload: dict) -> None:
-        acts = await self._step(self.station.csms_call, uid, action, payload)
-        if acts is None and self.link is not None:  # the core failed: the CSMS still gets an answer
-            self.link.reply_error(uid, "InternalError", f"the station could not process {action}")
+    def _answer_call(self, uid: str, action: str, payload: dict, now: datetime) -> Effects:
+        try:
+            return self.station.csms_call(uid, action, payload, now)
+        except Exception:  # noqa: BLE001 - a core bug must not take the station down
+            log.exception("station core failed handling %s %r", action, payload)
+            # The CSMS still gets an answer (§4.1.3: every CALL gets a CALLRESULT or CALLERROR).
+            return Effects(replies=[A.ReplyError(uid, "InternalError", f"the station could not process {action}")])
 
-    # ------------------------------------------------------------------ stepping the core
-    def _spawn(self, fn: Callable, *args) -> None:
-        asyncio.ensure_future(self._step(fn, *args))
-
-    async def _step(self, fn: Callable, *args) -> Any:
-        if self.closing:
-            log.debug("station closing; ignoring %s", getattr(fn, "__name__", fn))
-            return []
-        async with self.lock:
-            try:
-                acts = fn(*args, self.clock())
-            except Exception:  # noqa: BLE001 - a core bug must not take the station down
-                log.exception("station core failed handling %s%r", getattr(fn, "__name__", fn), args[:3])
-                return None
-            await self._execute(acts or [])
-        self.kick.set()
+    def _after_step(self) -> None:
         if self.station is not None and self._busy():
             self.meter_wake.set()
         self._update_status()
         if not self.registered_once and self.station.registration == "Accepted":
             self.registered_once = True
             asyncio.ensure_future(self._after_first_accept())
-        return acts
 
     async def _after_first_accept(self) -> None:
         """BootNotification Accepted: end a firmware trial, report its outcome, resume jobs."""
@@ -257,90 +258,41 @@ class Runtime:
         from twin.firmware import slots
 
         data_dir = Path(self.cfg.data_dir)
-        slots.mark_boot_ok(data_dir, twin.__version__)
-        report = slots.pending_report(data_dir)
+        await asyncio.to_thread(slots.mark_boot_ok, data_dir, twin.__version__)
+        report = await asyncio.to_thread(slots.pending_report, data_dir)
         if report:
             log.info("firmware: reporting %s after the restart", report)
-            await self._step(self.station.send_firmware_status, report)
+            await self.actor.call(self.station.send_firmware_status, report)
         await self.firmware.resume()
 
-    async def _execute(self, acts: list) -> None:
-        unsafe = False  # a failed Persist: do not close contactors on unrecorded data
-        for act in acts:
-            try:
-                if isinstance(act, A.Persist):
-                    if not act.ops:
-                        continue
-                    if not await self._persist(act.ops):
-                        unsafe = True
-                elif isinstance(act, A.Send):
-                    # Only on the connection the core has seen come up: a call computed for a link
-                    # that has since dropped is redone by the core after its link_down/link_up.
-                    if self.link is not None and self.core_session == self.link.session:
-                        self.link.send_call(act.ref, act.action, act.payload, act.timeout)
-                elif isinstance(act, A.Reply):
-                    self.link.reply(act.unique_id, act.payload)
-                elif isinstance(act, A.ReplyError):
-                    self.link.reply_error(act.unique_id, act.code, act.description, act.details)
-                elif isinstance(act, A.SetRelay):
-                    if act.closed and unsafe:
-                        log.error("not closing contactor %s: its transaction is not on disk", act.connector_id)
-                        continue
-                    self.drivers.relays[act.connector_id].set(act.closed)
-                elif isinstance(act, A.SetPilot):
-                    pilot = self.drivers.pilots.get(act.connector_id)
-                    if pilot is not None:
-                        pilot.set_current_limit(act.amps)
-                elif isinstance(act, A.Restart):
-                    asyncio.ensure_future(self._restart(act.kind))
-                elif isinstance(act, A.Delegate):
-                    self._delegate(act)
-                elif isinstance(act, A.LinkSetting):
-                    if self.link:
-                        self.link.ping_interval = act.ping_interval
-            except Exception:  # noqa: BLE001
-                log.exception("executing %s failed", type(act).__name__)
-        if unsafe and self.station.station_fault is None:
-            # Cannot record transactions: fault the station (stops charging, refuses new
-            # sessions) rather than charge on data that a power cut would lose.
-            more = self.station.fault(0, *STORAGE_FAULT, self.clock())
-            await self._execute([a for a in more if not isinstance(a, A.Persist)] +
-                                [a for a in more if isinstance(a, A.Persist)])
+    # ------------------------------------------------------------------ executing effects (EffectsSink)
+    def drive(self, output: A.SetRelay | A.SetPilot) -> None:
+        if isinstance(output, A.SetRelay):
+            self.drivers.relays[output.connector_id].set(output.closed)
+        else:
+            pilot = self.drivers.pilots.get(output.connector_id)
+            if pilot is not None:
+                pilot.set_current_limit(output.amps)
 
-    async def _persist(self, ops: list[tuple]) -> bool:
-        if self.unsaved and not await self._flush_unsaved():
-            self.unsaved.append(ops)
-            return False
-        try:
-            await self.store.apply(ops)
-            return True
-        except StoreError as e:
-            if not getattr(e, "retryable", True):
-                return self._refused(ops, e)
-            log.error("store write failed, keeping the data in memory and retrying: %s", e)
-            self.unsaved.append(ops)
-            return False
+    def reply(self, reply: A.Reply | A.ReplyError | A.Delegate) -> None:
+        if isinstance(reply, A.Reply):
+            self.link.reply(reply.unique_id, reply.payload)
+        elif isinstance(reply, A.ReplyError):
+            self.link.reply_error(reply.unique_id, reply.code, reply.description, reply.details)
+        else:
+            self._delegate(reply)
 
-    def _refused(self, ops: list[tuple], e: Exception) -> bool:
-        """The store refuses this batch for good (a bug in the data, not the disk): retrying would
-        block every later write, so it is logged in full and set aside."""
-        log.critical("store refused a batch permanently (%s); it is NOT saved: %r", e, ops)
-        return False
+    def send(self, call: A.Send) -> None:
+        # Only on the connection the core has seen come up: a call computed for a link that
+        # has since dropped is redone by the core after its link_down/link_up.
+        if self.link is not None and self.core_session == self.link.session:
+            self.link.send_call(call.ref, call.action, call.payload, call.timeout)
 
-    async def _flush_unsaved(self) -> bool:
-        while self.unsaved:
-            try:
-                await self.store.apply(self.unsaved[0])
-            except StoreError as e:
-                if getattr(e, "retryable", True):
-                    return False
-                self._refused(self.unsaved[0], e)
-            self.unsaved.pop(0)
-        if self.station and self.station.station_fault == STORAGE_FAULT:
-            log.warning("store writable again; clearing the storage fault")
-            acts = self.station.clear_fault(0, self.clock())
-            await self._execute(acts)
-        return True
+    def control(self, request: A.Restart | A.LinkSetting) -> None:
+        if isinstance(request, A.Restart):
+            asyncio.ensure_future(self._restart(request.kind))
+        elif self.link:
+            self.link.ping_interval = request.ping_interval
 
     def _delegate(self, act: A.Delegate) -> None:
         p = act.payload
@@ -371,39 +323,19 @@ class Runtime:
         self.request_exit(RESTART_EXIT_CODE)
 
     # ------------------------------------------------------------------ loops
-    async def _timer_loop(self) -> None:
-        while True:
-            deadline = self.station.next_deadline()
-            now = self.clock()
-            wait = 60.0 if deadline is None else max(0.0, min(60.0, (deadline - now).total_seconds()))
-            self.kick.clear()
-            if wait > 0:
-                try:
-                    await asyncio.wait_for(self.kick.wait(), timeout=wait)
-                    continue  # something happened: recompute the deadline
-                except asyncio.TimeoutError:
-                    pass
-            await self._step(self.station.tick)
-
-    async def _store_retry_loop(self) -> None:
-        """The store failed (disk full, I/O error): retry the writes held in memory."""
-        while True:
-            await asyncio.sleep(2.0)
-            if self.unsaved:
-                async with self.lock:
-                    await self._flush_unsaved()
-                self.kick.set()
+    async def _read_meters(self, timeout: float) -> None:
+        for cid, meter in self.drivers.meters.items():
+            try:
+                reading = await asyncio.wait_for(meter.read(), timeout)
+            except Exception as e:  # noqa: BLE001 - DriverError, timeout, anything: report, keep going
+                await self.actor.call(self.station.meter_failed, cid, f"{type(e).__name__}: {e}"[:50])
+                continue
+            await self.actor.call(self.station.meter_reading, cid, reading)
 
     async def _meter_loop(self) -> None:
         timeout = float(getattr(self.cfg, "meter_timeout_s", 3.0))
         while True:
-            for cid, meter in self.drivers.meters.items():
-                try:
-                    reading = await asyncio.wait_for(meter.read(), timeout)
-                except Exception as e:  # noqa: BLE001 - DriverError, timeout, anything: report, keep going
-                    await self._step(self.station.meter_failed, cid, f"{type(e).__name__}: {e}"[:50])
-                    continue
-                await self._step(self.station.meter_reading, cid, reading)
+            await self._read_meters(timeout)
             # Poll fast while a car is plugged (energy, limits, SoC matter); slowly when idle,
             # which keeps an idle station near 0 % CPU. A plug or a card wakes the loop.
             self.meter_wake.clear()
@@ -423,15 +355,15 @@ class Runtime:
         """Contactor supervision (drivers.relay_check): a welded contactor faults the connector,
         which stops its transaction and refuses new ones; the CSMS gets the StatusNotification."""
         if fault is None:
-            self._spawn(self.station.clear_fault, cid)
+            self.actor.post(self.station.clear_fault, cid)
         else:
             log.critical("connector %s: %s", cid, fault.info, extra={"connector": cid})
-            self._spawn(self.station.fault, cid, fault.error_code, fault.info)
+            self.actor.post(self.station.fault, cid, fault.error_code, fault.info)
 
     def _on_watchdog_trip(self) -> None:
         """The loop hung long enough for the driver watchdog to open every contactor; resync."""
         log.critical("event loop was unresponsive; contactors were opened by the watchdog")
-        self._spawn(self.station.outputs_reset)
+        self.actor.post(self.station.outputs_reset)
 
     async def _watchdog_loop(self) -> None:
         interval = self.notifier.watchdog_interval() if self.notifier else None
@@ -464,11 +396,16 @@ class Runtime:
             from twin.core.timeutil import parse_ts
 
             snap["queue"]["oldestAgeS"] = round((self.clock() - parse_ts(oldest)).total_seconds(), 1)
+        for conn in snap["connectors"]:
+            car = self.sim_evs.get(conn["id"])
+            if car is not None:
+                conn["ev"] = car.snapshot()  # the simulated car (drives the sim meter only)
         snap["chargePointId"] = self.cfg.charge_point_id
         snap["firmwareVersion"] = "V" + twin.__version__
         snap["drivers"] = [r.__dict__ for r in self.drivers.reports] if self.drivers else []
         snap["warnings"] = [r.warning for r in (self.drivers.reports if self.drivers else []) if r.warning]
-        snap["store"] = {"ok": not self.unsaved, "unsavedBatches": len(self.unsaved)}
+        held = self.actor.unsaved if self.actor else []
+        snap["store"] = {"ok": not held, "unsavedBatches": len(held)}
         if self.firmware is not None:
             snap["firmware"] = {"status": self.firmware.firmware_status,
                                 "diagnostics": self.firmware.diagnostics_status,
@@ -486,27 +423,30 @@ class Runtime:
         return cid
 
     async def plug(self, connector_id: int) -> dict:
-        await self._step(self.station.plug, self._conn(connector_id))
+        await self.actor.call(self.station.plug, self._conn(connector_id))
         return self.state()
 
     async def unplug(self, connector_id: int) -> dict:
-        await self._step(self.station.unplug, self._conn(connector_id))
+        await self.actor.call(self.station.unplug, self._conn(connector_id))
         return self.state()
 
     async def rfid(self, id_tag: str) -> dict:
-        await self._step(self.station.tap, id_tag)
+        await self.actor.call(self.station.tap, id_tag)
         return self.state()
 
     async def fault(self, connector_id: int, error_code: str, info: str | None) -> dict:
-        await self._step(self.station.fault, self._conn(connector_id, allow_station=True), error_code, info)
+        await self.actor.call(self.station.fault, self._conn(connector_id, allow_station=True), error_code, info)
         return self.state()
 
     async def clear_fault(self, connector_id: int) -> dict:
-        await self._step(self.station.clear_fault, self._conn(connector_id, allow_station=True))
+        await self.actor.call(self.station.clear_fault, self._conn(connector_id, allow_station=True))
         return self.state()
 
     async def ev(self, connector_id: int, suspended: bool | None, max_power_w: float | None) -> dict:
-        await self._step(self.station.ev_update, self._conn(connector_id), suspended, max_power_w)
+        """The simulated car's demand. The station learns of it as a real one would: from
+        the power its meter measures (read at once, so the status follows within a poll)."""
+        self.sim_evs[self._conn(connector_id)].set(suspended=suspended, max_power_w=max_power_w)
+        await self._read_meters(timeout=float(getattr(self.cfg, "meter_timeout_s", 3.0)))
         return self.state()
 
     async def network(self, online: bool) -> dict:
@@ -526,16 +466,21 @@ class _FirmwareHooks:
         self.rt = rt
 
     async def send_firmware_status(self, status: str) -> None:
-        await self.rt._step(self.rt.station.send_firmware_status, status)
+        await self.rt.actor.call(self.rt.station.send_firmware_status, status)
 
     async def send_diagnostics_status(self, status: str) -> None:
-        await self.rt._step(self.rt.station.send_diagnostics_status, status)
+        await self.rt.actor.call(self.rt.station.send_diagnostics_status, status)
 
     async def wait_until_idle(self) -> None:
         st = self.rt.station
-        await self.rt._step(st.set_maintenance, True)
+        await self.rt.actor.call(st.set_maintenance, True)
         while st.active_transactions():
             await asyncio.sleep(0.5)
+
+    async def end_maintenance(self) -> None:
+        """An install ended without a restart (failed, replaced, cancelled): the idle
+        connectors that waited for it are available again."""
+        await self.rt.actor.call(self.rt.station.set_maintenance, False)
 
     async def restart(self) -> None:
         await self.rt._restart("Soft")

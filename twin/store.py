@@ -130,8 +130,15 @@ def _int64(value: Any, what: str) -> int:
 
 
 def _key(value: Any, what: str) -> int | str:
+    # A key may be any text, the empty string included: the core keys some namespaces by
+    # values a CSMS chose (an idTag may legally be ""), and a key the store refused would
+    # lose the whole batch with it.
     if isinstance(value, str):
-        return _text(value, what)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{what} is not valid UTF-8 text: {value!r}") from None
+        return value
     return _int64(value, f"{what} (str or int)")
 
 
@@ -189,6 +196,17 @@ def _compile_op(op: Any) -> tuple[list[_Stmt], _Effect | None]:
         at = _text(args[2], "discarded_at") if len(args) == 3 else _utc_now_text()
         return [(_SQL_Q_DISCARD_COPY, (reason, at, seq)), (_SQL_Q_DEL, (seq,))], ("q_discard", seq, None)
     raise ValueError(f"unknown op {name!r} (known: kv_put kv_del kv_clear tx_put q_put q_del q_discard)")
+
+
+def invalid_ops(ops: list) -> list[tuple[int, str]]:
+    """The ops of a batch that :meth:`Store.apply` would refuse, as (index, problem). Pure."""
+    bad: list[tuple[int, str]] = []
+    for index, op in enumerate(ops):
+        try:
+            _compile_op(op)
+        except ValueError as exc:
+            bad.append((index, str(exc)))
+    return bad
 
 
 def _compile(path: Path, ops: Any) -> tuple[list[_Stmt], list[_Effect]]:

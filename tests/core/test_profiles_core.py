@@ -74,7 +74,8 @@ def test_other_tag_cannot_start_on_a_reserved_connector():
     m = h.mark()
     h.tap("TAG2")
     assert not h.calls("StartTransaction") and not h.calls("Authorize", m)  # no parent to learn
-    assert h.status(1) == "Preparing" and h.st.reservations.items
+    # §4.9: the cable alone does not leave Reserved; only the reserved identity does.
+    assert h.status(1) == "Reserved" and h.st.reservations.items
 
 
 def test_other_tag_taps_while_one_connector_is_reserved_goes_to_the_free_one():
@@ -394,20 +395,20 @@ def test_limit_zero_opens_the_contactor_and_reports_suspended_evse():
     m = h.mark()
     assert h.csms("SetChargingProfile", tx_profile(0.0)).payload == {"status": "Accepted"}
     assert h.relays[1] is False and h.statuses(1, m) == ["SuspendedEVSE"]
-    assert h.st.ev_power_w(1) == 0.0
+    assert h.st.evse_view(1).contactor_closed is False and h.st.evse_view(1).offered_a == 0.0
     assert not h.calls("StopTransaction", m)
     h.csms("ClearChargingProfile", {"id": 1})
     assert h.relays[1] is True and h.status(1) == "Charging"
 
 
-def test_simulated_ev_draws_at_most_the_limit():
+def test_the_evse_view_offers_at_most_the_limit():
+    """What the (simulated) EV sees: the pilot's offer follows the applied limit."""
     h = Harness().boot()
     h.plug(1)
     h.tap("TAG1")
-    assert h.st.ev_power_w(1) > 10 * 230 * 3
+    assert h.st.evse_view(1).offered_a == 32.0
     h.csms("SetChargingProfile", tx_profile(10.0))
-    assert h.st.connectors[1].limit_a == 10.0
-    assert 0 < h.st.ev_power_w(1) <= 10 * 230 * 3
+    assert h.st.connectors[1].limit_a == 10.0 and h.st.evse_view(1).offered_a == 10.0
 
 
 def test_relative_profile_ending_lifts_the_limit_at_the_right_second():

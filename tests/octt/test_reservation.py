@@ -63,11 +63,16 @@ async def test_tc_046_1_reserve_connector_local_start(station, csms):
 
 async def test_tc_046_2_reserve_connector_remote_start(station, csms):
     await reserved(station, csms, 1, "TAG1", rid=12)
+    mark = len(csms.messages)
     await station.plug(1)
-    await csms.wait_for("StatusNotification", {"connectorId": 1, "status": "Preparing"})
+    # §4.9: Reserved -> Preparing only when the reserved identity is presented, not on plug-in.
+    await asyncio.sleep(0.3)
+    assert station.status(1) == "Reserved"
     assert (await csms.call("RemoteStartTransaction", {"connectorId": 1, "idTag": "TAG1"}))["status"] == "Accepted"
     await started_with_reservation(csms, "TAG1", 12)
-    await csms.wait_for("StatusNotification", {"connectorId": 1, "status": "Charging"})
+    await csms.wait_for("StatusNotification", {"connectorId": 1, "status": "Charging"})  # from Reserved (TC_046_2)
+    assert not [m for m in csms.calls("StatusNotification", after=mark) if m.payload["connectorId"] == 1
+                and m.payload["status"] == "Preparing"]
 
 
 async def test_remote_start_for_another_tag_on_a_reserved_connector_is_rejected(station, csms):
@@ -132,7 +137,8 @@ async def test_tc_049_reserve_charge_point_connector_zero(make_station, csms):
     # One connector must stay free for TAG1; only connector 1 is free, so it shows Reserved.
     await csms.wait_for("StatusNotification", {"connectorId": 1, "status": "Reserved"})
     await station.plug(1)
-    await csms.wait_for("StatusNotification", {"connectorId": 1, "status": "Preparing"})
+    await asyncio.sleep(0.3)
+    assert station.status(1) == "Reserved"  # §4.9: a cable does not leave Reserved
     await station.tap("TAG1")
     await started_with_reservation(csms, "TAG1", 21)
     await csms.wait_for("StatusNotification", {"connectorId": 1, "status": "Charging"})
@@ -166,7 +172,7 @@ async def test_tc_050_1_reserve_charge_point_faulted(make_station, csms):
     station = await make_station(keys=RESERVE_ZERO)
     # SetChargePointFaulted: the control API faults connectors only (1..n), so the
     # station-wide fault goes through the runtime's own event path into the core.
-    await station.rt._step(station.st.fault, 0, "OtherError", "station fault")
+    await station.rt.fault(0, "OtherError", "station fault")
     await csms.wait_for("StatusNotification", {"connectorId": 0, "status": "Faulted"})
     assert await reserve(csms, 0) == "Faulted"
 

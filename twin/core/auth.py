@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 
 from twin.core.timeutil import parse_ts
 
@@ -16,6 +16,52 @@ ACCEPTED = "Accepted"
 
 # A cache this size holds a busy lab's badges many times over; eviction rule per §3.5.1.
 CACHE_CAPACITY = 1000
+
+
+def tag_key(id_tag: str) -> str:
+    """The identity of an idTag: IdToken is a CiString20, compared case-insensitively (§7.28).
+
+    Used for every comparison, so a tag the CSMS sent in one letter case matches the card
+    the reader reports in another. The cache and the list keep the tag as it was spelt.
+    """
+    return id_tag.casefold()
+
+
+class _TagMap:
+    """A dict keyed by idTag as spelt, looked up case-insensitively."""
+
+    def __init__(self, entries: dict[str, Any] | None = None):
+        self.entries: dict[str, Any] = {}
+        self._spelling: dict[str, str] = {}  # tag_key -> the key in entries
+        for tag, value in (entries or {}).items():
+            self.put(tag, value)
+
+    def find(self, id_tag: str) -> str | None:
+        return self._spelling.get(tag_key(id_tag))
+
+    def lookup(self, id_tag: str) -> Any:
+        key = self.find(id_tag)
+        return self.entries[key] if key is not None else None
+
+    def put(self, id_tag: str, value: Any) -> str | None:
+        """Store under ``id_tag``; returns the old spelling it replaced, if it differed."""
+        old = self.pop(id_tag)
+        self.entries[id_tag] = value
+        self._spelling[tag_key(id_tag)] = id_tag
+        return old if old is not None and old != id_tag else None
+
+    def pop(self, id_tag: str) -> str | None:
+        key = self._spelling.pop(tag_key(id_tag), None)
+        if key is not None:
+            del self.entries[key]
+        return key
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def same_tag(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and tag_key(a) == tag_key(b)
 
 
 def effective_info(info: dict | None, now: datetime) -> dict | None:
@@ -43,21 +89,27 @@ class AuthCache:
     NS = "auth_cache"
 
     def __init__(self, entries: dict[str, dict] | None = None, capacity: int = CACHE_CAPACITY):
-        self.entries: dict[str, dict] = dict(entries or {})
+        self._map = _TagMap(entries)
         self.capacity = capacity
 
+    @property
+    def entries(self) -> dict[str, dict]:
+        return self._map.entries
+
     def get(self, id_tag: str) -> dict | None:
-        entry = self.entries.get(id_tag)
+        entry = self._map.lookup(id_tag)
         return entry["info"] if entry else None
 
     def update(self, id_tag: str, info: dict, now: datetime) -> list[tuple]:
         ops: list[tuple] = []
-        if id_tag not in self.entries and len(self.entries) >= self.capacity:
+        if self._map.find(id_tag) is None and len(self.entries) >= self.capacity:
             victim = self._eviction_victim(now)
-            del self.entries[victim]
+            self._map.pop(victim)
             ops.append(("kv_del", self.NS, victim))
         entry = {"info": dict(info), "updated": now.isoformat()}
-        self.entries[id_tag] = entry
+        replaced = self._map.put(id_tag, entry)
+        if replaced is not None:
+            ops.append(("kv_del", self.NS, replaced))
         ops.append(("kv_put", self.NS, id_tag, entry))
         return ops
 
@@ -70,8 +122,15 @@ class AuthCache:
 
         return min(self.entries.items(), key=key)[0]
 
+    def forget(self, which: Callable[[str], bool]) -> list[tuple]:
+        """Drop the entries whose tag ``which`` selects; returns the ops."""
+        dropped = [tag for tag in list(self.entries) if which(tag)]
+        for tag in dropped:
+            self._map.pop(tag)
+        return [("kv_del", self.NS, tag) for tag in dropped]
+
     def clear(self) -> list[tuple]:
-        self.entries.clear()
+        self._map = _TagMap()
         return [("kv_clear", self.NS)]
 
 
@@ -82,7 +141,11 @@ class LocalList:
 
     def __init__(self, version: int = 0, entries: dict[str, dict] | None = None):
         self.version = version
-        self.entries: dict[str, dict] = dict(entries or {})
+        self._map = _TagMap(entries)
+
+    @property
+    def entries(self) -> dict[str, dict]:
+        return self._map.entries
 
     # The version lives in its own namespace: any CiString20, "__version__" included, is a valid idTag.
     VERSION_NS = "local_list_meta"
@@ -92,7 +155,7 @@ class LocalList:
         return cls(int((meta or {}).get("version", 0)), dict(kv))
 
     def get(self, id_tag: str) -> dict | None:
-        return self.entries.get(id_tag)
+        return self._map.lookup(id_tag)
 
     def send_local_list(
         self, version: int, update_type: str, items: list[dict] | None, *, max_send: int, max_length: int
@@ -105,22 +168,25 @@ class LocalList:
             # §5.15: a differential update whose version is not higher is a VersionMismatch.
             if version <= self.version:
                 return "VersionMismatch", []
-            new = dict(self.entries)
+            new = _TagMap(self.entries)
             for item in items:
                 info = item.get("idTagInfo")
                 if info is None:
-                    new.pop(item["idTag"], None)  # absent idTagInfo = delete (§5.15)
+                    new.pop(item["idTag"])  # absent idTagInfo = delete (§5.15)
                 else:
-                    new[item["idTag"]] = info
+                    new.put(item["idTag"], info)
         else:
-            new = {item["idTag"]: item["idTagInfo"] for item in items if item.get("idTagInfo") is not None}
+            new = _TagMap()
+            for item in items:
+                if item.get("idTagInfo") is not None:
+                    new.put(item["idTag"], item["idTagInfo"])
         if len(new) > max_length:
             return "Failed", []  # LocalAuthListMaxLength exceeded: list unchanged
-        self.entries = new
+        self._map = new
         # An empty list reads back as version 0 (OCTT TC_042_2; §6.41: 0 = empty).
-        self.version = version if new else 0
+        self.version = version if len(new) else 0
         ops: list[tuple] = [("kv_clear", self.NS)]
-        ops += [("kv_put", self.NS, tag, info) for tag, info in new.items()]
+        ops += [("kv_put", self.NS, tag, info) for tag, info in new.entries.items()]
         ops.append(("kv_put", self.VERSION_NS, "version", self.version))
         return "Accepted", ops
 

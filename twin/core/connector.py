@@ -5,17 +5,17 @@ transaction, fault, availability, reservation, ...) after every event. That way 
 nine statuses and the errata transitions (B6 Preparing→Finishing on ConnectionTimeOut
 with a cable plugged, Finishing→Available on unplug) cannot disagree with the facts.
 Precedence (§4.9, §7.7): Faulted > transaction states (SuspendedEVSE > SuspendedEV >
-Charging) > Unavailable > Finishing > Preparing > Reserved > Available. Unavailable
+Charging) > Unavailable > Finishing > Reserved (until the reserved identity is presented)
+> Preparing > Available. Unavailable
 never interrupts a transaction: ChangeAvailability is Scheduled until it ends (§5.2).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from twin.core.metering import EvModel
 
 Status = tuple[str, str, str | None]  # (status, errorCode, info)
 
@@ -49,7 +49,9 @@ class Connector:
     relay: bool = False
     pilot: float | None = None
     reading: Any = None  # last good drivers.base.MeterReading
-    ev: EvModel = field(default_factory=EvModel)
+    # Is the EV drawing? Measured after the contactor closed (the meter's power), None until
+    # then: a car is taken to charge when the contactor closes, like any AC charger reports it.
+    ev_drawing: bool | None = None
     limit_a: float | None = None
     phases: int = 3
     # status bookkeeping (MinimumStatusDuration, §4.9)
@@ -88,10 +90,12 @@ def derive(c: Connector, *, operative: bool, station_fault: tuple[str, str | Non
         return ("Unavailable", code, info)
     if c.finishing and c.plugged:
         return ("Finishing", code, info)
+    if reserved and c.pending is None:
+        # §4.9: Reserved -> Preparing only when the reserved identity is presented; a cable
+        # plugged into a reserved connector is not a transition out of Reserved.
+        return ("Reserved", code, info)
     if c.plugged or c.pending is not None:
         return ("Preparing", code, info)
-    if reserved:
-        return ("Reserved", code, info)
     return ("Available", code, info)
 
 

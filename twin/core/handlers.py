@@ -12,6 +12,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Callable
 
+from twin.core import auth
 from twin.core.actions import Action, Delegate, LinkSetting, Persist, Restart
 from twin.core.reservation import Reservation
 from twin.core.timeutil import parse_ts
@@ -174,7 +175,7 @@ def remote_start(st: "Station", p: dict, now: datetime) -> Result:
         c = pick[0]
     else:
         c = st.connectors[cid]
-    if not st._usable(c) or (c.authorizing and c.authorizing != id_tag):
+    if not st._usable(c) or (c.authorizing and not auth.same_tag(c.authorizing, id_tag)):
         return rejected  # TC_026: busy (a session, or another card being authorized), Faulted, Unavailable
     if c.pending is not None:
         if c.pending.id_tag != id_tag:
@@ -274,11 +275,9 @@ def send_local_list(st: "Station", p: dict, now: datetime) -> Result:
     acts: list[Action] = [Persist(ops)] if ops else []
     if ops:
         # Listed ids are never cached (§3.5.3): drop cache entries the list now covers.
-        dropped = [tag for tag in list(st.cache.entries) if st.local_list.get(tag) is not None]
-        for tag in dropped:
-            del st.cache.entries[tag]
+        dropped = st.cache.forget(lambda tag: st.local_list.get(tag) is not None)
         if dropped:
-            acts.append(Persist([("kv_del", "auth_cache", tag) for tag in dropped]))
+            acts.append(Persist(dropped))
     return {"status": status}, acts
 
 
@@ -342,13 +341,21 @@ def trigger_message(st: "Station", p: dict, now: datetime) -> Result:
     cid = p.get("connectorId")
     if cid is not None and (not isinstance(cid, int) or cid < 0 or cid > st.n):
         return {"status": "Rejected"}, []  # TC_055
-    force = True  # §4.2: in Pending, TriggerMessage is how the CSMS lets the CP send
+    # §4.2: in Pending, TriggerMessage is how the CSMS lets the CP send. Before any
+    # BootNotification.conf (registration None) nothing but a BootNotification may go out.
+    force = st.registration == "Pending"
     acts: list[Action]
     if what == "BootNotification":
         if st.registration == "Accepted":
             return {"status": "Rejected"}, []  # errata 3.35
+        if st.boot_in_flight:
+            # The BootNotification already on its way is the triggered message: asking for
+            # another now would leave a boot deadline in the past that nothing consumes.
+            return {"status": "Accepted"}, []
         st.next_boot_at = now
         return {"status": "Accepted"}, st._maybe_boot(now)
+    if st.registration not in ("Accepted", "Pending"):
+        return {"status": "Rejected"}, []  # nothing may precede the BootNotification (§4.2)
     if what == "Heartbeat":
         acts = st._call("Heartbeat", {}, {"kind": "heartbeat"}, force=force)
     elif what == "StatusNotification":
@@ -363,7 +370,13 @@ def trigger_message(st: "Station", p: dict, now: datetime) -> Result:
             acts += st._call("StatusNotification", _sn(i, s, now), {"kind": "status"}, force=force)
     elif what == "MeterValues":
         if cid == 0:
-            return {"status": "Rejected"}, []  # §6.51 types connectorId > 0 (reference §4.7 [uncertain])
+            if not st.spec.trigger_meter_values_connector_0:
+                return {"status": "Rejected"}, []  # §6.51 types connectorId > 0 (profile quirk)
+            # Errata 3.16: connector 0 is the whole station: its readings, no transactionId.
+            mv = st.station_meter_value("Trigger", now)
+            acts = st._call("MeterValues", {"connectorId": 0, "meterValue": [mv]}, {"kind": "trigger"},
+                            force=force) if mv else []
+            return {"status": "Accepted"}, acts
         ids = [cid] if cid is not None else list(st.connectors)
         acts = []
         for i in ids:

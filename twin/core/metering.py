@@ -1,4 +1,4 @@
-"""Meter values: turning a reading into OCPP sampledValues, and the simulated EV.
+"""Meter values: turning a reading into OCPP sampledValues.
 
 Pure. A reading is the ``drivers.base.MeterReading`` the runtime polled; here it is
 only read, never produced.
@@ -6,7 +6,6 @@ only read, never produced.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 # measurand -> (reading attribute, unit, location)
@@ -62,25 +61,3 @@ def sampled_values(values: dict[str, float], measurands: list[str], context: str
             sv["unit"] = unit
         out.append(sv)
     return out
-
-
-@dataclass
-class EvModel:
-    """The simulated EV behind a connector: it draws what it wants, at most the limit."""
-
-    max_power_w: float = 11000.0
-    battery_wh: float = 60000.0
-    soc_start: float = 20.0
-    suspended: bool = False
-    energy_at_plug: float | None = None
-
-    def soc(self, energy_wh: float | None) -> float:
-        if self.energy_at_plug is None or energy_wh is None:
-            return self.soc_start
-        gained = max(0.0, energy_wh - self.energy_at_plug)
-        return min(100.0, self.soc_start + 100.0 * gained / self.battery_wh)
-
-    def demand_w(self, energy_wh: float | None) -> float:
-        if self.suspended or self.soc(energy_wh) >= 100.0:
-            return 0.0
-        return self.max_power_w

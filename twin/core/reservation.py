@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
+from twin.core.auth import same_tag
 from twin.core.timeutil import parse_ts
 
 
@@ -28,13 +29,13 @@ class Reservation:
 
     def admits(self, id_tag: str, parent_id_tag: str | None) -> bool | None:
         """True/False when decidable; None when the tag's parent must be learned first (Authorize, §5.13)."""
-        if id_tag == self.id_tag:
+        if same_tag(id_tag, self.id_tag):
             return True
         if self.parent_id_tag is None:
             return False
         if parent_id_tag is None:
             return None
-        return parent_id_tag == self.parent_id_tag
+        return same_tag(parent_id_tag, self.parent_id_tag)
 
 
 class Reservations:

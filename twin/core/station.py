@@ -1,9 +1,10 @@
-"""The station: a pure state machine. Events plus ``now`` in, actions out.
+"""The station: a pure state machine. Events plus ``now`` in, effects out.
 
-Every public method takes ``now`` (aware UTC datetime) and returns a list of actions
-(``twin.core.actions``). It never sleeps, reads the clock, opens sockets or touches
-hardware; the runtime executes the actions in order (``Persist`` is awaited before the
-actions after it, so a contactor never closes before its transaction is on disk).
+Every public event method takes ``now`` (aware UTC datetime) and returns one
+:class:`~twin.core.effects.Effects`: durable ops, outputs, replies and sends on separate
+channels, which the actor (``twin.actor``) executes in a fixed order (commit, then
+outputs, replies, sends). It never sleeps, reads the clock, opens sockets or touches
+hardware. ``next_deadline()`` is a function of the state alone.
 
 The rules and their sources are cited where they are applied. The shared-reader rule
 (one RFID reader, two connectors) is documented in docs/station-behaviour.md.
@@ -11,6 +12,7 @@ The rules and their sources are cited where they are applied. The shared-reader 
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -20,28 +22,65 @@ from twin.core import auth
 from twin.core.actions import (Action, Delegate, LinkSetting, Persist, Reply, ReplyError, Restart, Send,
                                SetPilot, SetRelay)
 from twin.core.connector import Connector, Pending, Status, derive, derive_station
-from twin.core.metering import EvModel, reading_values, sampled_values
+from twin.core.effects import Effects
+from twin.core.limits import INT32_MAX, MIN_CHARGING_CURRENT_A
+from twin.core.metering import reading_values, sampled_values
 from twin.core.reservation import Reservation, Reservations
 from twin.core.timeutil import next_aligned, parse_ts, ts
 from twin.core.txqueue import Entry, TxQueue
 
 log = logging.getLogger("twin.station")
 
-INT32_MAX = 2**31 - 1  # OCPP integers; also bounds every interval the CSMS can set
-MIN_CHARGING_CURRENT_A = 6.0  # IEC 61851-1: below 6 A an EV cannot be told to charge
+STORAGE_FAULT = ("OtherError", "storage failure: not recording")
+CLOCK_DISAGREEMENT_S = 60
+# Below this measured power an EV behind a closed contactor is not charging (SuspendedEV):
+# standby loads of an on-board charger stay well under it; 6 A on one phase is 1380 W.
+EV_DRAWING_MIN_W = 100.0
+
+
+@dataclass
+class EvseView:
+    plugged: bool
+    contactor_closed: bool
+    offered_a: float
+    voltage: float
+    phases: int
+    energy_wh: float
+# A power loss must not lose more energy than this much time of charging: the register is
+# persisted at least this often while a transaction runs (also with MeterValueSampleInterval 0).
+ENERGY_PERSIST_MAX_S = 60
+
+
+def _event(method: Callable[..., list[Action]]) -> Callable[..., Effects]:
+    """A public event: the rules return actions in any order; the caller gets channels."""
+
+    @functools.wraps(method)
+    def wrapper(self: "Station", *args: Any, **kwargs: Any) -> Effects:
+        return Effects.of(method(self, *args, **kwargs))
+
+    return wrapper
 
 
 @dataclass
 class StationSpec:
+    """The shape of the station the core runs: what the charger profile says about the
+    model (twin/profiles), plus the unit's own identity. Tests build one directly."""
+
     connectors: int = 2
     fixed_cable: bool = True
     identity: dict = field(default_factory=lambda: {
         "chargePointVendor": "XJ Power Co., Ltd.", "chargePointModel": "iEVQC33", "firmwareVersion": "V1.10"})
-    max_current_a: float = 32.0
+    max_current_a: float = 32.0  # per connector: the pilot offer and the local limit (TC_067)
     voltage: float = 230.0
     phases: int = 3
-    ev: dict = field(default_factory=dict)  # EvModel fields
     boot_retry_s: int = 10  # BootNotification retry after a CALLERROR/timeout or interval 0
+    trigger_meter_values_connector_0: bool = False  # profile quirk (docs/profiles.md)
+
+    @classmethod
+    def from_profile(cls, profile: Any, *, identity: dict, connectors: int, fixed_cable: bool) -> "StationSpec":
+        return cls(connectors=connectors, fixed_cable=fixed_cable, identity=identity,
+                   max_current_a=profile.max_current_a, voltage=profile.voltage, phases=profile.phases,
+                   trigger_meter_values_connector_0=profile.quirks.trigger_meter_values_connector_0)
 
 
 class Station:
@@ -54,7 +93,7 @@ class Station:
         n = spec.connectors
         self.n = n
         self.connectors: dict[int, Connector] = {
-            cid: Connector(cid, ev=EvModel(**spec.ev), phases=spec.phases) for cid in range(1, n + 1)}
+            cid: Connector(cid, phases=spec.phases) for cid in range(1, n + 1)}
         avail = kv.get("availability", {})
         self.availability0: str = avail.get("0", "Operative")
         for cid, c in self.connectors.items():
@@ -106,6 +145,8 @@ class Station:
         self.firmware_status = "Idle"
         self.diagnostics_status = "Idle"
         self.booted = False
+        self.limit_change_at: datetime | None = None  # next smart-charging limit change (a deadline)
+        self.energy_saved_at: dict[int, datetime] = {}  # when each running register was last persisted
 
     # ------------------------------------------------------------------ helpers
     def _ref(self) -> int:
@@ -149,8 +190,12 @@ class Station:
     def _operative(self, c: Connector) -> bool:
         return self.availability0 == "Operative" and c.availability == "Operative" and not self.maintenance
 
+    @staticmethod
+    def _has_energy(c: Connector) -> bool:
+        return c.reading is not None and getattr(c.reading, "energy_wh", None) is not None
+
     def _energy(self, c: Connector) -> float:
-        if c.reading is not None and getattr(c.reading, "energy_wh", None) is not None:
+        if self._has_energy(c):
             return float(c.reading.energy_wh)
         return float(self.meter_floor.get(c.id, 0.0))
 
@@ -217,22 +262,17 @@ class Station:
             limit = min(limit, c.limit_a)
         return max(0.0, limit)
 
-    def ev_power_w(self, cid: int) -> float:
-        """What the simulated EV draws right now (the sim meter integrates it)."""
+    def evse_view(self, cid: int) -> "EvseView":
+        """What an EV on this connector can see of the station (the simulated EV reads it)."""
         c = self.connectors[cid]
-        if not c.relay:
-            return 0.0
-        offered_w = self.offered_a(c) * self.spec.voltage * c.phases
-        return max(0.0, min(c.ev.demand_w(self._energy(c)), offered_w))
+        return EvseView(plugged=c.plugged, contactor_closed=c.relay,
+                        offered_a=self.offered_a(c) if c.relay else 0.0, voltage=self.spec.voltage,
+                        phases=c.phases, energy_wh=self._energy(c))
 
-    def ev_soc(self, cid: int) -> float | None:
-        c = self.connectors[cid]
-        if not c.plugged:
-            return None
-        return c.ev.soc(self._energy(c))
-
-    def _ev_drawing(self, c: Connector) -> bool:
-        return c.ev.demand_w(self._energy(c)) > 0
+    @staticmethod
+    def _ev_drawing(c: Connector) -> bool:
+        # Charging vs SuspendedEV (§4.9) from what the meter measures, not from a model of the car.
+        return c.ev_drawing is not False
 
     def status_of(self, c: Connector) -> Status:
         r = self._reserved_for(c)
@@ -241,6 +281,7 @@ class Station:
                       ev_drawing=self._ev_drawing(c))
 
     # ------------------------------------------------------------------ boot and link
+    @_event
     def boot(self, now: datetime) -> list[Action]:
         """After power-up: transactions that were running are stopped (TC_032_2, TC_015)."""
         acts: list[Action] = []
@@ -254,8 +295,11 @@ class Station:
             c.tx = local_id
             log.warning("transaction %s on connector %s was interrupted; stopping it with reason %s",
                         local_id, c.id, reason, extra={"connector": c.id})
-            acts += self._stop_tx(c, reason, None, now, when=parse_ts(tx.get("last_meter_time")) or now,
-                                  meter=tx.get("last_meter_wh", tx["meter_start"]))
+            # The meter keeps counting across a power loss: its register read at boot is the
+            # energy of the transaction (a simulated meter restarts from its persisted register).
+            last = float(tx.get("last_meter_wh", tx["meter_start"]))
+            meter = max(last, float(c.reading.energy_wh)) if self._has_energy(c) else last
+            acts += self._stop_tx(c, reason, None, now, when=parse_ts(tx.get("last_meter_time")) or now, meter=meter)
         if self.hard_reset_pending:
             self.hard_reset_pending = False
             acts.append(Persist([("kv_put", "station", "hard_reset", False)]))
@@ -270,6 +314,7 @@ class Station:
         acts += self._outputs()
         return acts
 
+    @_event
     def link_up(self, now: datetime) -> list[Action]:
         self.online = True
         self.queue.link_restored(now)
@@ -277,9 +322,14 @@ class Station:
             # Reconnect: report statuses that changed while offline (§4.9), then drain.
             acts = self._report_statuses(now)
             return acts + self._pump(now)
-        self.next_boot_at = now
+        # §4.2: after Pending or Rejected the next BootNotification waits for the interval the
+        # CSMS gave, also across a reconnect (many CSMSs close the socket after Rejected).
+        # Only a first connection, or one whose BootNotification was never answered, boots now.
+        if self.next_boot_at is None:
+            self.next_boot_at = now
         return self._maybe_boot(now)
 
+    @_event
     def link_down(self, now: datetime) -> list[Action]:
         self.online = False
         self.boot_in_flight = False
@@ -289,9 +339,9 @@ class Station:
         self.pending_calls.clear()
         self.tx_in_flight = None
         self.queue.link_lost(now)
-        if self.registration != "Accepted":
-            self.registration = "None"
-        return acts
+        # Pending and Rejected stand until the next BootNotification.conf (§4.2): while
+        # Rejected, CSMS calls on a new connection are not answered either.
+        return acts + self._settle(now)
 
     def _maybe_boot(self, now: datetime) -> list[Action]:
         if not self.online or self.boot_in_flight or self.registration == "Accepted":
@@ -304,6 +354,7 @@ class Station:
         return self._call("BootNotification", payload, {"kind": "boot"}, force=True)
 
     # ------------------------------------------------------------------ call outcomes
+    @_event
     def call_result(self, ref: int, payload: dict, now: datetime) -> list[Action]:
         ctx = self.pending_calls.pop(ref, None)
         if ctx is None:
@@ -316,6 +367,8 @@ class Station:
             self.pending_calls[ref] = ctx
             return self.call_failed(ref, f"malformed response: {problem}", now)
         kind = ctx["kind"]
+        if kind in ("boot", "heartbeat"):
+            self._compare_clock(payload.get("currentTime"), now)
         if kind == "boot":
             return self._on_boot_conf(payload, now)
         if kind == "tx":
@@ -324,8 +377,9 @@ class Station:
             return self._on_authorize_conf(ctx, payload["idTagInfo"], now)
         return []
 
+    @_event
     def call_failed(self, ref: int, reason: str, now: datetime) -> list[Action]:
-        """A CALLERROR or a response timeout: a failure to process (§3.7.1)."""
+        """A CALLERROR, or a reply the station cannot use: a failure to process (§3.7.1)."""
         ctx = self.pending_calls.pop(ref, None)
         if ctx is None:
             return []
@@ -337,7 +391,35 @@ class Station:
         if kind == "tx":
             return self._on_tx_failed(ctx["entry"], reason, now)
         if kind == "authorize":
-            return self._authorize_unanswered(ctx, now) + self._settle(now)
+            # A connected CSMS that answers with an error has not said yes: fail closed.
+            return self._authorize_refused_by_error(ctx, now) + self._settle(now)
+        return []
+
+    @_event
+    def call_timed_out(self, ref: int, now: datetime) -> list[Action]:
+        """No answer within MessageTimeout on a link that still answers pings.
+
+        Not a failure to process: a transaction message is sent again after the retry
+        interval without counting an attempt (only CALLERRORs count, §3.7.1), so a CSMS
+        that drops one answer never makes the station discard billing data.
+        """
+        ctx = self.pending_calls.pop(ref, None)
+        if ctx is None:
+            return []
+        kind = ctx["kind"]
+        if kind == "tx":
+            self.tx_in_flight = None
+            entry = ctx["entry"]
+            self.queue.unanswered(entry, now, retry_interval=self._key_int("TransactionMessageRetryInterval", 5))
+            log.warning("%s got no answer in time; sending it again at %s (no attempt counted)", entry.action,
+                        entry.next_attempt_at, extra={"ocpp_action": entry.action})
+            return self._settle(now)
+        if kind == "boot":
+            self.boot_in_flight = False
+            self.next_boot_at = now + timedelta(seconds=self.spec.boot_retry_s)
+            return []
+        if kind == "authorize":
+            return self._authorize_refused_by_error(ctx, now) + self._settle(now)
         return []
 
     def _call_aborted(self, ref: int, ctx: dict, now: datetime) -> list[Action]:
@@ -345,6 +427,16 @@ class Station:
         if ctx["kind"] == "authorize":
             return self._authorize_unanswered(ctx, now)
         return []
+
+    def _compare_clock(self, current_time: Any, now: datetime) -> None:
+        """§4.2/§4.6: the CSMS's currentTime SHOULD be used to sync the clock. The station's
+        clock belongs to the OS (NTP), so the core reports a disagreement instead of setting it."""
+        theirs = parse_ts(current_time) if isinstance(current_time, str) else None
+        if theirs is None:
+            return
+        offset = (theirs - now).total_seconds()
+        if abs(offset) > CLOCK_DISAGREEMENT_S:
+            log.warning("station clock differs from the CSMS's currentTime by %+.0f s; check NTP", offset)
 
     def _on_boot_conf(self, payload: dict, now: datetime) -> list[Action]:
         self.boot_in_flight = False
@@ -378,7 +470,10 @@ class Station:
 
     # ------------------------------------------------------------------ timers
     def next_deadline(self) -> datetime | None:
-        times: list[datetime | None] = [self.next_boot_at if self.online else None]
+        """The earliest time ``tick`` has work to do: a function of the state alone.
+        After ``tick(now)`` it is None or later than ``now`` (tests/core: the deadline property)."""
+        # While a BootNotification is unanswered its answer, not a timer, ends the wait.
+        times: list[datetime | None] = [self.next_boot_at if self.online and not self.boot_in_flight else None]
         if self._connected():
             times += [self.next_heartbeat_at, self.queue.next_deadline() if self.tx_in_flight is None else None]
         times.append(self.next_aligned_at)
@@ -393,15 +488,12 @@ class Station:
         if self.held_tag:
             times.append(self.held_tag[1])
         times.append(self.reservations.next_expiry())
-        try:
-            times.append(self.smart.next_change(self._now_hint, self._tx_info()) if hasattr(self, "_now_hint") else None)
-        except Exception:  # noqa: BLE001
-            pass
+        times.append(self.limit_change_at)
         valid = [t for t in times if t is not None]
         return min(valid) if valid else None
 
+    @_event
     def tick(self, now: datetime) -> list[Action]:
-        self._now_hint = now
         acts: list[Action] = []
         acts += self._maybe_boot(now)
         if self._connected() and self.next_heartbeat_at and now >= self.next_heartbeat_at:
@@ -415,7 +507,11 @@ class Station:
                 acts += self._drop_pending(c)
             if c.plug_deadline and now >= c.plug_deadline:
                 c.plug_deadline = None
-                if c.plugged and c.tx is None:
+                if c.plugged and c.tx is None and self._reserved_for(c) is not None:
+                    # Reserved, not Preparing: the wait for identification starts when the
+                    # reservation ends; until then look again after ConnectionTimeOut.
+                    c.plug_deadline = now + timedelta(seconds=self._key_int("ConnectionTimeOut", 60))
+                elif c.plugged and c.tx is None:
                     c.finishing = True  # B6: Preparing -> Finishing (errata 3.20)
         if self.held_tag and now >= self.held_tag[1]:
             self.held_tag = None
@@ -433,7 +529,6 @@ class Station:
 
     def _settle(self, now: datetime) -> list[Action]:
         """After every event: limits, outputs, status notifications, queue."""
-        self._now_hint = now
         self._refresh_limits(now)
         acts = self._outputs()
         acts += self._pump(now)
@@ -474,11 +569,16 @@ class Station:
 
     # ------------------------------------------------------------------ outputs
     def _refresh_limits(self, now: datetime) -> None:
+        self.limit_change_at = None
         try:
             txs = self._tx_info()
             for c in self.connectors.values():
                 c.limit_a, phases = self.smart.limit_at(c.id, now, txs)
                 c.phases = phases or self.spec.phases
+            change = self.smart.next_change(now, txs)
+            # Kept as state, so next_deadline() needs no clock; a change not after `now` would
+            # be a smart-charging bug and must not become a deadline that never passes.
+            self.limit_change_at = change if change is not None and change > now else None
         except Exception:  # noqa: BLE001 - a smart-charging bug must never stop charging control
             log.exception("smart charging limit evaluation failed; charging unconstrained")
 
@@ -489,6 +589,7 @@ class Station:
                     and self.station_fault is None and not self._evse_suspended(c))
             if want != c.relay:
                 c.relay = want
+                c.ev_drawing = None  # to be measured anew behind this contactor state
                 acts.append(SetRelay(c.id, want))
             pilot = self.offered_a(c) if c.tx is not None and want else None
             if pilot != c.pilot:
@@ -616,10 +717,15 @@ class Station:
         if listed is None or info.get("status") is None or listed.get("status") == info.get("status"):
             return []
         log.warning("local list conflict for %s: list %s, CSMS %s", id_tag, listed.get("status"), info.get("status"))
-        payload = {"connectorId": 0, "errorCode": "LocalListConflict", "status": derive_station(
-            self.availability0, self.station_fault)[0], "timestamp": ts(now),
-            "info": f"{id_tag}: list {listed.get('status')}"[:50]}
-        return self._call("StatusNotification", payload, {"kind": "status"})
+        status = derive_station(self.availability0, self.station_fault)
+        payload = {"connectorId": 0, "errorCode": "LocalListConflict", "status": status[0], "timestamp": ts(now),
+                   "info": f"{id_tag}: list {listed.get('status')}"[:50]}
+        acts = self._call("StatusNotification", payload, {"kind": "status"})
+        if acts:
+            # The CSMS now holds connector 0 in LocalListConflict: the next status report
+            # clears it with the real state (NoError), as for any other error code.
+            self.reported0 = (status[0], "LocalListConflict", payload["info"])
+        return acts
 
     def _authorize(self, id_tag: str, ctx: dict) -> list[Action]:
         return self._call("Authorize", {"idTag": id_tag}, dict(ctx, kind="authorize", id_tag=id_tag))
@@ -640,6 +746,16 @@ class Station:
         info = d.info if d.verdict == "accept" else {"status": "Invalid"}
         return self._authorized_outcome(ctx, info, now)
 
+    def _authorize_refused_by_error(self, ctx: dict, now: datetime) -> list[Action]:
+        """Authorize answered with a CALLERROR or an unusable reply by a connected CSMS.
+        Not "offline" (§3.5.4 is for a CP that cannot reach the CSMS): only the local list or
+        a valid cache entry may still authorize the tag; AllowOfflineTxForUnknownId does not."""
+        found = self._lookup(ctx["id_tag"], now)
+        info = found.info if auth.is_valid(found.info) else {"status": "Invalid"}
+        log.warning("Authorize for %s failed at the CSMS; %s", ctx["id_tag"],
+                    "authorized by the " + found.source if auth.is_valid(found.info) else "not authorized")
+        return self._authorized_outcome(ctx, info, now)
+
     def _authorized_outcome(self, ctx: dict, info: dict, now: datetime) -> list[Action]:
         purpose = ctx.get("purpose")
         id_tag = ctx["id_tag"]
@@ -656,7 +772,7 @@ class Station:
         c = self.connectors.get(ctx.get("connector"))
         if c is None:
             return []
-        if c.authorizing == id_tag:
+        if auth.same_tag(c.authorizing, id_tag):
             c.authorizing = None
         if not self._usable(c):
             # The connector faulted, went Unavailable or got a session while we waited (TC_041, §5.2).
@@ -698,6 +814,7 @@ class Station:
         return [Persist([("kv_put", "profiles", "all", self.smart.to_json())])]
 
     # ------------------------------------------------------------------ local events
+    @_event
     def plug(self, cid: int, now: datetime) -> list[Action]:
         c = self.connectors[cid]
         acts: list[Action] = []
@@ -705,7 +822,6 @@ class Station:
             return acts
         c.plugged = True
         c.finishing = False
-        c.ev.energy_at_plug = self._energy(c)
         acts.append(Persist(self._plug_ops()))
         if c.tx is not None and c.ev_disconnected:
             c.ev_disconnected = False  # the EV came back; the transaction resumes
@@ -741,6 +857,7 @@ class Station:
     def _plug_ops(self) -> list[tuple]:
         return [("kv_put", "station", "plugged", {str(c.id): c.plugged for c in self.connectors.values()})]
 
+    @_event
     def unplug(self, cid: int, now: datetime) -> list[Action]:
         c = self.connectors[cid]
         if not c.plugged:
@@ -760,15 +877,16 @@ class Station:
         acts.append(Persist(self._plug_ops()))
         return acts + self._settle(now)
 
+    @_event
     def tap(self, id_tag: str, now: datetime) -> list[Action]:
         """A card on the shared reader (see docs/station-behaviour.md for the routing rule)."""
         # 1. The tag that started a transaction stops it, without Authorize (§3.4, §4.1).
         for c in self.connectors.values():
-            if c.tx is not None and self.txs[c.tx]["id_tag"] == id_tag:
+            if c.tx is not None and auth.same_tag(self.txs[c.tx]["id_tag"], id_tag):
                 return self._stop_tx(c, "Local", id_tag, now) + self._settle(now)
         # 2. Presenting an authorized-but-unplugged tag again cancels it (TC_061 "swipe again").
         for c in self.connectors.values():
-            if c.pending is not None and c.pending.id_tag == id_tag and not c.pending.remote:
+            if c.pending is not None and auth.same_tag(c.pending.id_tag, id_tag) and not c.pending.remote:
                 return self._drop_pending(c) + self._settle(now)
         # 3. A tag with the same parentIdTag may stop (TC_069). Only possible when the
         #    running transaction's parent is known; else it cannot match (TC_068: no Authorize).
@@ -835,6 +953,7 @@ class Station:
         log.info("identifier %s refused locally", id_tag, extra={"connector": c.id})
         return []
 
+    @_event
     def fault(self, cid: int, code: str, info: str | None, now: datetime) -> list[Action]:
         acts: list[Action] = []
         if cid == 0:
@@ -861,6 +980,7 @@ class Station:
             acts.append(Persist(self.reservations.remove(res.reservation_id)))
         return acts
 
+    @_event
     def clear_fault(self, cid: int, now: datetime) -> list[Action]:
         if cid == 0:
             self.station_fault = None
@@ -868,14 +988,7 @@ class Station:
             self.connectors[cid].fault = None
         return self._settle(now)
 
-    def ev_update(self, cid: int, suspended: bool | None, max_power_w: float | None, now: datetime) -> list[Action]:
-        c = self.connectors[cid]
-        if suspended is not None:
-            c.ev.suspended = suspended
-        if max_power_w is not None:
-            c.ev.max_power_w = max_power_w
-        return self._settle(now)
-
+    @_event
     def meter_reading(self, cid: int, reading: Any, now: datetime) -> list[Action]:
         c = self.connectors[cid]
         acts: list[Action] = []
@@ -883,8 +996,33 @@ class Station:
             log.info("connector %s: meter answers again", cid, extra={"connector": cid})
             c.meter_error = None
         c.reading = reading
+        if c.relay:
+            power = getattr(reading, "power_w", None)
+            if power is not None:
+                c.ev_drawing = float(power) >= EV_DRAWING_MIN_W
+        acts += self._persist_energy(c, now)
         return acts + self._settle(now)
 
+    def _persist_energy(self, c: Connector, now: datetime) -> list[Action]:
+        """Keep the register of a running transaction on disk at least every sample interval
+        (ENERGY_PERSIST_MAX_S at most), so a power loss bills what was delivered."""
+        if c.tx is None or not self._has_energy(c):
+            return []
+        tx = self.txs[c.tx]
+        energy = int(round(float(c.reading.energy_wh)))
+        if energy <= tx.get("last_meter_wh", 0):
+            return []
+        interval = self._key_int("MeterValueSampleInterval", 0)
+        every = min(interval, ENERGY_PERSIST_MAX_S) if interval > 0 else ENERGY_PERSIST_MAX_S
+        saved = self.energy_saved_at.get(c.id)
+        if saved is not None and now - saved < timedelta(seconds=every):
+            return []
+        self.energy_saved_at[c.id] = now
+        tx["last_meter_wh"] = energy
+        tx["last_meter_time"] = ts(now)
+        return [Persist([("tx_put", tx["local_id"], tx)] + self._floor_ops(c, energy))]
+
+    @_event
     def meter_failed(self, cid: int, error: str, now: datetime) -> list[Action]:
         """The meter stopped answering: report PowerMeterFailure, keep the last good register for billing."""
         c = self.connectors[cid]
@@ -898,6 +1036,11 @@ class Station:
                   now: datetime) -> list[Action]:
         c.plug_deadline = None
         c.finishing = False
+        if reservation_id is not None and reservation_id not in self.reservations.items:
+            # Authorized while the reservation stood, started after it was cancelled or
+            # expired: the transaction no longer ends it, so ST.req must not name it (§4.8).
+            log.info("reservation %s ended before the cable came; starting without it", reservation_id)
+            reservation_id = None
         local_id = self.next_local_id
         self.next_local_id += 1
         meter = self._energy(c)
@@ -929,6 +1072,7 @@ class Station:
         interval = self._key_int("MeterValueSampleInterval", 0)
         if interval > 0:
             self.sample_at[c.id] = now + timedelta(seconds=interval)
+        self.energy_saved_at[c.id] = now
         log.info("transaction %s started on connector %s for %s", local_id, c.id, id_tag,
                  extra={"connector": c.id})
         # Persist first: the contactor closes only after this is on disk (issue 3).
@@ -952,9 +1096,12 @@ class Station:
                 data.append(end)
         data = self._trim(data)
         payload = {"meterStop": meter_stop, "timestamp": ts(when), "reason": reason}
-        stop_tag = id_tag or tx["id_tag"]
-        if stop_tag:
-            payload["idTag"] = stop_tag  # §6.49: SHALL send the idTag if known
+        # §6.49: idTag is "the identifier which requested to stop the charging". Only a card
+        # presented at the station does; a remote stop, a reset, a power loss or an EV that
+        # leaves has none, and sending the start tag would feed the cache a tag nobody showed.
+        stop_tag = id_tag
+        if stop_tag is not None:
+            payload["idTag"] = stop_tag
         if data:
             payload["transactionData"] = data
         tx.update(stopped=True, stop_time=ts(when), meter_stop=meter_stop, stop_reason=reason,
@@ -969,7 +1116,8 @@ class Station:
         acts: list[Action] = []
         if c.relay:
             c.relay = False
-            acts.append(SetRelay(c.id, False))  # open first: safety does not wait for the disk
+            c.ev_drawing = None
+            acts.append(SetRelay(c.id, False))  # opens before the commit (twin.core.effects)
         acts.append(Persist(ops))
         try:
             self.smart.on_transaction_end(c.id)
@@ -1041,10 +1189,17 @@ class Station:
         values = reading_values(c.reading, offered, offered * self.spec.voltage * c.phases)
         if c.reading is None:
             values["Energy.Active.Import.Register"] = self._energy(c)
-        soc = self.ev_soc(c.id)
-        if soc is not None and "SoC" not in values:
-            values["SoC"] = soc
-        return values
+        return values  # SoC only when the meter measures it (reading.soc_percent)
+
+    def station_meter_value(self, context: str, when: datetime) -> dict | None:
+        """The whole station as one meter (connector 0): the sum of what adds up over the
+        connectors (energy, power, current), of the MeterValuesSampledData measurands."""
+        total: dict[str, float] = {}
+        for c in self.connectors.values():
+            for name, value in self._values(c).items():
+                if name.startswith(("Energy.", "Power.", "Current.")):
+                    total[name] = total.get(name, 0.0) + value
+        return self._meter_value(total, self._key_list("MeterValuesSampledData"), context, when)
 
     def _meter_value(self, values: dict, measurands: list[str], context: str, when: datetime) -> dict | None:
         sv = sampled_values(values, measurands, context)
@@ -1101,14 +1256,17 @@ class Station:
         return [Persist(ops)]
 
     # ------------------------------------------------------------------ firmware adapter hooks
+    @_event
     def send_firmware_status(self, status: str, now: datetime) -> list[Action]:
         self.firmware_status = status
         return self._call("FirmwareStatusNotification", {"status": status}, {"kind": "fw"})
 
+    @_event
     def send_diagnostics_status(self, status: str, now: datetime) -> list[Action]:
         self.diagnostics_status = status
         return self._call("DiagnosticsStatusNotification", {"status": status}, {"kind": "diag"})
 
+    @_event
     def set_maintenance(self, on: bool, now: datetime) -> list[Action]:
         """While a firmware update waits to install, idle connectors are Unavailable and
         take no new transaction (errata 3.47-3.49). Not persisted: a restart ends it."""
@@ -1120,6 +1278,7 @@ class Station:
                     acts += self._drop_pending(c)
         return acts + self._settle(now)
 
+    @_event
     def outputs_reset(self, now: datetime) -> list[Action]:
         """Something outside the core opened the contactors (the loop watchdog): forget what
         we commanded so the next settle drives every output again."""
@@ -1128,10 +1287,69 @@ class Station:
             c.pilot = None
         return self._settle(now)
 
+    @_event
+    def storage_failed(self, now: datetime) -> list[Action]:
+        """The store could not save an event's data (disk full, I/O error). Charging on data
+        a power cut would lose is not allowed: fault the station, which stops every session
+        and refuses new ones, until the held data is on disk again."""
+        if self.station_fault is not None:
+            return []
+        log.critical("storage failure: faulting the station until the data is saved")
+        return self.fault(0, *STORAGE_FAULT, now)
+
+    @_event
+    def storage_recovered(self, now: datetime) -> list[Action]:
+        if self.station_fault != STORAGE_FAULT:
+            return []
+        log.warning("store writable again; clearing the storage fault")
+        return self.clear_fault(0, now)
+
+    @_event
+    def clock_stepped(self, delta_s: float, now: datetime) -> list[Action]:
+        """The wall clock was stepped by ``delta_s`` (NTP sync on a Pi without an RTC, a manual
+        set). Interval timers keep the time they had left; absolute ones (reservation expiry,
+        clock-aligned data, charging schedules) stay on the wall clock, where the CSMS put them."""
+        delta = timedelta(seconds=delta_s)
+
+        def shift(t: datetime | None) -> datetime | None:
+            return t + delta if t is not None else None
+
+        self.next_boot_at = shift(self.next_boot_at)
+        self.next_heartbeat_at = shift(self.next_heartbeat_at)
+        self.sample_at = {cid: t + delta for cid, t in self.sample_at.items()}
+        self.queue.shift(delta)
+        for c in self.connectors.values():
+            c.plug_deadline = shift(c.plug_deadline)
+            if c.pending is not None:
+                c.pending.deadline = c.pending.deadline + delta
+            if c.since is not None:
+                c.since = c.since + delta  # MinimumStatusDuration counts elapsed time
+        if self.held_tag is not None:
+            self.held_tag = (self.held_tag[0], self.held_tag[1] + delta)
+        self._schedule_aligned(now)
+        return self._settle(now)
+
+    @_event
+    def stop_all(self, reason: str, now: datetime) -> list[Action]:
+        """A graceful stop of the station (SIGTERM, Soft reset): every transaction ends with
+        ``reason`` and every contactor opens before the process goes (§5.14 Soft reset)."""
+        acts: list[Action] = []
+        for c in self.connectors.values():
+            if c.tx is not None:
+                acts += self._stop_tx(c, reason, None, now)
+        return acts + self._settle(now)
+
+    @_event
+    def transfer_status(self, firmware: str, diagnostics: str, now: datetime) -> list[Action]:
+        """The firmware service's current statuses, for TriggerMessage (§4.4, §4.5); sends nothing."""
+        self.firmware_status, self.diagnostics_status = firmware, diagnostics
+        return []
+
     def active_transactions(self) -> int:
         return sum(1 for c in self.connectors.values() if c.tx is not None)
 
     # ------------------------------------------------------------------ CSMS calls
+    @_event
     def csms_call(self, unique_id: str, action: str, payload: dict, now: datetime) -> list[Action]:
         if self.registration == "Rejected":
             return []  # §4.2: while Rejected the CP does not answer CSMS calls
@@ -1167,8 +1385,7 @@ class Station:
                 "energyWh": round(self._energy(c), 1),
                 "limitA": c.limit_a, "offeredA": self.offered_a(c) if c.tx is not None else None,
                 "availability": c.availability, "scheduledAvailability": c.scheduled,
-                "soc": round(s, 1) if (s := self.ev_soc(c.id)) is not None else None,
-                "ev": {"suspended": c.ev.suspended, "maxPowerW": c.ev.max_power_w},
+                "soc": round(s, 1) if (s := getattr(reading, "soc_percent", None)) is not None else None,
                 "reservation": (r.to_record() if (r := self._reserved_for(c)) else None),
                 "pendingIdTag": c.pending.id_tag if c.pending else None,
             })

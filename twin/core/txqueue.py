@@ -115,6 +115,18 @@ class TxQueue:
         entry.next_attempt_at = now + timedelta(seconds=retry_interval * entry.attempts)
         return False, [("q_put", entry.seq, entry.to_record())]
 
+    def unanswered(self, entry: Entry, now: datetime, *, retry_interval: int) -> None:
+        """No answer on a link that is still alive: not a failure to process (§3.7.1 counts
+        CALLERRORs), so no attempt is counted; send it again after the retry interval."""
+        entry.in_flight = False
+        entry.next_attempt_at = now + timedelta(seconds=max(1, retry_interval))
+
+    def shift(self, delta: timedelta) -> None:
+        """The wall clock was stepped: retry times keep the wait they had left."""
+        for entry in self.entries:
+            if entry.next_attempt_at is not None:
+                entry.next_attempt_at += delta
+
     def link_lost(self, now: datetime) -> None:
         """Offline pauses the clock and the attempt count (a lost link is not a failure to process)."""
         for entry in self.entries:
