@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +48,9 @@ def https_server(tls: TlsFiles) -> Iterator[HttpServer]:
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 256 KiB tmpfs: writing more gives a real ENOSPC. Needs root (CI and the dev
-    machines run as root); a plain error says so otherwise."""
+    machines run as root); a normal user's run skips these tests and says why."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: mounts a tmpfs for a real ENOSPC; run the suite as root, as CI does")
     mount_point = tmp_path / "tiny-disk"
     mount_point.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
@@ -91,3 +96,26 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
     out = root / "out"
     good = {v: build_bundle(source, v, out) for v in ("1.11", "1.12", "1.13")}
     return Bundles(source, good, build_bundle(broken, "1.19", out))
+
+
+def paused_python(directory: Path, name: str) -> tuple[str, Path, Path]:
+    """A "python" for the import test that says when it starts and waits for a go file:
+    the test decides what happens while an install is in its import test."""
+    started, go = directory / f"{name}.started", directory / f"{name}.go"
+    script = directory / f"{name}.sh"
+    script.write_text(f"#!/bin/sh\ntouch '{started}'\n"
+                      f"i=0; while [ ! -e '{go}' ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done\n"
+                      f"exec '{sys.executable}' \"$@\"\n")
+    script.chmod(0o755)
+    return str(script), started, go
+
+
+def wait_for(path: Path) -> None:
+    deadline = time.monotonic() + 30
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.02)
+
+
+def staging_dirs(data_dir: Path) -> list[str]:
+    return sorted(p.name for p in (data_dir / "firmware" / "slots").iterdir() if p.name.startswith(".staging-"))

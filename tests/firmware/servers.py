@@ -67,17 +67,24 @@ class FtpServer:
 
 
 class HttpServer:
-    """http.server on 127.0.0.1 (optionally TLS).
+    """http.server on ``host`` (127.0.0.1 unless told; optionally TLS).
 
-    GET serves ``files``; ``/truncated/<name>`` announces the full length and sends half.
-    PUT and POST store what arrives in ``received`` (path -> (headers, body)). With
+    GET serves ``files``; ``/truncated/<name>`` announces the full length and sends half;
+    ``/unsized/<name>`` sends the file without a Content-Length (the end is the close).
+    ``redirects`` maps a path to (status, Location) and is answered for any method.
+    PUT and POST store what arrives in ``received`` (path -> (headers, body)). Every
+    request is recorded in ``requests`` as (method, path, headers). With
     ``credentials`` set every request needs that Basic auth, else 401.
     """
 
-    def __init__(self, tls: TlsFiles | None = None, credentials: tuple[str, str] | None = None) -> None:
+    def __init__(self, tls: TlsFiles | None = None, credentials: tuple[str, str] | None = None,
+                 host: str = "127.0.0.1") -> None:
         self.files: dict[str, bytes] = {}
+        self.redirects: dict[str, tuple[int, str]] = {}
         self.received: dict[str, tuple[dict[str, str], bytes]] = {}
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.credentials = credentials
+        self.host = host
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -85,6 +92,7 @@ class HttpServer:
                 pass  # keep test output clean
 
             def _authorized(self) -> bool:
+                outer.requests.append((self.command, self.path, dict(self.headers.items())))
                 if outer.credentials is None:
                     return True
                 expected = "Basic " + base64.b64encode(":".join(outer.credentials).encode()).decode()
@@ -96,8 +104,26 @@ class HttpServer:
                 self.end_headers()
                 return False
 
+            def _redirected(self) -> bool:
+                if self.path not in outer.redirects:
+                    return False
+                status, location = outer.redirects[self.path]
+                self.send_response(status)
+                self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return True
+
             def do_GET(self) -> None:  # noqa: N802 -- http.server API
-                if not self._authorized():
+                if not self._authorized() or self._redirected():
+                    return
+                if self.path.startswith("/unsized/"):
+                    body = outer.files[self.path[len("/unsized"):]]
+                    self.send_response(200)
+                    self.end_headers()
+                    self.wfile.write(body)
+                    self.wfile.flush()
+                    self.close_connection = True
                     return
                 if self.path.startswith("/truncated/"):
                     body = outer.files[self.path[len("/truncated"):]]
@@ -122,6 +148,8 @@ class HttpServer:
                     return
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
+                if self._redirected():
+                    return
                 outer.received[self.path] = (dict(self.headers.items()), body)
                 self.send_response(201 if self.command == "PUT" else 200)
                 self.send_header("Content-Length", "0")
@@ -130,7 +158,7 @@ class HttpServer:
             do_PUT = _store  # noqa: N815 -- http.server API
             do_POST = _store  # noqa: N815 -- http.server API
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True
         if tls:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -142,7 +170,7 @@ class HttpServer:
                                         name="httpd", daemon=True)
 
     def url(self, path: str, *, userinfo: str = "") -> str:
-        return f"{self.scheme}://{userinfo + '@' if userinfo else ''}127.0.0.1:{self.port}/{path.lstrip('/')}"
+        return f"{self.scheme}://{userinfo + '@' if userinfo else ''}{self.host}:{self.port}/{path.lstrip('/')}"
 
     def __enter__(self) -> HttpServer:
         self._thread.start()

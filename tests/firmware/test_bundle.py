@@ -173,3 +173,49 @@ def test_extra_or_unsafe_members(bundles: Bundles, tmp_path: Path) -> None:
         verify_bundle(write_bundle(tmp_path / "x.tar.gz", {**members, "extra.sh": b"#!/bin/sh\n"}))
     with pytest.raises(BundleError, match="unexpected member '../evil'"):
         verify_bundle(write_bundle(tmp_path / "y.tar.gz", {**members, "../evil": b"x"}))
+
+
+def bundle_with_wheel(path: Path, wheel: bytes, version: str = "1.11") -> Path:
+    wheel_name = f"ocpp_twin-{version}-py3-none-any.whl"
+    manifest = {"format": 1, "name": "ocpp-twin", "version": version, "wheel": wheel_name,
+                "sha256": {wheel_name: hashlib.sha256(wheel).hexdigest()}, "created": "2026-12-01T00:00:00Z"}
+    return write_bundle(path, {"manifest.json": json.dumps(manifest).encode(), wheel_name: wheel})
+
+
+def zip_of_zeros(sizes: dict[str, int]) -> bytes:
+    """A zip whose members are runs of zero bytes: deflate shrinks them about 1000:1."""
+    buf = io.BytesIO()
+    chunk = bytes(1024 * 1024)
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, size in sizes.items():
+            info = zipfile.ZipInfo(name)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as member:
+                for _ in range(size // len(chunk)):
+                    member.write(chunk)
+    return buf.getvalue()
+
+
+def test_zip_bomb_in_the_wheel_is_refused_before_it_is_inflated(tmp_path: Path) -> None:
+    mib = 1024 * 1024
+    wheel = zip_of_zeros({"twin/__init__.py": 0, "twin/huge.bin": 200 * mib})
+    assert len(wheel) < mib  # a small download...
+    bundle = bundle_with_wheel(tmp_path / "bomb.tar.gz", wheel)
+    with pytest.raises(BundleError, match=rf"twin/huge.bin inflates to {200 * mib} bytes, over the 16 MiB"):
+        verify_bundle(bundle)  # ...that would inflate to 200 MiB in memory
+    with pytest.raises(BundleError, match="inflates to"):
+        unpack_bundle(bundle, tmp_path / "slot")
+    assert not (tmp_path / "slot").exists()
+    # Many files each under the per-file limit: the total is bounded too.
+    many = bundle_with_wheel(tmp_path / "many.tar.gz", zip_of_zeros({f"twin/f{i}.bin": 15 * mib for i in range(5)}))
+    with pytest.raises(BundleError, match="the wheel inflates to more than 64 MiB"):
+        verify_bundle(many)
+
+
+def test_gzip_bomb_in_the_bundle_is_refused(tmp_path: Path) -> None:
+    # Each tar member is under the per-member limit; together they are not.
+    zeros = bytes(40 * 1024 * 1024)
+    bundle = write_bundle(tmp_path / "bomb.tar.gz", {"manifest.json": zeros, "ocpp_twin-1.11-py3-none-any.whl": zeros})
+    assert bundle.stat().st_size < 1024 * 1024
+    with pytest.raises(BundleError, match="too large or too many members"):
+        verify_bundle(bundle)

@@ -9,14 +9,18 @@ import base64
 import io
 import json
 import os
+import shutil
 import tarfile
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
-from tests.firmware.conftest import Bundles
+from tests.firmware.certs import TlsFiles
+from tests.firmware.conftest import Bundles, paused_python, staging_dirs, wait_for
 from tests.firmware.servers import FTP_PASSWORD, FtpServer, HttpServer, multipart_file
 from twin.firmware import slots
 from twin.firmware.service import FirmwareService
@@ -60,6 +64,9 @@ class Hooks:
 
     async def wait_until_idle(self) -> None:
         self.events.append("wait_until_idle")
+
+    async def end_maintenance(self) -> None:
+        self.events.append("end_maintenance")
 
     async def restart(self) -> None:
         # Like the runtime: a clean shutdown, which closes the firmware service from
@@ -135,7 +142,7 @@ async def test_tc_044_2_download_failed(service: FirmwareService, hooks: Hooks, 
                                         tmp_path: Path) -> None:
     service.update_firmware(ftp_server.url("download_fail.fwi", user=None), T0, retries=0, retry_interval=0)
     await service.wait_finished()
-    assert hooks.events == ["FSN Downloading", "FSN DownloadFailed"]
+    assert hooks.events == ["FSN Downloading", "FSN DownloadFailed", "end_maintenance"]
     assert service.firmware_status == "Idle" and service.progress["firmware"] is None
     assert slots.read_state(tmp_path / "data").active == slots.BASE
 
@@ -146,7 +153,8 @@ async def test_tc_044_3_installation_failed(service: FirmwareService, hooks: Hoo
     service.update_firmware(ftp_server.url("unsupported.fwi"), T0, retries=0, retry_interval=0)
     await service.wait_finished()
     # Verification happens before the connectors are touched: no wait, no restart.
-    assert hooks.events == ["FSN Downloading", "FSN Downloaded", "FSN Installing", "FSN InstallationFailed"]
+    assert hooks.events == ["FSN Downloading", "FSN Downloaded", "FSN Installing", "FSN InstallationFailed",
+                            "end_maintenance"]
     assert slots.read_state(tmp_path / "data").active == slots.BASE
     assert service.firmware_status == "Idle"
 
@@ -156,7 +164,8 @@ async def test_version_that_does_not_import_fails_before_the_connectors_are_touc
     http_server.files["/fw.tar.gz"] = bundles.broken_import.read_bytes()
     service.update_firmware(http_server.url("fw.tar.gz"), T0, retries=0, retry_interval=0)
     await service.wait_finished()
-    assert hooks.events == ["FSN Downloading", "FSN Downloaded", "FSN Installing", "FSN InstallationFailed"]
+    assert hooks.events == ["FSN Downloading", "FSN Downloaded", "FSN Installing", "FSN InstallationFailed",
+                            "end_maintenance"]
 
 
 async def test_retries_are_retry_interval_apart(service: FirmwareService, hooks: Hooks, clock: Clock,
@@ -164,7 +173,7 @@ async def test_retries_are_retry_interval_apart(service: FirmwareService, hooks:
     service.update_firmware(http_server.url("fw.tar.gz"), T0, retries=2, retry_interval=7)
     await service.wait_finished()
     assert clock.sleeps == [7, 7]  # three attempts
-    assert hooks.events == ["FSN Downloading", "FSN DownloadFailed"]
+    assert hooks.events == ["FSN Downloading", "FSN DownloadFailed", "end_maintenance"]
 
 
 async def test_a_retry_that_succeeds(service: FirmwareService, hooks: Hooks, clock: Clock,
@@ -198,9 +207,11 @@ async def test_retrieve_date_is_waited_for_and_survives_a_restart(
     assert clock.sleeps == [3600.0]  # waiting in one-hour slices until retrieveDate
     assert hooks.events == [] and first.firmware_status == "Idle"  # scheduled is not "in progress"
     await first.close()  # the station stops
+    assert hooks.events == ["end_maintenance"]  # every attempt that ends without a restart
     job = json.loads((tmp_path / "data/firmware/update.json").read_text())
     assert job["retrieve_date"] == "2026-11-24T14:00:00+00:00" and job["retries"] == 2  # the default
 
+    hooks.events.clear()
     clock.sleeps.clear()
     second = make_service(tmp_path, hooks, clock, log_dir)
     await second.resume()
@@ -247,7 +258,7 @@ async def test_hook_failures_do_not_stop_the_sequence(service: FirmwareService, 
     hooks.send_firmware_status = offline  # type: ignore[method-assign]
     service.update_firmware(ftp_server.url("missing.bin"), T0, retries=0, retry_interval=0)
     await service.wait_finished()
-    assert hooks.events == ["FSN Downloading", "FSN DownloadFailed"]
+    assert hooks.events == ["FSN Downloading", "FSN DownloadFailed", "end_maintenance"]
 
 
 async def test_download_to_a_full_disk_fails_cleanly(tiny_disk: Path, hooks: Hooks, clock: Clock, log_dir: Path,
@@ -256,8 +267,197 @@ async def test_download_to_a_full_disk_fails_cleanly(tiny_disk: Path, hooks: Hoo
     service = FirmwareService(tiny_disk, hooks, log_files=list, clock=clock, sleep=clock.sleep)
     service.update_firmware(http_server.url("fw.tar.gz"), T0, retries=1, retry_interval=1)
     await service.wait_finished()
-    assert hooks.events == ["FSN Downloading", "FSN DownloadFailed"]
+    assert hooks.events == ["FSN Downloading", "FSN DownloadFailed", "end_maintenance"]
     assert "disk full while writing" in caplog.text
+
+
+async def until(condition: Any, what: str, timeout: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"never happened: {what}"
+        await asyncio.sleep(0.01)
+
+
+FAILED_INSTALL = ["FSN Downloading", "FSN Downloaded", "FSN Installing", "FSN InstallationFailed", "end_maintenance"]
+
+
+@pytest.mark.parametrize("crafted_path", [
+    "{absolute}",                      # %2Ftmp%2F...%2Fvictim.txt: an absolute path
+    "..%2F..%2F..%2Fvictim.txt",      # from data/firmware/download/ up to the victim
+    "fw%2F..%2F..%2F..%2F..%2Fvictim.txt",
+])
+async def test_the_location_never_names_the_local_file(tmp_path: Path, hooks: Hooks, clock: Clock, log_dir: Path,
+                                                       http_server: HttpServer, crafted_path: str) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the live store")
+    path = "/" + crafted_path.format(absolute=quote(str(victim), safe=""))
+    http_server.files[path] = b"attacker bytes, not a bundle"
+    service = make_service(tmp_path, hooks, clock, log_dir)
+    service.update_firmware(f"http://127.0.0.1:{http_server.port}{path}", T0, retries=0, retry_interval=0)
+    await service.wait_finished()
+    assert victim.read_text() == "the live store"  # not overwritten, then not deleted
+    assert [p for _, p, _ in http_server.requests] == [path]  # the file was served, downloaded ...
+    assert hooks.events == FAILED_INSTALL  # ... refused as a bundle, and deleted from download/
+    assert list((tmp_path / "data" / "firmware" / "download").iterdir()) == []
+
+
+async def test_a_download_dir_that_leads_outside_is_refused(tmp_path: Path, hooks: Hooks, clock: Clock,
+                                                           log_dir: Path, http_server: HttpServer,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "data" / "firmware").mkdir(parents=True)
+    (tmp_path / "data" / "firmware" / "download").symlink_to(elsewhere)
+    http_server.files["/fw.tar.gz"] = b"x"
+    service = make_service(tmp_path, hooks, clock, log_dir)
+    service.update_firmware(http_server.url("fw.tar.gz"), T0, retries=0, retry_interval=0)
+    await service.wait_finished()
+    assert hooks.events == ["FSN Downloading", "FSN DownloadFailed", "end_maintenance"]
+    assert "outside" in caplog.text and http_server.requests == []
+    assert list(elsewhere.iterdir()) == []
+
+
+async def test_a_download_over_the_size_cap_fails_and_leaves_nothing(
+        tmp_path: Path, hooks: Hooks, clock: Clock, log_dir: Path, http_server: HttpServer,
+        caplog: pytest.LogCaptureFixture) -> None:
+    http_server.files["/fw.tar.gz"] = os.urandom(1024 * 1024 + 1)
+    service = make_service(tmp_path, hooks, clock, log_dir, settings=FirmwareSettings(max_download_mib=1))
+    for path in ("fw.tar.gz", "unsized/fw.tar.gz"):  # with and without a Content-Length
+        hooks.events.clear()
+        service.update_firmware(http_server.url(path), T0, retries=0, retry_interval=0)
+        await service.wait_finished()
+        assert hooks.events == ["FSN Downloading", "FSN DownloadFailed", "end_maintenance"]
+        assert list((tmp_path / "data" / "firmware" / "download").iterdir()) == []
+    assert "over the limit of 1 MiB" in caplog.text and "sent more than the limit of 1 MiB" in caplog.text
+
+
+async def test_an_https_to_http_redirect_fails_the_download(tmp_path: Path, hooks: Hooks, clock: Clock,
+                                                            log_dir: Path, tls: TlsFiles, https_server: HttpServer,
+                                                            http_server: HttpServer, bundles: Bundles,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    http_server.files["/fw.tar.gz"] = bundles.good["1.11"].read_bytes()
+    https_server.redirects["/fw.tar.gz"] = (302, http_server.url("fw.tar.gz"))
+    service = make_service(tmp_path, hooks, clock, log_dir, settings=FirmwareSettings(ca_file=tls.ca_file))
+    service.update_firmware(https_server.url("fw.tar.gz"), T0, retries=0, retry_interval=0)
+    await service.wait_finished()
+    assert hooks.events == ["FSN Downloading", "FSN DownloadFailed", "end_maintenance"]
+    assert "refused: it goes from https down to plain http" in caplog.text
+    assert http_server.requests == []
+
+
+async def test_a_replaced_update_gives_the_connectors_back(tmp_path: Path, hooks: Hooks, clock: Clock,
+                                                           log_dir: Path, http_server: HttpServer,
+                                                           bundles: Bundles) -> None:
+    http_server.files["/fw.tar.gz"] = bundles.good["1.11"].read_bytes()
+    long_transaction = asyncio.Event()  # never ends
+
+    async def wait_for_the_transaction() -> None:
+        hooks.events.append("wait_until_idle")
+        await long_transaction.wait()
+
+    hooks.wait_until_idle = wait_for_the_transaction  # type: ignore[method-assign]
+    service = make_service(tmp_path, hooks, clock, log_dir)
+    service.update_firmware(http_server.url("fw.tar.gz"), T0, retries=0, retry_interval=0)
+    await until(lambda: "wait_until_idle" in hooks.events, "update #1 waits for the station to be idle")
+    # The CSMS corrects the URL; the correction does not download.
+    service.update_firmware(http_server.url("corrected.tar.gz"), T0, retries=0, retry_interval=0)
+    await service.wait_finished()
+    assert hooks.events == ["FSN Downloading", "FSN Downloaded", "FSN Installing", "wait_until_idle",
+                            "end_maintenance",  # update #1 was replaced
+                            "FSN Downloading", "FSN DownloadFailed", "end_maintenance"]
+    assert service.firmware_status == "Idle"
+    assert slots.read_state(tmp_path / "data").active == slots.BASE
+    assert not (tmp_path / "data/firmware/update.json").exists()
+
+
+async def test_a_replaced_install_leaves_the_slots_alone(tmp_path: Path, hooks: Hooks, clock: Clock,
+                                                         log_dir: Path, http_server: HttpServer,
+                                                         bundles: Bundles) -> None:
+    python, started, go = paused_python(tmp_path, "import-test")
+    http_server.files["/fw.tar.gz"] = bundles.good["1.11"].read_bytes()
+    service = make_service(tmp_path, hooks, clock, log_dir, python=python)
+    service.update_firmware(http_server.url("fw.tar.gz"), T0, retries=0, retry_interval=0)
+    await asyncio.to_thread(wait_for, started)  # update #1 is in its import test, in a worker thread
+    service.update_firmware(http_server.url("missing.tar.gz"), T0, retries=0, retry_interval=0)
+    await service.wait_finished()
+    assert hooks.events == ["FSN Downloading", "FSN Downloaded", "FSN Installing", "end_maintenance",
+                            "FSN Downloading", "FSN DownloadFailed", "end_maintenance"]
+    go.touch()  # update #1's worker goes on after its task was cancelled
+    data = tmp_path / "data"
+    await until(lambda: staging_dirs(data) == [], "the replaced install removes its staging directory")
+    assert sorted(p.name for p in (data / "firmware" / "slots").iterdir()) == []  # and installs nothing
+    assert list((data / "firmware" / "download").iterdir()) == []
+
+
+async def test_requests_are_persisted_in_the_order_they_arrive(service: FirmwareService,
+                                                               http_server: HttpServer) -> None:
+    later = T0 + timedelta(days=1000)
+    first = service.update_firmware(http_server.url("old.tar.gz"), later, retries=0, retry_interval=0)
+    second = service.update_firmware(http_server.url("new.tar.gz"), later, retries=0, retry_interval=0)
+    await asyncio.gather(first, second)
+    job = json.loads((service.data_dir / "firmware" / "update.json").read_text())
+    assert job["location"] == http_server.url("new.tar.gz")
+
+
+async def test_an_update_that_arrives_while_restarting_runs_after_the_restart(
+        tmp_path: Path, hooks: Hooks, clock: Clock, log_dir: Path, http_server: HttpServer, bundles: Bundles) -> None:
+    http_server.files["/a.tar.gz"] = bundles.good["1.11"].read_bytes()
+    http_server.files["/b.tar.gz"] = bundles.good["1.12"].read_bytes()
+    service = make_service(tmp_path, hooks, clock, log_dir)
+    restart = hooks.restart
+
+    async def a_request_arrives_during_the_restart() -> None:
+        await service.update_firmware(http_server.url("b.tar.gz"), T0, retries=0, retry_interval=0)
+        await restart()
+
+    hooks.restart = a_request_arrives_during_the_restart  # type: ignore[method-assign]
+    service.update_firmware(http_server.url("a.tar.gz"), T0, retries=0, retry_interval=0)
+    await service.wait_finished()
+    assert hooks.events == ["FSN Downloading", "FSN Downloaded", "FSN Installing", "wait_until_idle", "restart"]
+    data = tmp_path / "data"
+    assert slots.read_state(data).active == "1.11"  # the switch was not undone
+    assert json.loads((data / "firmware/update.json").read_text())["location"] == http_server.url("b.tar.gz")
+
+    hooks.events.clear()
+    hooks.restart = restart  # type: ignore[method-assign]
+    after_restart = make_service(tmp_path, hooks, clock, log_dir)
+    assert slots.mark_boot_ok(data, "1.11")
+    await after_restart.resume()
+    await after_restart.wait_finished()
+    assert hooks.events == ["FSN Downloading", "FSN Downloaded", "FSN Installing", "wait_until_idle", "restart"]
+    assert slots.read_state(data).active == "1.12"
+
+
+async def test_disk_work_stays_off_the_event_loop(service: FirmwareService, hooks: Hooks, http_server: HttpServer,
+                                                  ftp_server: FtpServer, bundles: Bundles,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    loop_thread = threading.current_thread()
+    on_the_loop: list[str] = []
+    called: set[str] = set()
+
+    def spy(owner: Any, name: str) -> None:
+        real = getattr(owner, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            called.add(name)
+            if threading.current_thread() is loop_thread:
+                on_the_loop.append(name)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, wrapper)
+
+    for name in ("install_slot", "switch_to_trial", "write_json_atomic", "read_state"):
+        spy(slots, name)
+    spy(os, "fsync")
+    spy(shutil, "rmtree")
+    http_server.files["/fw.tar.gz"] = bundles.good["1.11"].read_bytes()
+    service.update_firmware(http_server.url("fw.tar.gz"), T0, retries=0, retry_interval=0)
+    await service.wait_finished()
+    service.get_diagnostics(ftp_server.url("files/"), 0, 0, None, None)
+    await service.wait_finished()
+    assert on_the_loop == []
+    assert hooks.events[-3:] == ["restart", "DSN Uploading", "DSN Uploaded"]
+    assert called == {"install_slot", "switch_to_trial", "write_json_atomic", "read_state", "fsync", "rmtree"}
 
 
 # -- GetDiagnostics ---------------------------------------------------------------------

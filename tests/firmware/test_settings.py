@@ -13,6 +13,8 @@ def test_defaults_and_table() -> None:
                                      "default_retries": 0})
     assert (s.boot_timeout_s, s.ca_file, s.diagnostics_http_method, s.default_retries) == (5.0, Path("/etc/ca.pem"),
                                                                                           "POST", 0)
+    assert FirmwareSettings().max_download_bytes == 256 * 1024 * 1024
+    assert FirmwareSettings.from_table({"max_download_mib": 8}).max_download_bytes == 8 * 1024 * 1024
 
 
 @pytest.mark.parametrize("table, message", [
@@ -21,6 +23,9 @@ def test_defaults_and_table() -> None:
     ({"default_retries": -1}, "default_retries must be an integer >= 0"),
     ({"diagnostics_http_method": "PATCH"}, "must be PUT or POST"),
     ({"bot_timeout_s": 3}, "unknown key"),
+    ({"max_download_mib": 0}, "max_download_mib must be a whole number of MiB >= 1"),
+    ({"max_download_mib": 1.5}, "max_download_mib"),
+    ({"max_download_mib": "256"}, "max_download_mib"),
 ])
 def test_bad_values(table: dict, message: str) -> None:
     with pytest.raises(SettingsError, match=message):

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 
-from tests.firmware.conftest import Bundles
+from tests.firmware.conftest import Bundles, paused_python, staging_dirs, wait_for
 from twin.firmware import slots
 from twin.firmware.bundle import BundleError
 
@@ -128,3 +133,72 @@ def test_station_calls_never_raise_on_a_broken_data_dir(tmp_path: Path) -> None:
     not_a_dir.write_text("x")
     assert slots.mark_boot_ok(not_a_dir, "1.11") is False
     assert slots.pending_report(not_a_dir) is None
+
+
+def test_overlapping_installs_do_not_share_a_staging_directory(bundles: Bundles, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    python, started, go = paused_python(tmp_path, "first")
+    results: dict[str, object] = {}
+
+    def install(version: str, **kw: object) -> None:
+        try:
+            results[version] = slots.install_slot(data, bundles.good[version], **kw).version  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 -- reported by the assertion below
+            results[version] = exc
+
+    first = threading.Thread(target=install, args=("1.11",), kwargs={"python": python})
+    first.start()
+    wait_for(started)  # 1.11 is unpacked and in its import test
+    install("1.12")  # a second install runs from start to end meanwhile
+    go.touch()
+    first.join(timeout=30)
+    assert results == {"1.11": "1.11", "1.12": "1.12"}
+    for version in ("1.11", "1.12"):
+        assert f'__version__ = "{version}"' in (data / f"firmware/slots/{version}/twin/__init__.py").read_text()
+    assert staging_dirs(data) == []
+
+
+def test_a_cancelled_install_removes_its_own_staging_only(bundles: Bundles, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    slot_root = data / "firmware" / "slots"
+    live = slot_root / f".staging-{os.getpid()}-another-run"  # an overlapping install's, in use
+    live.mkdir(parents=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    abandoned = slot_root / f".staging-{gone.stdout.strip()}-power-cut"  # its process is gone
+    abandoned.mkdir()
+    python, started, go = paused_python(tmp_path, "cancelled")
+    cancelled = threading.Event()
+    outcome: list[BaseException] = []
+
+    def install() -> None:
+        try:
+            slots.install_slot(data, bundles.good["1.11"], python=python, cancelled=cancelled)
+        except slots.SlotError as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=install)
+    worker.start()
+    wait_for(started)
+    cancelled.set()
+    go.touch()
+    worker.join(timeout=30)
+    assert [str(e) for e in outcome] == ["installing 1.11 was cancelled"]
+    assert not (slot_root / "1.11").exists()  # a cancelled run never touches the slots
+    assert staging_dirs(data) == [live.name]
+
+
+async def test_mark_boot_ok_from_a_worker_thread_while_an_install_runs(bundles: Bundles, tmp_path: Path) -> None:
+    # What the runtime does after BootNotification Accepted, while an early UpdateFirmware installs.
+    data = tmp_path / "data"
+    slots.install_slot(data, bundles.good["1.11"])
+    slots.switch_to_trial(data, "1.11")
+    python, started, go = paused_python(tmp_path, "install")
+    installing = asyncio.create_task(asyncio.to_thread(slots.install_slot, data, bundles.good["1.12"], python=python))
+    await asyncio.to_thread(wait_for, started)
+    assert await asyncio.to_thread(slots.mark_boot_ok, data, "1.11")
+    assert len(staging_dirs(data)) == 1  # the install in progress keeps its staging directory
+    go.touch()
+    assert (await installing).version == "1.12"
+    assert slot_dirs(data) == ["1.11", "1.12"]
+    assert await asyncio.to_thread(slots.pending_report, data) == slots.REPORT_INSTALLED

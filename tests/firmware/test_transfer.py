@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from pathlib import Path
@@ -224,3 +225,132 @@ async def test_credentials_with_special_characters_reach_ftp(tmp_path: Path) -> 
                              progress=Progress())
         assert out.read_bytes() == b"odd user"
         assert FTP_PASSWORD not in redact_url(server.url("f.bin"))
+
+
+# -- redirects ----------------------------------------------------------------------------
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+async def test_redirect_to_another_host_is_followed_without_the_credentials(tmp_path: Path) -> None:
+    # A release server that hands the file off to a CDN on another host (and port).
+    with HttpServer(credentials=("fw", "s3cret")) as release, HttpServer(host="127.0.0.2") as cdn:
+        cdn.files["/blobs/fw.tar.gz"] = PAYLOAD
+        release.redirects["/fw.tar.gz"] = (302, cdn.url("blobs/fw.tar.gz"))
+        out = await download(release.url("fw.tar.gz", userinfo="fw:s3cret"), tmp_path / "fw.tar.gz",
+                             progress=Progress())
+        assert out.read_bytes() == PAYLOAD
+        assert [(m, p) for m, p, _ in cdn.requests] == [("GET", "/blobs/fw.tar.gz")]
+        (_, _, cdn_headers), = cdn.requests
+        assert "Authorization" not in cdn_headers and "s3cret" not in repr(cdn_headers)
+        assert release.requests[0][2]["Authorization"] == basic("fw", "s3cret")
+
+
+async def test_redirect_to_another_port_on_the_same_host_drops_the_credentials(tmp_path: Path) -> None:
+    with HttpServer(credentials=("fw", "s3cret")) as release, HttpServer() as other_port:
+        other_port.files["/fw.tar.gz"] = PAYLOAD
+        release.redirects["/fw.tar.gz"] = (307, other_port.url("fw.tar.gz"))
+        await download(release.url("fw.tar.gz", userinfo="fw:s3cret"), tmp_path / "fw.tar.gz", progress=Progress())
+        assert all("Authorization" not in headers for _, _, headers in other_port.requests)
+
+
+async def test_a_cross_origin_target_that_wants_the_credentials_says_so(tmp_path: Path) -> None:
+    with HttpServer(credentials=("fw", "s3cret")) as release, \
+            HttpServer(host="127.0.0.2", credentials=("fw", "s3cret")) as cdn:
+        release.redirects["/fw.tar.gz"] = (302, cdn.url("fw.tar.gz"))
+        with pytest.raises(TransferError, match=r"login refused: HTTP 401 .*redirected to http://127\.0\.0\.2:"
+                                                r"\d+/fw\.tar\.gz, another origin, which is not sent the credentials"):
+            await download(release.url("fw.tar.gz", userinfo="fw:s3cret"), tmp_path / "fw.tar.gz",
+                           progress=Progress())
+        assert all("Authorization" not in headers for _, _, headers in cdn.requests)
+
+
+async def test_same_origin_redirect_keeps_the_credentials(tmp_path: Path) -> None:
+    with HttpServer(credentials=("fw", "s3cret")) as release:
+        release.files["/v1.11/fw.tar.gz"] = PAYLOAD
+        release.redirects["/latest"] = (302, "/v1.11/fw.tar.gz")  # relative Location (RFC 9110 10.2.2)
+        out = await download(release.url("latest", userinfo="fw:s3cret"), tmp_path / "fw.tar.gz",
+                             progress=Progress())
+        assert out.read_bytes() == PAYLOAD
+        assert [headers.get("Authorization") for _, _, headers in release.requests] == [basic("fw", "s3cret")] * 2
+
+
+async def test_https_to_http_redirect_is_refused(https_server: HttpServer, http_server: HttpServer, tls: TlsFiles,
+                                                 tmp_path: Path) -> None:
+    http_server.files["/fw.tar.gz"] = PAYLOAD
+    https_server.redirects["/fw.tar.gz"] = (301, http_server.url("fw.tar.gz"))
+    with pytest.raises(TransferError, match=r"HTTP 301 redirect to http://127\.0\.0\.1:\d+/fw\.tar\.gz refused: "
+                                            r"it goes from https down to plain http"):
+        await download(https_server.url("fw.tar.gz", userinfo="fw:s3cret"), tmp_path / "fw.tar.gz",
+                       progress=Progress(), ca_file=tls.ca_file)
+    assert http_server.requests == []
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_http_to_https_redirect_is_followed_and_verified(http_server: HttpServer, https_server: HttpServer,
+                                                               tls: TlsFiles, tmp_path: Path) -> None:
+    https_server.files["/fw.tar.gz"] = PAYLOAD
+    http_server.redirects["/fw.tar.gz"] = (301, https_server.url("fw.tar.gz"))
+    out = await download(http_server.url("fw.tar.gz"), tmp_path / "fw.tar.gz", progress=Progress(),
+                         ca_file=tls.ca_file)
+    assert out.read_bytes() == PAYLOAD
+    with pytest.raises(TransferError, match="not trusted"):  # without the CA: the https hop is still checked
+        await download(http_server.url("fw.tar.gz"), tmp_path / "again", progress=Progress())
+
+
+async def test_redirect_to_ftp_is_refused(http_server: HttpServer, ftp_server: FtpServer, tmp_path: Path) -> None:
+    (ftp_server.home / "fw.tar.gz").write_bytes(PAYLOAD)
+    http_server.redirects["/fw.tar.gz"] = (302, ftp_server.url("fw.tar.gz", user=None))
+    with pytest.raises(TransferError, match=r"refused: it goes to another protocol \(ftp\)"):
+        await download(http_server.url("fw.tar.gz"), tmp_path / "dl" / "fw.tar.gz", progress=Progress())
+    assert list((tmp_path / "dl").iterdir()) == []
+
+
+async def test_redirect_that_carries_credentials_is_refused(http_server: HttpServer, tmp_path: Path) -> None:
+    http_server.redirects["/fw.tar.gz"] = (302, f"http://evil:pw@127.0.0.1:{http_server.port}/x")
+    with pytest.raises(TransferError, match=r"redirect to http://evil:\*\*\*@127\.0\.0\.1:\d+/x refused: "
+                                            r"it goes to a URL that carries credentials"):
+        await download(http_server.url("fw.tar.gz"), tmp_path / "fw.tar.gz", progress=Progress())
+
+
+async def test_uploads_do_not_follow_redirects(diag_file: Path) -> None:
+    # urllib would re-send a 302'd POST as a GET, with the headers, to the new host.
+    with HttpServer(credentials=("fw", "s3cret")) as first, HttpServer(host="127.0.0.2") as second:
+        second.files["/elsewhere"] = b"ok"
+        first.redirects["/upload"] = (302, second.url("elsewhere"))
+        for method in ("POST", "PUT"):
+            with pytest.raises(TransferError, match="HTTP 302 redirect to .*uploads do not follow redirects"):
+                await upload(first.url("upload", userinfo="fw:s3cret"), diag_file, method=method)
+        assert second.requests == []
+
+
+# -- size cap -----------------------------------------------------------------------------
+
+
+async def test_download_over_the_cap_fails_before_writing(http_server: HttpServer, ftp_server: FtpServer,
+                                                          tmp_path: Path) -> None:
+    http_server.files["/fw.tar.gz"] = PAYLOAD
+    (ftp_server.home / "fw.tar.gz").write_bytes(PAYLOAD)
+    for url in (http_server.url("fw.tar.gz"), ftp_server.url("fw.tar.gz")):  # Content-Length, FTP SIZE
+        progress = Progress()
+        with pytest.raises(TransferError, match=rf"download too large: .* is {len(PAYLOAD)} bytes, "
+                                                r"over the limit of 100000 bytes"):
+            await download(url, tmp_path / "dl" / "fw.tar.gz", progress=progress, max_bytes=100_000)
+        assert progress.calls == []
+        assert list((tmp_path / "dl").iterdir()) == []
+
+
+async def test_download_without_a_length_stops_at_the_cap(http_server: HttpServer, tmp_path: Path) -> None:
+    http_server.files["/fw.tar.gz"] = PAYLOAD
+    progress = Progress()
+    with pytest.raises(TransferError, match="download too large: .* sent more than the limit of 100000 bytes"):
+        await download(http_server.url("unsized/fw.tar.gz"), tmp_path / "fw.tar.gz", progress=progress,
+                       max_bytes=100_000)
+    assert progress.calls and max(done for done, _ in progress.calls) <= 100_000
+    assert list(tmp_path.iterdir()) == []
+    # At the cap exactly is fine.
+    out = await download(http_server.url("unsized/fw.tar.gz"), tmp_path / "fw.tar.gz", progress=Progress(),
+                         max_bytes=len(PAYLOAD))
+    assert out.read_bytes() == PAYLOAD

@@ -65,8 +65,14 @@ _VERSION_RE = re.compile(r"^\d+(\.\d+){0,3}$")
 _VERSION_LINE_RE = re.compile(r'^__version__\s*=\s*["\']([^"\']*)["\']\s*$', re.MULTILINE)
 # Fixed zip timestamps make two builds of the same tree byte-identical wheels.
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
-# Refuse absurd members before reading them into memory (a bundle is a few hundred kB).
-_MAX_MEMBER_BYTES = 64 * 1024 * 1024
+# Refuse absurd sizes before reading anything into memory (a bundle is a few hundred kB,
+# its largest source file some tens of kB). The limits hold for what the archive says a
+# member *decompresses* to, and the readers never take more than that (a zip or gzip
+# bomb is a small file with a huge declared or actual inflated size).
+_MAX_MEMBER_BYTES = 64 * 1024 * 1024         # one tar member
+_MAX_BUNDLE_BYTES = 64 * 1024 * 1024         # all tar members together
+_MAX_WHEEL_FILE_BYTES = 16 * 1024 * 1024     # one file inside the wheel
+_MAX_WHEEL_TOTAL_BYTES = 64 * 1024 * 1024    # all files of the wheel together
 _MAX_WHEEL_FILES = 5000
 _SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache"}
 _SKIP_SUFFIXES = {".pyc", ".pyo", ".swp"}
@@ -234,19 +240,17 @@ def unpack_bundle(path: Path, dest: Path) -> Manifest:
     Verification and unpacking use the same bytes read once, so the file cannot change
     between the check and the install.
     """
-    manifest, wheel = _read_verified(Path(path))
+    manifest, files = _read_verified(Path(path))
     dest = Path(dest)
-    with zipfile.ZipFile(io.BytesIO(wheel)) as zf:
-        for info in zf.infolist():
-            if info.is_dir():
-                continue
-            target = dest.joinpath(*PurePosixPath(info.filename).parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(zf.read(info))
+    for name, data in files.items():
+        target = dest.joinpath(*PurePosixPath(name).parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
     return manifest
 
 
-def _read_verified(path: Path) -> tuple[Manifest, bytes]:
+def _read_verified(path: Path) -> tuple[Manifest, dict[str, bytes]]:
+    """The manifest and the wheel's files (name -> bytes), all checked."""
     members = _read_tar(path)
     if MANIFEST_NAME not in members:
         raise BundleError(f"{path.name}: no {MANIFEST_NAME}; this is not an ocpp-twin firmware bundle")
@@ -260,9 +264,7 @@ def _read_verified(path: Path) -> tuple[Manifest, bytes]:
         if actual != expected.lower():
             raise BundleError(f"{path.name}: checksum mismatch for {name} (manifest {expected}, file {actual}); "
                               "the bundle was corrupted or tampered with")
-    wheel = members[manifest.wheel]
-    _check_wheel(wheel, manifest)
-    return manifest, wheel
+    return manifest, _check_wheel(members[manifest.wheel], manifest)
 
 
 def _read_tar(path: Path) -> dict[str, bytes]:
@@ -273,6 +275,7 @@ def _read_tar(path: Path) -> dict[str, bytes]:
     if size == 0:
         raise BundleError(f"{path.name}: the file is empty")
     members: dict[str, bytes] = {}
+    total = 0
     try:
         with tarfile.open(path, "r:gz") as tar:
             for info in tar:
@@ -280,8 +283,10 @@ def _read_tar(path: Path) -> dict[str, bytes]:
                     raise BundleError(f"{path.name}: member {info.name!r} is not a regular file")
                 if "/" in info.name or info.name in ("", ".", ".."):
                     raise BundleError(f"{path.name}: unexpected member {info.name!r} (a bundle is flat)")
-                if info.size > _MAX_MEMBER_BYTES or len(members) >= 8:
+                total += info.size
+                if info.size > _MAX_MEMBER_BYTES or total > _MAX_BUNDLE_BYTES or len(members) >= 8:
                     raise BundleError(f"{path.name}: too large or too many members for a firmware bundle")
+                # tarfile reads exactly the declared size, however far the gzip stream inflates.
                 extracted = tar.extractfile(info)
                 assert extracted is not None  # a regular file always has a body
                 members[info.name] = extracted.read()
@@ -315,7 +320,8 @@ def _parse_manifest(raw: bytes, label: str) -> Manifest:
     return Manifest(BUNDLE_FORMAT, PRODUCT_NAME, version, wheel, dict(sha256), str(doc.get("created", "")))
 
 
-def _check_wheel(data: bytes, manifest: Manifest) -> None:
+def _check_wheel(data: bytes, manifest: Manifest) -> dict[str, bytes]:
+    """The wheel's files (name -> bytes) once they pass every check."""
     label = manifest.wheel
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
@@ -329,10 +335,7 @@ def _check_wheel(data: bytes, manifest: Manifest) -> None:
             parts = PurePosixPath(name).parts
             if name.startswith("/") or ".." in parts or "\\" in name:
                 raise BundleError(f"{label}: unsafe path {name!r} in the wheel")
-        try:
-            contents = {name: zf.read(name) for name in names if not name.endswith("/")}
-        except (zipfile.BadZipFile, zlib.error, OSError) as exc:
-            raise BundleError(f"{label}: corrupt wheel: {exc}") from exc
+        contents = _read_wheel_files(zf, label)
     dist_info = f"{_DIST}-{manifest.version}.dist-info"
     record = contents.get(f"{dist_info}/RECORD")
     if record is None:
@@ -345,6 +348,35 @@ def _check_wheel(data: bytes, manifest: Manifest) -> None:
     if not found or found.group(1) != manifest.version:
         raise BundleError(f"{label}: twin/__init__.py says version {found.group(1) if found else None!r}, "
                           f"the manifest {manifest.version!r}")
+    return contents
+
+
+def _read_wheel_files(zf: zipfile.ZipFile, label: str) -> dict[str, bytes]:
+    """Every file of the wheel, refusing one whose inflated size is over the limits before
+    inflating it. zipfile stops a member at its declared size (and then fails its CRC
+    when the data goes on), so the declared sizes bound the memory; the bounded read is
+    there so that stays true whatever the zip says."""
+    files = [info for info in zf.infolist() if not info.filename.endswith("/")]
+    declared = 0
+    for info in files:
+        declared += info.file_size
+        if info.file_size > _MAX_WHEEL_FILE_BYTES:
+            raise BundleError(f"{label}: {info.filename} inflates to {info.file_size} bytes, over the "
+                              f"{_MAX_WHEEL_FILE_BYTES // (1024 * 1024)} MiB a file of a firmware wheel may have")
+        if declared > _MAX_WHEEL_TOTAL_BYTES:
+            raise BundleError(f"{label}: the wheel inflates to more than "
+                              f"{_MAX_WHEEL_TOTAL_BYTES // (1024 * 1024)} MiB, too much for a firmware wheel")
+    contents: dict[str, bytes] = {}
+    try:
+        for info in files:
+            with zf.open(info) as member:
+                data = member.read(info.file_size + 1)
+            if len(data) > info.file_size:
+                raise BundleError(f"{label}: {info.filename} inflates past its declared size")
+            contents[info.filename] = data
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+        raise BundleError(f"{label}: corrupt wheel: {exc}") from exc
+    return contents
 
 
 def _check_record(record: bytes, contents: dict[str, bytes], label: str) -> None:

@@ -14,7 +14,9 @@ dropped with it.
 
 Redaction runs here again even though the runtime supplies redacted extras: a leaked
 AuthorizationKey or FTP password in a file sent to a third-party server is the kind
-of mistake defence in depth is for.
+of mistake defence in depth is for. The log lines go through :func:`twin.redact.redact_text`
+too (URL passwords, ``Authorization:`` header values, AuthorizationKey values in quoted
+frames), whatever logged them and at whatever level.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 
 from twin.core.timeutil import parse_ts, ts
 from twin.firmware.transfer import redact_url
+from twin.redact import redact_text
 
 __all__ = ["DiagnosticsError", "build_archive", "diagnostics_file_name", "filter_log_lines", "redact"]
 
@@ -126,7 +129,7 @@ def _add_log(tar: tarfile.TarFile, path: Path, start: datetime | None, stop: dat
     with source, tempfile.SpooledTemporaryFile(max_size=4 * 1024 * 1024, dir=str(scratch)) as spool:
         lines = 0
         for line in filter_log_lines(source, start, stop):
-            spool.write(line.encode())
+            spool.write(redact_text(line).encode())
             lines += 1
         info = tarfile.TarInfo(f"logs/{path.name}")
         info.size, info.mode = spool.tell(), 0o644

@@ -9,7 +9,9 @@ UpdateFirmware (OCPP 1.6 sections 5.19, 6.73; ERRATA 3.47-3.49, 3.63):
 1. wait until ``retrieveDate`` ("allowed after": ERRATA 3.63). The request is kept in
    ``<data_dir>/firmware/update.json`` so a restart re-arms it (:meth:`resume`).
 2. FSN Downloading; download with ``retries`` further attempts ``retryInterval`` s
-   apart; then FSN Downloaded, or FSN DownloadFailed and stop.
+   apart; then FSN Downloaded, or FSN DownloadFailed and stop. The file goes to
+   ``download/run-<id>/firmware.bundle``: a fixed name, never one taken from the URL
+   (whose ``%2F`` and ``..`` could point anywhere), at most ``max_download_mib`` large.
 3. FSN Installing; verify the bundle and unpack + import-test it into a new slot. This
    touches nothing the station is using, so it runs while charging goes on; a bad
    file ends here with FSN InstallationFailed and the running version untouched.
@@ -19,8 +21,15 @@ UpdateFirmware (OCPP 1.6 sections 5.19, 6.73; ERRATA 3.47-3.49, 3.63):
    BootNotification carries the new version, then the runtime sends FSN Installed
    from ``slots.pending_report``. A version that does not come up is rolled back by
    the launcher, and the old version reports InstallationFailed the same way.
-   If the switch itself fails (disk), FSN InstallationFailed and a restart anyway, so
-   the connectors step 4 made Unavailable come back.
+   If the switch itself fails (disk), FSN InstallationFailed and a restart anyway.
+
+An attempt that ends without a restart (download or install failed, replaced by a new
+UpdateFirmware, an unexpected error) calls ``hooks.end_maintenance()``, which gives back
+the connectors step 4 may have made Unavailable. Once the switch has begun, a new
+UpdateFirmware no longer cancels the attempt: it is persisted and runs after the restart.
+
+Nothing blocking runs on the event loop: update.json is written and removed by one
+worker thread, in the order of the calls, and slot work runs in ``asyncio.to_thread``.
 
 GetDiagnostics (section 5.9): answer the file name at once, then DSN Uploading, build
 the file, upload it (``retries``/``retryInterval``), DSN Uploaded or UploadFailed.
@@ -32,16 +41,20 @@ the file, upload it (``retries``/``retryInterval``), DSN Uploaded or UploadFaile
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
+import shutil
 import sys
+import threading
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from typing import Any, Protocol, TypeVar
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import twin
 from twin.core.timeutil import parse_ts
@@ -52,17 +65,24 @@ from twin.firmware.settings import FirmwareSettings
 from twin.firmware.slots import SlotError
 from twin.firmware.transfer import TransferError, download, redact_url, upload
 
-__all__ = ["FirmwareHooks", "FirmwareService", "UpdateJob"]
+__all__ = ["BUNDLE_FILE_NAME", "FirmwareHooks", "FirmwareService", "UpdateJob"]
 
 log = logging.getLogger(__name__)
 
 IDLE = "Idle"
+#: The local name of every firmware download, whatever the URL says.
+BUNDLE_FILE_NAME = "firmware.bundle"
+_T = TypeVar("_T")
 
 
 class FirmwareHooks(Protocol):
     async def send_firmware_status(self, status: str) -> None: ...
     async def send_diagnostics_status(self, status: str) -> None: ...
-    async def wait_until_idle(self) -> None: ...
+    async def wait_until_idle(self) -> None:
+        """Idle connectors Unavailable, running transactions end (ERRATA 3.47-3.49)."""
+    async def end_maintenance(self) -> None:
+        """Undo wait_until_idle: the attempt ended without a restart. Called after every
+        such attempt, also when wait_until_idle was never reached: it must be idempotent."""
     async def restart(self) -> None: ...
     def diagnostics_extras(self) -> dict: ...
 
@@ -76,6 +96,8 @@ class UpdateJob:
     retries: int
     retry_interval: int
     staged_version: str | None = None
+    #: Tells this request's update.json from a newer one's (update.json of older versions has none).
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 def _utcnow() -> datetime:
@@ -117,6 +139,12 @@ class FirmwareService:
         self._diag_seq = 0
         self._fw_dir = slots.firmware_dir(self.data_dir)
         self._job_file = self._fw_dir / "update.json"
+        self._download_root = self._fw_dir / "download"
+        # update.json is written and removed by this one thread, so the writes land in the
+        # order of the requests even when a replaced request's write is still running.
+        self._job_worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="firmware-job")
+        self._live_run_dirs: set[Path] = set()  # download dirs of runs not yet cleaned up
+        self._committing = False  # an update is switching slots and restarting
 
     # -- UpdateFirmware -------------------------------------------------------------------
 
@@ -127,107 +155,169 @@ class FirmwareService:
         have sent a new UpdateFirmware: that one (running) is the job, not a second copy."""
         if self._update_task is not None:
             return
-        job = self._load_job()
-        if job is None:
+        job = await self._job_io(self._read_job)
+        if job is None or self._update_task is not None:
             return
-        if job.staged_version is not None and slots.read_state(self.data_dir).active == job.staged_version:
-            self._drop_job()  # switched just before the restart; the launcher reports the result
+        if job.staged_version is not None:
+            state = await asyncio.to_thread(slots.read_state, self.data_dir)
+            if state.active == job.staged_version:
+                await self._drop_job(job)  # switched just before the restart; the launcher reports the result
+                return
+        if self._update_task is not None:
             return
         log.info("resuming firmware update from %s (retrieve after %s)",
                  redact_url(job.location), job.retrieve_date)
-        self._start_update(job)
+        self._start_update(job, replaced=None)
 
     def update_firmware(self, location: str, retrieve_date: datetime, retries: int | None,
-                        retry_interval: int | None) -> None:
-        """Schedule an update and return at once (UpdateFirmware.conf has no fields)."""
+                        retry_interval: int | None) -> asyncio.Future[None]:
+        """Schedule an update and return at once (UpdateFirmware.conf has no fields).
+
+        The returned future is done once the request is in update.json (it never raises;
+        a failed write is logged): a caller that awaits it before replying never confirms
+        a request that a power cut would lose."""
         when = retrieve_date if retrieve_date.tzinfo else retrieve_date.replace(tzinfo=timezone.utc)
         defaults = self.settings
         job = UpdateJob(location, when.astimezone(timezone.utc).isoformat(),
                         defaults.default_retries if retries is None else max(0, int(retries)),
                         defaults.default_retry_interval_s if retry_interval is None else max(0, int(retry_interval)))
-        if self._update_task is not None and not self._update_task.done():
+        persisted = self._job_io(self._write_job, job)
+        running = self._update_task if self._update_task is not None and not self._update_task.done() else None
+        if running is not None and self._committing:
+            # Switching slots cannot be taken back halfway; the restart that follows runs
+            # resume(), which picks this request up from update.json.
+            log.warning("a new UpdateFirmware arrived while the station restarts into new firmware; "
+                        "it runs after the restart")
+            return persisted
+        if running is not None:
             log.warning("a new UpdateFirmware replaces the one in progress")
-            self._update_task.cancel()
-        self._save_job(job)
-        self._start_update(job)
+            running.cancel()
+        self.firmware_status, self.progress["firmware"] = IDLE, None  # scheduled is not "in progress"
+        self._start_update(job, replaced=running)
+        return persisted
 
-    def _start_update(self, job: UpdateJob) -> None:
-        self._update_task = asyncio.get_running_loop().create_task(self._run_update(job), name="firmware-update")
+    def _start_update(self, job: UpdateJob, *, replaced: asyncio.Task[None] | None) -> None:
+        self._update_task = asyncio.get_running_loop().create_task(self._run_update(job, replaced),
+                                                                   name="firmware-update")
 
-    async def _run_update(self, job: UpdateJob) -> None:
+    async def _run_update(self, job: UpdateJob, replaced: asyncio.Task[None] | None) -> None:
         restarting = False
+        run_dir: Path | None = None
         try:
-            when = parse_ts(job.retrieve_date) or self._clock()
-            await self._wait_until(when)
-            bundle = await self._download(job)
+            if replaced is not None:
+                # The replaced attempt ends (end_maintenance, its cleanup) before this one starts.
+                await asyncio.wait([replaced])
+            await self._wait_until(parse_ts(job.retrieve_date) or self._clock())
+            run_dir = self._download_root / f"run-{uuid.uuid4().hex}"
+            self._live_run_dirs.add(run_dir)
+            bundle = await self._download(job, run_dir)
             if bundle is not None:
-                restarting = await self._install(job, bundle)
+                restarting = await self._install(job, bundle, run_dir)
             if not restarting:
-                self._drop_job()
+                await self._drop_job(job)
         except asyncio.CancelledError:
             raise  # close() or a newer request: update.json stays for resume() / was replaced
         except Exception:  # noqa: BLE001 -- a bug here must not take the station down
             log.exception("firmware update failed unexpectedly")
             await self._firmware_status("InstallationFailed")
-            self._drop_job()
+            await self._drop_job(job)
         finally:
             if self._update_task is asyncio.current_task():  # not when a newer request took over
                 self.progress["firmware"] = None
+                self._committing = False
                 if not restarting:
                     self.firmware_status = IDLE
+            if not restarting:
+                await self._end_maintenance()
+            if run_dir is not None:
+                await asyncio.to_thread(_remove_tree, run_dir)
+                self._live_run_dirs.discard(run_dir)
 
     async def _wait_until(self, when: datetime) -> None:
         while (delay := (when - self._clock()).total_seconds()) > 0:
             # In slices: a wall-clock step (NTP, SetClock) is noticed within the hour.
             await self._sleep(min(delay, 3600.0))
 
-    async def _download(self, job: UpdateJob) -> Path | None:
+    async def _download(self, job: UpdateJob, run_dir: Path) -> Path | None:
+        """The bundle in ``run_dir``, or None after FSN DownloadFailed."""
         url = redact_url(job.location)
-        dest = self._fw_dir / "download" / _file_name_of(job.location, "firmware.bin")
         shown: dict[str, Any] = {"status": "Downloading", "location": url, "received": 0, "total": None,
                                  "percent": None}
         self.progress["firmware"] = shown
         await self._firmware_status("Downloading")
+        try:
+            dest = await asyncio.to_thread(self._prepare_run_dir, run_dir, set(self._live_run_dirs))
+        except OSError as exc:
+            log.error("firmware download: cannot create %s: %s", run_dir, exc.strerror or exc)
+            await self._firmware_status("DownloadFailed")
+            return None
         progress = _ProgressLog("firmware download", url, shown)
         downloaded = await self._retrying(
             "firmware download", job, lambda: download(job.location, dest, progress=progress,
                                                        timeout=self.settings.transfer_timeout_s,
-                                                       ca_file=self.settings.ca_file))
+                                                       ca_file=self.settings.ca_file,
+                                                       max_bytes=self.settings.max_download_bytes))
         if not downloaded:
             await self._firmware_status("DownloadFailed")
             return None
         await self._firmware_status("Downloaded")
         return dest
 
-    async def _install(self, job: UpdateJob, bundle: Path) -> bool:
+    def _prepare_run_dir(self, run_dir: Path, live: set[Path]) -> Path:
+        """Create ``run_dir`` and return the bundle's path in it (worker thread). Removes
+        what earlier processes left in download/ (a power cut mid-download); ``live`` are
+        the dirs of this service's runs, which clean up after themselves."""
+        self._download_root.mkdir(parents=True, exist_ok=True)
+        for entry in self._download_root.iterdir():
+            if entry not in live:
+                _remove_tree(entry)
+        run_dir.mkdir()
+        dest = run_dir / BUNDLE_FILE_NAME
+        # Defence in depth: whatever download/ has become (a symlink...), write only below firmware/.
+        if not dest.resolve().is_relative_to(self._fw_dir.resolve()):
+            raise OSError(f"{dest} resolves to {dest.resolve()}, outside {self._fw_dir}")
+        return dest
+
+    async def _install(self, job: UpdateJob, bundle: Path, run_dir: Path) -> bool:
         """Install and switch; True when the restart into the new version was asked for."""
         self.progress["firmware"] = None
         await self._firmware_status("Installing")
+        cancelled = threading.Event()
         try:
-            manifest = await asyncio.to_thread(slots.install_slot, self.data_dir, bundle, python=self._python)
+            manifest = await asyncio.to_thread(slots.install_slot, self.data_dir, bundle, python=self._python,
+                                               cancelled=cancelled)
+        except asyncio.CancelledError:
+            cancelled.set()  # the worker stops before it touches slots/ and removes its staging
+            raise
         except (BundleError, SlotError) as exc:
             log.error("firmware from %s not installed: %s", redact_url(job.location), exc)
             await self._firmware_status("InstallationFailed")
             return False
         finally:
-            with contextlib.suppress(OSError):
-                bundle.unlink()
+            await asyncio.to_thread(_remove_tree, run_dir)  # the bundle is not kept while we wait
         log.info("firmware %s installed in its slot; waiting until the station is idle", manifest.version)
         job.staged_version = manifest.version
-        self._save_job(job)
+        await self._job_io(self._write_job, job)
         await self.hooks.wait_until_idle()
+        self._committing = True
         try:
-            slots.switch_to_trial(self.data_dir, manifest.version)
+            await asyncio.to_thread(slots.switch_to_trial, self.data_dir, manifest.version)
         except SlotError as exc:
             log.error("cannot switch to firmware %s: %s", manifest.version, exc)
             await self._firmware_status("InstallationFailed")
-            self._drop_job()
-            await self.hooks.restart()  # gives back the connectors wait_until_idle took
+            await self._drop_job(job)
+            await self.hooks.restart()  # the disk is failing; a fresh start is the safest state
             return True
-        self._drop_job()
+        await self._drop_job(job)
         log.info("restarting into firmware %s (trial)", manifest.version)
         await self.hooks.restart()
         return True
+
+    async def _end_maintenance(self) -> None:
+        try:
+            await self.hooks.end_maintenance()
+        except Exception:  # noqa: BLE001 -- the runtime logs its own; our cleanup goes on
+            log.exception("ending the firmware maintenance failed; idle connectors may stay Unavailable")
 
     async def _retrying(self, what: str, job: UpdateJob | _DiagnosticsJob,
                         attempt_once: Callable[[], Awaitable[Any]]) -> bool:
@@ -248,9 +338,18 @@ class FirmwareService:
         self.firmware_status = status
         await _notify("FirmwareStatusNotification", self.hooks.send_firmware_status, status)
 
-    # -- persisted job --------------------------------------------------------------------
+    # -- persisted job (update.json; these run on the job worker thread) ------------------
 
-    def _load_job(self) -> UpdateJob | None:
+    def _job_io(self, work: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+        try:
+            return asyncio.wrap_future(self._job_worker.submit(work, *args))
+        except RuntimeError:  # close() stopped the worker; nothing is ordered after this
+            return asyncio.ensure_future(asyncio.to_thread(work, *args))
+
+    async def _drop_job(self, job: UpdateJob) -> None:
+        await self._job_io(self._remove_job, job.request_id)
+
+    def _read_job(self) -> UpdateJob | None:
         try:
             doc = json.loads(self._job_file.read_text(encoding="utf-8"))
             return UpdateJob(**doc)
@@ -258,18 +357,27 @@ class FirmwareService:
             return None
         except (OSError, ValueError, TypeError) as exc:
             log.error("ignoring unreadable scheduled firmware update %s: %s", self._job_file, exc)
-            self._drop_job()
+            with contextlib.suppress(OSError):
+                self._job_file.unlink()
             return None
 
-    def _save_job(self, job: UpdateJob) -> None:
+    def _write_job(self, job: UpdateJob) -> None:
         try:
             slots.write_json_atomic(self._job_file, asdict(job))
         except OSError as exc:
             log.error("cannot persist the scheduled firmware update (it will not survive a restart): %s", exc)
 
-    def _drop_job(self) -> None:
-        with contextlib.suppress(OSError):
-            self._job_file.unlink()
+    def _remove_job(self, request_id: str) -> None:
+        """Remove update.json if it holds this request (or nothing valid): a newer one's stays."""
+        try:
+            stored = json.loads(self._job_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError):
+            stored = None
+        if not isinstance(stored, dict) or stored.get("request_id") in (request_id, None):
+            with contextlib.suppress(OSError):
+                self._job_file.unlink()
 
     # -- GetDiagnostics -------------------------------------------------------------------
 
@@ -311,11 +419,10 @@ class FirmwareService:
             log.exception("diagnostics upload failed unexpectedly")
             await self._diagnostics_status("UploadFailed")
         finally:
-            with contextlib.suppress(OSError):
-                job.path.unlink()
             if self._diag_task is asyncio.current_task():  # not when a newer request took over
                 self.progress["diagnostics"] = None
                 self.diagnostics_status = IDLE
+            await asyncio.to_thread(_remove_tree, job.path)
 
     async def _build_and_upload(self, job: _DiagnosticsJob, url: str) -> bool:
         try:
@@ -323,11 +430,15 @@ class FirmwareService:
         except Exception as exc:  # noqa: BLE001 -- the file is still worth sending
             log.exception("diagnostics extras failed")
             extras = {"error": f"diagnostics_extras() failed: {exc!r}"}
+        log_files = self._log_files()
+
+        def build() -> None:
+            build_archive(job.path, charge_point_id=self._cpid, firmware_version=twin.__version__,
+                          now=job.requested, log_files=log_files, extras=extras,
+                          firmware_state=slots.read_state(self.data_dir).to_json(), start=job.start, stop=job.stop)
+
         try:
-            await asyncio.to_thread(
-                build_archive, job.path, charge_point_id=self._cpid, firmware_version=twin.__version__,
-                now=job.requested, log_files=self._log_files(), extras=extras,
-                firmware_state=slots.read_state(self.data_dir).to_json(), start=job.start, stop=job.stop)
+            await asyncio.to_thread(build)
         except DiagnosticsError as exc:
             log.error("GetDiagnostics: %s", exc)
             return False
@@ -367,6 +478,7 @@ class FirmwareService:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._job_worker.shutdown(wait=False)  # queued update.json writes still run
 
 
 @dataclass
@@ -396,12 +508,15 @@ def _as_time(value: datetime | str | None) -> datetime | None:
     return parse_ts(value)
 
 
-def _file_name_of(url: str, default: str) -> str:
+def _remove_tree(path: Path) -> None:
+    """Remove a file or a directory tree; already gone is fine (worker thread)."""
     try:
-        name = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
-    except ValueError:
-        return default
-    return name if name and name not in (".", "..") else default
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink()
+    except OSError:
+        pass  # gone already, or the disk is failing: nothing more to do about a leftover
 
 
 def _upload_url(location: str, file_name: str, method: str) -> str:

@@ -9,6 +9,7 @@
     diagnostics_http_method = "PUT"  # or "POST" (multipart/form-data, field "file")
     default_retries = 2              # UpdateFirmware/GetDiagnostics without retries
     default_retry_interval_s = 30    # ... without retryInterval
+    max_download_mib = 256           # a firmware download larger than this fails (DownloadFailed)
 
 The launcher reads it straight from the TOML file named by ``--config`` because it runs
 before the station's own config loading; the runtime passes the parsed table to
@@ -42,6 +43,13 @@ class FirmwareSettings:
     diagnostics_http_method: str = "PUT"
     default_retries: int = 2
     default_retry_interval_s: int = 30
+    #: Firmware downloads share the disk with the store (twin.db): one that could fill it
+    #: would stop every session with a storage fault. A bundle is a few hundred kB.
+    max_download_mib: int = 256
+
+    @property
+    def max_download_bytes(self) -> int:
+        return self.max_download_mib * 1024 * 1024
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any] | None) -> FirmwareSettings:
@@ -62,6 +70,11 @@ class FirmwareSettings:
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     raise SettingsError(f"[firmware] {key} must be an integer >= 0, not {value!r}")
                 values[key] = value
+        if "max_download_mib" in table:
+            value = table["max_download_mib"]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SettingsError(f"[firmware] max_download_mib must be a whole number of MiB >= 1, not {value!r}")
+            values["max_download_mib"] = value
         if "ca_file" in table:
             if not isinstance(table["ca_file"], str) or not table["ca_file"]:
                 raise SettingsError("[firmware] ca_file must be a path")

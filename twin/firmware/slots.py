@@ -22,6 +22,12 @@ hands the runtime the FirmwareStatusNotification it owes, once (OCPP 1.6 section
 
 Functions the station calls never raise for a broken data dir: they log the error
 and answer as if nothing was pending, because a station must keep charging.
+
+Every function here blocks (flock, fsync, rmtree, a subprocess) and is safe to call from
+a worker thread (``asyncio.to_thread``) while other threads or processes call the
+others: each update of ``state.json`` and each change to ``slots/`` that depends on it
+happens under the ``state.lock`` flock (a separate ``open`` per call, so threads of
+one process exclude each other as processes do).
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -115,7 +123,8 @@ def slot_path(data_dir: Path, version: str) -> Path | None:
 def write_json_atomic(path: Path, doc: Any) -> None:
     """Write JSON so readers see the old or the new file, even across a power cut."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # A temp name of its own per writer: two threads may write the same file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(doc, fh, indent=2, sort_keys=True)
@@ -178,34 +187,73 @@ def _update(data_dir: Path) -> Iterator[SlotState]:
 # -- installing -------------------------------------------------------------------------
 
 
-def install_slot(data_dir: Path, bundle: Path, *, python: str = sys.executable, timeout: float = 60.0) -> Manifest:
+_STAGING_PREFIX = ".staging-"
+
+
+def install_slot(data_dir: Path, bundle: Path, *, python: str = sys.executable, timeout: float = 60.0,
+                 cancelled: threading.Event | None = None) -> Manifest:
     """Verify ``bundle``, unpack it into ``slots/<version>/`` and import-test it there.
 
     Does not switch: call :func:`switch_to_trial` next. Raises :class:`BundleError` for
     a bad file and :class:`SlotError` when the slot cannot be made or does not import.
+
+    Each call stages in a directory of its own, so calls may overlap (a replaced
+    UpdateFirmware's worker thread runs on after its task was cancelled). Once
+    ``cancelled`` is set the call stops before it touches ``slots/<version>/`` and
+    removes only its own staging directory.
     """
     slots = firmware_dir(data_dir) / "slots"
-    staging = slots / f".staging-{os.getpid()}"
+    staging: Path | None = None
     try:
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir(parents=True)
+        slots.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned_staging(slots)
+        staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", dir=slots))
+        staging.chmod(0o755)  # mkdtemp makes it 0700; the slot it becomes is readable like the base install
         manifest = unpack_bundle(bundle, staging)
+        _raise_if_cancelled(cancelled, manifest.version)
         _import_test(staging, manifest.version, python, timeout)
-        state = read_state(data_dir)
-        if manifest.version in (state.active, state.previous) and manifest.version != BASE:
-            raise SlotError(f"version {manifest.version} is already installed "
-                            f"({'running' if manifest.version == state.active else 'kept for rollback'})")
-        target = slots / manifest.version
-        if target.exists():
-            shutil.rmtree(target)  # a leftover of an earlier failed attempt
-        os.replace(staging, target)
+        with _locked(data_dir) as state_path:  # against switch_to_trial and the pruning in mark_boot_ok
+            _raise_if_cancelled(cancelled, manifest.version)
+            state = _load(state_path)
+            if manifest.version in (state.active, state.previous) and manifest.version != BASE:
+                raise SlotError(f"version {manifest.version} is already installed "
+                                f"({'running' if manifest.version == state.active else 'kept for rollback'})")
+            target = slots / manifest.version
+            if target.exists():
+                shutil.rmtree(target)  # a leftover of an earlier failed attempt
+            os.replace(staging, target)
         return manifest
     except OSError as exc:
         raise SlotError(f"cannot install into {slots}: {_os_reason(exc)}") from exc
     finally:
-        if staging.exists():
+        if staging is not None and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _raise_if_cancelled(cancelled: threading.Event | None, version: str) -> None:
+    if cancelled is not None and cancelled.is_set():
+        raise SlotError(f"installing {version} was cancelled")
+
+
+def _remove_abandoned_staging(slots: Path) -> None:
+    """Staging directories of processes that are gone (a power cut while unpacking).
+    Those of live processes may be in use, whatever they belong to."""
+    for entry in slots.iterdir():
+        if not entry.name.startswith(_STAGING_PREFIX):
+            continue
+        pid = entry.name[len(_STAGING_PREFIX):].partition("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_exists(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _os_reason(exc: OSError) -> str:
@@ -258,14 +306,18 @@ def set_trial_deadline(data_dir: Path, deadline: datetime | None) -> None:
 
 def mark_boot_ok(data_dir: Path, version: str) -> bool:
     """The station calls this after BootNotification Accepted. Ends a trial of ``version``
-    (True), owing FSN Installed; a no-op (False) otherwise. Never raises."""
+    (True), owing FSN Installed; a no-op (False) otherwise. Never raises.
+
+    It blocks (flock, two fsyncs, rmtree of old slots): call it off the event loop,
+    ``await asyncio.to_thread(slots.mark_boot_ok, data_dir, version)``, which is safe
+    while an install runs in another thread."""
     try:
         with _update(data_dir) as state:
             if state.trial != version or state.active != version:
                 return False
             state.trial, state.deadline, state.report, state.failed = None, None, REPORT_INSTALLED, None
-            keep = {state.active, state.previous}
-        _prune(data_dir, keep)
+            # Under the state lock, which install_slot also holds to rename a slot into place.
+            _prune(data_dir, {state.active, state.previous})
         log.info("firmware %s booted; trial over, rollback target kept: %s", version, state.previous)
         return True
     except OSError as exc:
@@ -273,11 +325,14 @@ def mark_boot_ok(data_dir: Path, version: str) -> bool:
         return False
 
 
-def pending_report(data_dir: Path) -> str | None:
-    """"Installed", "InstallationFailed" or None; consumed by the call. Never raises."""
+def pending_report(data_dir: Path, *, consume: bool = True) -> str | None:
+    """"Installed", "InstallationFailed" or None; consumed by the call unless ``consume`` is
+    False (the caller consumes it once the notification is on the wire). Never raises."""
     try:
         with _update(data_dir) as state:
-            report, state.report = state.report, None
+            report = state.report
+            if consume:
+                state.report = None
             return report
     except OSError as exc:
         log.error("cannot read the pending firmware report: %s", _os_reason(exc))
@@ -308,6 +363,6 @@ def _prune(data_dir: Path, keep: set[str | None]) -> None:
     if not slots.is_dir():
         return
     for entry in slots.iterdir():
-        if entry.is_dir() and entry.name not in keep and not entry.name.startswith(".staging-"):
+        if entry.is_dir() and entry.name not in keep and not entry.name.startswith(_STAGING_PREFIX):
             shutil.rmtree(entry, ignore_errors=True)
 

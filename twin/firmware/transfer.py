@@ -14,11 +14,21 @@ run in a worker thread, so the station's event loop keeps serving transactions.
   store, plus ``ca_file`` when given (``[firmware] ca_file``).
 * HTTP upload: ``PUT`` (default) sends the file as the body to the URL;
   ``POST`` sends ``multipart/form-data`` with the file in the field ``file``.
-  Any 2xx answer is success.
+  Any 2xx answer is success. An upload never follows a redirect (urllib would turn
+  a redirected POST into a GET without the file and report success).
+* HTTP download redirects (RFC 9110 section 15.4) are followed between http and https
+  only, never from https down to http: firmware bundles carry checksums, not
+  signatures, so TLS is what keeps them authentic in transit. The Basic credentials
+  from the URL go only to the origin (scheme, host, port: RFC 6454) they were given
+  for; a redirect to another origin is followed without them, like curl and browsers
+  do, so a release server may hand the file off to a CDN.
+* ``max_bytes`` caps a download: a larger announced size (Content-Length, FTP SIZE)
+  fails before anything is written, and the transfer stops as soon as more arrives.
 
 Every failure is a :class:`TransferError` whose message says what went wrong in words
 an operator can act on: unsupported scheme, host unreachable, HTTP status, login
-refused, file not found, truncated transfer, disk full, TLS trust. A download goes to
+refused, file not found, truncated transfer, too large, refused redirect, disk full,
+TLS trust. A download goes to
 ``<dest>.part`` and is renamed onto ``dest`` only when complete, so a failed one never
 leaves a file that looks finished.
 """
@@ -30,6 +40,7 @@ import base64
 import errno
 import ftplib
 import http.client
+import logging
 import os
 import socket
 import ssl
@@ -41,7 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeVar
-from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote, urljoin, urlsplit, urlunsplit
 
 import twin
 
@@ -53,6 +64,9 @@ _USER_AGENT = f"ocpp-twin/{twin.__version__}"
 
 Progress = Callable[[int, "int | None"], None]
 _T = TypeVar("_T")
+
+log = logging.getLogger(__name__)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class TransferError(Exception):
@@ -122,7 +136,15 @@ def _network_error(exc: BaseException, target: _Target, timeout: float) -> Trans
         return exc
     if isinstance(exc, urllib.error.HTTPError):
         what = "login refused" if exc.code in (401, 403) else "server answered"
-        return TransferError(f"{what}: HTTP {exc.code} {exc.reason} for {target.shown}")
+        answered = getattr(exc, "url", None) or exc.filename
+        answered = answered if isinstance(answered, str) else None
+        hop = ""
+        if answered and answered != _http_url(target):
+            hop = f" (redirected to {_shown_without_query(answered)}"
+            if target.user is not None and _origin(answered) != _origin(_http_url(target)):
+                hop += ", another origin, which is not sent the credentials"
+            hop += ")"
+        return TransferError(f"{what}: HTTP {exc.code} {exc.reason} for {target.shown}{hop}")
     if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, BaseException):
         return _network_error(exc.reason, target, timeout)
     if isinstance(exc, socket.gaierror):
@@ -186,27 +208,41 @@ class _Sink:
 
 
 class _Meter:
-    """Counts bytes, reports progress, and stops the transfer when cancelled."""
+    """Counts bytes, reports progress, and stops the transfer when cancelled or when more
+    than ``limit`` bytes arrive (call :meth:`add` before storing the chunk)."""
 
-    def __init__(self, total: int | None, report: Progress, cancel: threading.Event) -> None:
+    def __init__(self, total: int | None, report: Progress, cancel: threading.Event,
+                 limit: int | None = None, shown: str = "") -> None:
         self.done, self.total, self.report, self.cancel = 0, total, report, cancel
+        self.limit, self.shown = limit, shown
+        if limit is not None and total is not None and total > limit:
+            raise TransferError(f"download too large: {shown} is {total} bytes, over the limit of "
+                                f"{_size(limit)}")
 
     def add(self, n: int) -> None:
         if self.cancel.is_set():
             raise TransferError("transfer cancelled")
         self.done += n
+        if self.limit is not None and self.done > self.limit:
+            raise TransferError(f"download too large: {self.shown} sent more than the limit of {_size(self.limit)}")
         self.report(self.done, self.total)
+
+
+def _size(n: int) -> str:
+    return f"{n / (1024 * 1024):g} MiB" if n >= 1024 * 1024 else f"{n} bytes"
 
 
 # -- download ---------------------------------------------------------------------------
 
 
 async def download(url: str, dest: Path, *, progress: Progress, timeout: float = 30,
-                   ca_file: Path | None = None) -> Path:
+                   ca_file: Path | None = None, max_bytes: int | None = None) -> Path:
     """Download ``url`` to ``dest``; ``progress(received, total_or_None)`` is called on the
-    event loop as bytes arrive. Returns ``dest``; raises TransferError."""
+    event loop as bytes arrive. More than ``max_bytes`` fails. Returns ``dest``; raises
+    TransferError and leaves neither ``dest`` nor a partial file behind."""
     target = _parse(url)
-    return await _in_thread(lambda report, cancel: _download_sync(target, Path(dest), report, timeout, ca_file, cancel),
+    return await _in_thread(lambda report, cancel: _download_sync(target, Path(dest), report, timeout, ca_file,
+                                                                  cancel, max_bytes),
                             progress)
 
 
@@ -231,13 +267,15 @@ async def _in_thread(work: Callable[[Progress, threading.Event], _T], progress: 
 
 
 def _download_sync(target: _Target, dest: Path, report: Progress, timeout: float, ca_file: Path | None,
-                   cancel: threading.Event) -> Path:
+                   cancel: threading.Event, max_bytes: int | None) -> Path:
+    if cancel.is_set():  # cancelled before this worker even started: touch nothing
+        raise TransferError("transfer cancelled")
     part = dest.with_name(dest.name + ".part")
     sink = _Sink(part)
     try:
         try:
             fetch = _http_get if target.scheme in ("http", "https") else _ftp_get
-            meter = fetch(target, sink, report, timeout, ca_file, cancel)
+            meter = fetch(target, sink, report, timeout, ca_file, cancel, max_bytes)
         except Exception as exc:  # noqa: BLE001 -- classified into one TransferError
             raise _network_error(exc, target, timeout) from exc
         if meter.total is not None and meter.done != meter.total:
@@ -272,22 +310,99 @@ def _http_url(target: _Target) -> str:
     return urlunsplit(SplitResult(target.scheme, netloc, parts.path or "/", parts.query, ""))
 
 
-def _opener(target: _Target, ca_file: Path | None) -> urllib.request.OpenerDirector:
-    handlers: list[urllib.request.BaseHandler] = []
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the default port filled in: the origin of RFC 6454."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme)
+
+
+def _shown_without_query(url: str) -> str:
+    # A redirect target's query often is a credential itself (a pre-signed object-store URL).
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(query="", fragment=""))
+
+
+class _DownloadRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a download's redirects within http/https, never https -> http, and drops
+    the Authorization header when the redirect leaves the origin the credentials are for."""
+
+    def __init__(self, first_url: str) -> None:
+        self.credentials_origin = _origin(first_url)
+
+    def http_error_302(self, req, fp, code, msg, headers):  # type: ignore[no-untyped-def] # urllib's API
+        location = headers.get("Location") or headers.get("URI")
+        if location:
+            try:
+                next_url = urljoin(req.full_url, location.strip())
+                parts = urlsplit(next_url)
+                scheme = parts.scheme.lower()
+            except ValueError:
+                fp.close()
+                raise TransferError(f"HTTP {code} redirect to a malformed URL refused") from None
+            refusal = None
+            if scheme not in ("http", "https"):
+                refusal = f"to another protocol ({scheme or 'none'}); downloads redirect between http and https only"
+            elif scheme == "http" and urlsplit(req.full_url).scheme.lower() == "https":
+                refusal = "from https down to plain http"
+            elif parts.username is not None or parts.password is not None:
+                refusal = "to a URL that carries credentials"
+            if refusal is not None:
+                fp.close()
+                raise TransferError(f"HTTP {code} redirect to {redact_url(_shown_without_query(next_url))} "
+                                    f"refused: it goes {refusal}")
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(newurl) != self.credentials_origin and new.has_header("Authorization"):
+            new.remove_header("Authorization")
+            log.info("download redirected to %s, another origin: following it without the credentials",
+                     _shown_without_query(newurl))
+        return new
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Uploads: a redirect is an error (urllib would re-send a redirected POST as a GET
+    without the file, and call the 200 that follows a success)."""
+
+    def http_error_302(self, req, fp, code, msg, headers):  # type: ignore[no-untyped-def] # urllib's API
+        fp.close()
+        location = headers.get("Location") or "(no Location)"
+        raise TransferError(f"server answered HTTP {code} redirect to {redact_url(_shown_without_query(location))}; "
+                            "uploads do not follow redirects, give the final URL")
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+def _opener(target: _Target, ca_file: Path | None, redirects: urllib.request.HTTPRedirectHandler
+            ) -> urllib.request.OpenerDirector:
+    handlers: list[urllib.request.BaseHandler] = [redirects]
     if target.scheme == "https":
         handlers.append(urllib.request.HTTPSHandler(context=_ssl_context(ca_file)))
+    elif ca_file is not None and isinstance(redirects, _DownloadRedirects):
+        # For an http -> https redirect. A CA file that does not load fails only that hop
+        # (as an untrusted certificate), not a plain http download.
+        try:
+            handlers.append(urllib.request.HTTPSHandler(context=_ssl_context(ca_file)))
+        except TransferError as exc:
+            log.warning("%s; an https redirect target is checked against the system CA store only", exc)
     return urllib.request.build_opener(*handlers)
 
 
 def _http_get(target: _Target, sink: _Sink, report: Progress, timeout: float, ca_file: Path | None,
-              cancel: threading.Event) -> _Meter:
-    request = urllib.request.Request(_http_url(target), headers={"User-Agent": _USER_AGENT, **_auth_header(target)})
-    with _opener(target, ca_file).open(request, timeout=timeout) as response:
+              cancel: threading.Event, max_bytes: int | None) -> _Meter:
+    url = _http_url(target)
+    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT, **_auth_header(target)})
+    with _opener(target, ca_file, _DownloadRedirects(url)).open(request, timeout=timeout) as response:
         length = response.headers.get("Content-Length")
-        meter = _Meter(int(length) if length and length.isdigit() else None, report, cancel)
+        meter = _Meter(int(length) if length and length.isdigit() else None, report, cancel, max_bytes,
+                       target.shown)
         while chunk := response.read(_CHUNK):
-            sink.write(chunk)
             meter.add(len(chunk))
+            sink.write(chunk)
     return meter
 
 
@@ -320,7 +435,7 @@ def _ftp_login(target: _Target, timeout: float, ca_file: Path | None) -> ftplib.
 
 
 def _ftp_get(target: _Target, sink: _Sink, report: Progress, timeout: float, ca_file: Path | None,
-             cancel: threading.Event) -> _Meter:
+             cancel: threading.Event, max_bytes: int | None) -> _Meter:
     path = _ftp_path(target)
     ftp = _ftp_login(target, timeout, ca_file)
     try:
@@ -329,11 +444,11 @@ def _ftp_get(target: _Target, sink: _Sink, report: Progress, timeout: float, ca_
             total = ftp.size(path)
         except ftplib.error_perm:
             total = None  # SIZE is optional (RFC 3659); RETR will say whether the file exists
-        meter = _Meter(total, report, cancel)
+        meter = _Meter(total, report, cancel, max_bytes, target.shown)
 
         def write(chunk: bytes) -> None:
-            sink.write(chunk)
             meter.add(len(chunk))
+            sink.write(chunk)
 
         ftp.retrbinary(f"RETR {path}", write, _CHUNK)
         return meter
@@ -421,7 +536,7 @@ def _http_send(target: _Target, name: str, fh: BinaryIO, size: int, method: str,
     headers["Content-Length"] = str(length)
     request = urllib.request.Request(_http_url(target), data=_CountingReader(parts, meter),  # type: ignore[arg-type]
                                      headers=headers, method=method)
-    with _opener(target, ca_file).open(request, timeout=timeout) as response:
+    with _opener(target, ca_file, _NoRedirects()).open(request, timeout=timeout) as response:
         response.read()
 
 
