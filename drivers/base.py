@@ -124,7 +124,8 @@ class BuildContext:
     ctx: BuildContext) -> dict[int, driver]``. It returns one driver per connector id
     (the same object under several ids for a shared device); the reader kind is called
     with ``connectors == [0]`` and returns ``{0: reader}``. It raises DriverError when
-    the hardware or its library is missing (``auto`` then falls back to sim) and
+    the hardware or its library is missing (the station then refuses to start, or with
+    ``auto`` falls back to sim with a warning) and
     DriverConfigError for a bad table. An optional ``config_keys`` attribute (a set of
     key names) lets the registry reject typos in that backend's table.
     """

@@ -54,9 +54,11 @@ def _make(what: str, key: str, factory: Callable[..., Any], pin: int, **kwargs: 
     if kwargs.get("pin_factory") is None and _is_mock(dev.pin_factory):
         # GPIOZERO_PIN_FACTORY=mock in the environment: nothing real would switch. An injected
         # MockFactory (tests) is a deliberate choice; one picked up from the environment on a
-        # station is not, so it counts as "no GPIO" (auto falls back to sim *with* a warning).
+        # station is not, so it counts as "no GPIO" (a named backend refuses to start, auto falls
+        # back to sim *with* a warning).
         dev.close()
-        raise DriverError(f"{what} on GPIO{pin} ({key}): GPIOZERO_PIN_FACTORY selects gpiozero's mock pins, no real GPIO")
+        raise DriverError(f"{what} on GPIO{pin} ({key}): GPIOZERO_PIN_FACTORY selects gpiozero's mock pins, "
+                          f"no real GPIO (unset GPIOZERO_PIN_FACTORY in the service's environment)")
     return dev
 
 

@@ -192,7 +192,10 @@ async def build_meters(table: dict, connectors: list[int], ctx: BuildContext) ->
         for m in meters.values():
             acquired.append(m)
             await m.bus.acquire()
-            await m.read()  # the meter must answer now, or "auto" falls back to sim
+            try:
+                await m.read()  # the meter must answer now: a named backend refuses to start, "auto" falls back
+            except DriverError as exc:
+                raise DriverError(f"{exc}; check {_what_to_check(m.bus)} (hw-docs/meter-setup.md)") from exc
     except BaseException:
         for m in acquired:
             await m.bus.release()
@@ -203,6 +206,12 @@ async def build_meters(table: dict, connectors: list[int], ctx: BuildContext) ->
 
 
 build_meters.config_keys = CONFIG_KEYS  # type: ignore[attr-defined]
+
+
+def _what_to_check(bus: ModbusBus) -> str:
+    if bus.transport == "rtu":
+        return "the meter's power, the A/B wiring and termination, its address, baud rate and parity, and that model matches it"
+    return "the meter or gateway's power, the host and port, the device id, and that model matches the meter"
 
 
 def _maps_per_connector(t: KindTable, connectors: list[int]) -> dict[int, MeterMap]:

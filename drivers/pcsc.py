@@ -237,14 +237,16 @@ async def build_reader(table: dict, connectors: list[int], ctx: BuildContext) ->
     t = KindTable("reader", table)
     match = t.get_str("reader", "") or ""
     debounce = t.get_float("debounce_s", DEFAULT_DEBOUNCE_S, minimum=0.0)
-    strict = t.get_bool("strict", False)
+    # pcscd up but no reader plugged in is a started backend waiting for a hot-plugged reader
+    # (nothing is simulated); an explicit strict = true asks for a reader at start as well.
+    require_reader = t.get_bool("strict", False)
     scard = _scard()
-    pc_ctx = await asyncio.to_thread(establish_context, scard)  # pcscd missing -> DriverError -> fallback
+    pc_ctx = await asyncio.to_thread(establish_context, scard)  # pcscd missing -> DriverError
     try:
         readers = await asyncio.to_thread(list_readers, scard, pc_ctx, match)
     finally:
         scard.SCardReleaseContext(pc_ctx)
-    if not readers and (strict or ctx.probe):
+    if not readers and (require_reader or ctx.probe):
         raise DriverError(f"pcscd is running but no PC/SC reader{f' matching {match!r}' if match else ''} is connected")
     reader = PcscReader(match=match, debounce_s=debounce)
     reader.readers = readers

@@ -6,12 +6,17 @@ named ``<kind>.<backend>`` (e.g. ``relay.gpiozero``) whose value is a factory (c
 source checkout that was never pip-installed works the same. A lab adds its own backend
 by declaring an entry point in its own package; no fork needed.
 
-Per kind the config chooses ``backend = "sim" | "auto" | "<name>"`` and ``strict``:
+Per kind the config chooses ``backend = "sim" | "auto" | "<name>"``:
 * ``sim`` (the default): simulated, no warning (chosen, not a fallback).
 * ``auto``: the kind's real backend; if the hardware or library is missing, the simulated
   one with a loud WARNING that also lands in ``DriverReport.warning`` (GET /api/state).
-* ``<name>``: that backend, with the same fallback as ``auto``.
-* ``strict = true`` (lab units): no fallback, DriverError naming the missing device.
+  ``auto`` is the only way to get a fallback, and ``strict = true`` turns it off.
+* ``<name>`` (``gpiozero``, ``modbus``, ``pcsc`` or a plugin's name): that backend or
+  nothing. A named backend that cannot load or start raises DriverError naming the
+  driver, the backend and the cause: a unit wired to real contactors must not bill
+  simulated energy because an RS-485 adapter enumerated late.
+* ``strict``: accepted for compatibility. ``true`` is what every named backend does now;
+  ``strict = false`` on a named backend no longer enables a fallback (logged as a WARNING).
 Config mistakes (unknown backend, typo'd key, bad pin) always raise DriverConfigError.
 """
 
@@ -97,7 +102,7 @@ class DriverReport:
     requested: str  # the configured backend: "sim", "auto" or a name
     backend: str  # what it resolved to ("sim" after a fallback; "unavailable" in a failed probe)
     reason: str  # why, in words
-    warning: str | None  # set when auto/named fell back to sim (or a probe found a problem)
+    warning: str | None  # set when auto fell back to sim (or a probe found a problem)
     ok: bool = True  # False only in probe() rows whose hardware check failed
 
 
@@ -243,6 +248,8 @@ def _load(kind: str, backend: str) -> Factory:
         return target.load()
     except ImportError as exc:
         raise DriverError(f"backend {kind}.{backend} cannot be imported: {exc}") from exc
+    except Exception as exc:  # a broken plugin: its module raised, or the entry point names nothing
+        raise DriverError(f"backend {kind}.{backend} cannot be loaded: {type(exc).__name__}: {exc}") from exc
 
 
 def _allowed_keys(kind: str, backend: str) -> set[str] | None:
@@ -291,9 +298,10 @@ def _selection(kind: str, raw: Any) -> tuple[KindTable, str, str, bool]:
     table = KindTable(kind, raw)
     requested = table.get_str("backend", "sim")
     assert requested is not None
-    strict = table.get_bool("strict", False)
-    if requested != "sim" and requested != "auto":
+    strict = table.get_bool("strict", False)  # type-checked whatever the backend
+    if requested not in ("sim", "auto"):
         _load_or_config_error(kind, requested)
+        strict = True  # a named backend never falls back; only "auto" may
     backend = REAL_BACKEND[kind] if requested == "auto" else requested
     allowed = _allowed_keys(kind, backend)
     if allowed is not None:
@@ -321,19 +329,49 @@ async def _resolve(kind: str, raw: Any, connectors: int, ctx: BuildContext, *, f
     if requested == "sim":
         drivers = await build_sim()
         return _Resolved(drivers, DriverReport(kind, label, requested, "sim", f"configured: {_describe(drivers)}", None))
+    if not probing and _ignored_strict_false(table, requested):
+        log.warning("drivers.%s.strict = false is ignored: the named backend %r never falls back to the "
+                    "simulator; set backend = \"auto\" to allow a fallback", kind, requested)
     try:
-        drivers = await _load(kind, backend)(table.data, ids, ctx)
+        drivers = await _start(kind, backend, table, ids, ctx)
     except DriverError as exc:
-        if strict:
-            raise DriverError(f"drivers.{kind}: strict = true and the {backend} backend is unavailable: {exc}") from exc
         if probing:
             return _Resolved({}, DriverReport(kind, label, requested, "unavailable", str(exc), f"{kind}: {backend} unavailable: {exc}", ok=False))
+        if strict:
+            raise DriverError(_cannot_start(kind, requested, backend, exc)) from exc
         warning = (f"{kind}: {backend} backend unavailable ({exc}); FALLING BACK TO THE SIMULATED {kind.upper()}: "
                    f"{_FALLBACK_MEANS[kind]}")
         log.warning("%s", warning)
         drivers = await build_sim()
         return _Resolved(drivers, DriverReport(kind, label, requested, "sim", f"fallback from {backend}: {exc}", warning))
     return _Resolved(drivers, DriverReport(kind, label, requested, backend, _describe(drivers), None))
+
+
+async def _start(kind: str, backend: str, table: KindTable, ids: list[int], ctx: BuildContext) -> dict[int, Any]:
+    """Build one kind's drivers; anything but a config error comes out as a DriverError."""
+    factory = _load(kind, backend)
+    try:
+        return await factory(table.data, ids, ctx)
+    except (DriverError, DriverConfigError):
+        raise
+    except Exception as exc:  # a plugin or library failing in a way it did not declare
+        raise DriverError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _cannot_start(kind: str, requested: str, backend: str, exc: Exception) -> str:
+    """The start-up error for a driver that must be real: which driver, which backend, why, what next."""
+    if requested == "auto":
+        chosen, instead = f'backend = "auto" ({backend}) with strict = true', 'set backend = "sim" or drop strict = true'
+    else:
+        chosen = f'backend = "{backend}"'
+        instead = 'set backend = "sim", or "auto" (the real one when present, else the simulator with a warning)'
+    return (f"drivers.{kind}: {chosen} cannot start: {exc} -- the station does not start without a "
+            f"{kind} driver its config requires (no fallback to the simulator). Fix the device or install "
+            f"what is missing, then check with `twin drivers --probe`; to run without it, {instead}.")
+
+
+def _ignored_strict_false(table: KindTable, requested: str) -> bool:
+    return requested not in ("sim", "auto") and table.data.get("strict") is False
 
 
 def _load_or_config_error(kind: str, backend: str) -> None:
@@ -365,7 +403,8 @@ async def build_drivers(
     energy_floors: dict[int, float] | None = None,
     pin_factory: object | None = None,
 ) -> DriverSet:
-    """Build every driver from the ``[drivers]`` table. Raises DriverConfigError or (strict) DriverError.
+    """Build every driver from the ``[drivers]`` table. Raises DriverConfigError, or DriverError
+    when a named (or ``auto`` + strict) backend cannot start.
 
     ``energy_floors``: per connector, the last import register the station stored; the
     simulated meters start from it so the register never goes backwards across restarts.
@@ -424,9 +463,11 @@ def describe(cfg: dict, connectors: int) -> list[DriverReport]:
         if requested == "sim":
             reports.append(DriverReport(kind, label, requested, "sim", "configured: simulated", None))
             continue
-        then = "refuses to start" if strict else "falls back to sim with a WARNING"
-        reports.append(DriverReport(kind, label, requested, backend,
-                                    f"tries {backend} at start; if unavailable it {then} (check with --probe)", None))
+        then = "the station refuses to start" if strict else "it falls back to sim with a WARNING"
+        reason = f"tries {backend} at start; if unavailable {then} (check with --probe)"
+        if _ignored_strict_false(table, requested):
+            reason += '; strict = false is ignored (only backend = "auto" falls back)'
+        reports.append(DriverReport(kind, label, requested, backend, reason, None))
     return reports
 
 

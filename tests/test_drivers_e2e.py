@@ -1,6 +1,6 @@
-"""issue 6: a real `twin run` with `auto` drivers on this machine (no GPIO, no RS-485
-adapter): it falls back to sim loudly, and the warnings show in GET /api/state; with
-`strict` it refuses to start and names the missing device."""
+"""A real `twin run` on this machine (no GPIO, no RS-485 adapter): with `auto` drivers it
+falls back to sim loudly, and the warnings show in GET /api/state; a named backend (with or
+without `strict`) refuses to start and names the driver, the backend and the missing device."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import asyncio
 import json
 import sys
 import urllib.request
+
+import pytest
 
 from tests.conftest import ROOT, free_port, twin_process_env
 
@@ -55,15 +57,21 @@ async def test_auto_drivers_fall_back_to_sim_with_warnings_in_api_state(csms, tm
     assert "WARNING" in stderr and "FALLING BACK" in stderr
 
 
-def test_strict_refuses_to_start_and_names_the_device(tmp_path):
+# Before, a named backend without `strict = true` fell back to the simulator like `auto`: the
+# example lab unit's Modbus meter (named, no strict) would bill simulated energy while its real
+# contactors switched. Now naming the backend is enough to refuse; `strict = true` changes nothing.
+@pytest.mark.parametrize("strict", ["", "strict = true\n", "strict = false\n"])
+def test_a_named_backend_that_cannot_start_refuses_to_start_and_names_the_device(tmp_path, strict):
     import subprocess
 
     conf = tmp_path / "station.toml"
-    conf.write_text('[drivers.meter]\nbackend = "modbus"\nstrict = true\ntransport = "rtu"\n'
+    conf.write_text(f'[drivers.meter]\nbackend = "modbus"\n{strict}transport = "rtu"\n'
                     'device = "/dev/ttyNOPE-not-here"\nshared = true\n')
     result = subprocess.run(
         [sys.executable, "-m", "twin", "run", "--config", str(conf), "--csms", "ws://127.0.0.1:9/ocpp",
          "--data-dir", str(tmp_path / "data"), "--control", "127.0.0.1:0"],
         capture_output=True, text=True, env=twin_process_env(), cwd=ROOT, timeout=60)
-    assert result.returncode != 0
-    assert "/dev/ttyNOPE-not-here" in result.stderr and "strict" in result.stderr
+    assert result.returncode == 4, result.stderr
+    assert ('station failed to start: drivers.meter: backend = "modbus" cannot start: serial device '
+            "/dev/ttyNOPE-not-here not found (is the USB RS-485 adapter plugged in?)") in result.stderr
+    assert "no fallback to the simulator" in result.stderr and "FALLING BACK" not in result.stderr

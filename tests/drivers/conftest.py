@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import os
 import shutil
 import subprocess
 import time
@@ -16,6 +17,17 @@ from tests.conftest import free_port  # noqa: F401 - re-exported
 
 PCSCD_COMM = Path("/run/pcscd/pcscd.comm")
 PCSC_LOCK = "/tmp/ocpp-twin-pcsc-tests.lock"
+SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
+def search_path() -> str:
+    """PATH plus the sbin directories: Debian installs daemons in /usr/sbin, which is not on a
+    normal user's PATH (nor always on root's, under `su` or cron)."""
+    return os.pathsep.join([os.environ.get("PATH", os.defpath), *SBIN_DIRS])
+
+
+def find_program(name: str) -> str | None:
+    return shutil.which(name, path=search_path())
 
 
 @pytest.fixture
@@ -87,11 +99,13 @@ class Pcscd:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        if shutil.which("pcscd") is None:
-            pytest.fail("pcscd is not installed: apt-get install -y pcscd vsmartcard-vpcd libpcsclite-dev")
+        pcscd = find_program("pcscd")
+        if pcscd is None:
+            pytest.fail(f"pcscd is not installed (not found in {search_path()}): "
+                        "apt-get install -y pcscd vsmartcard-vpcd libpcsclite-dev")
         if not Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so").exists():
             pytest.fail("vsmartcard-vpcd is not installed: apt-get install -y vsmartcard-vpcd")
-        self.proc = subprocess.Popen(["pcscd", "--foreground"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen([pcscd, "--foreground"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while not self._ready():
             if self.proc.poll() is not None:
@@ -136,7 +150,8 @@ class Pcscd:
 def machine_lock(path: str, timeout_s: float):
     """pcscd, /run/pcscd/pcscd.comm and vpcd's TCP port are machine-wide singletons: two test
     sessions on one machine (developers running the suite in parallel) must take turns."""
-    with open(path, "w") as fh:
+    # Read-only is enough for flock(2), so a lock file another user created is still usable.
+    with open(os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)) as fh:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -155,7 +170,13 @@ def machine_lock(path: str, timeout_s: float):
 @pytest.fixture(scope="package")
 def pcscd_daemon():
     """One pcscd for the driver tests, stopped when tests/drivers is done, so that later tests in
-    the same run (e.g. a station with ``auto`` drivers expecting the sim fallback) see no pcscd."""
+    the same run (e.g. a station with ``auto`` drivers expecting the sim fallback) see no pcscd.
+
+    It runs its own pcscd (with the vpcd virtual reader), which needs root for /run/pcscd:
+    as a normal user these tests skip; CI runs as root, where a missing pcscd fails."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: runs its own pcscd (with the vsmartcard virtual reader), which writes "
+                    "/run/pcscd; run the suite as root, as CI does")
     with machine_lock(PCSC_LOCK, timeout_s=600):
         daemon = Pcscd()
         daemon.start()

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 
 import pytest
 
 from drivers.base import BuildContext, DriverError
 from drivers.pcsc import PcscReader, build_reader
 from drivers.registry import build_drivers
-from tests.drivers.conftest import until
+from tests.drivers.conftest import find_program, until
 from tests.drivers.fake_vicc import FakeCard
 
 pytestmark = pytest.mark.pcsc
@@ -113,7 +114,7 @@ async def test_pcscd_not_running_is_a_clear_error(pcscd):
         await build_reader({}, [0], BuildContext())
 
 
-async def test_pcscd_not_running_auto_falls_back_to_sim_and_strict_refuses(pcscd, caplog):
+async def test_pcscd_not_running_auto_falls_back_to_sim_and_named_pcsc_refuses(pcscd, caplog):
     await asyncio.to_thread(pcscd.stop)
     with caplog.at_level(logging.WARNING):
         ds = await build_drivers({"reader": {"backend": "auto"}}, 1, power_sources={}, soc_sources={})
@@ -123,14 +124,32 @@ async def test_pcscd_not_running_auto_falls_back_to_sim_and_strict_refuses(pcscd
     assert report.warning in caplog.text
     assert ds.sim_reader is ds.reader  # the control API can still tap
     await ds.close()
-    with pytest.raises(DriverError, match=r"drivers\.reader: strict = true .* cannot reach pcscd"):
-        await build_drivers({"reader": {"backend": "pcsc", "strict": True}}, 1, power_sources={}, soc_sources={})
+    # Named, with or without the old strict flag: the station refuses and says what to check.
+    for table in ({"backend": "pcsc"}, {"backend": "pcsc", "strict": True}):
+        with pytest.raises(DriverError, match=r'drivers\.reader: backend = "pcsc" cannot start: cannot reach pcscd: '
+                                              r".*Is the pcscd package installed and the service running"):
+            await build_drivers({"reader": table}, 1, power_sources={}, soc_sources={})
 
 
 async def test_strict_without_a_matching_reader_names_it(pcscd):
     with pytest.raises(DriverError, match=r"no PC/SC reader matching 'ACR122' is connected"):
         await build_drivers({"reader": {"backend": "pcsc", "strict": True, "reader": "ACR122"}}, 1,
                             power_sources={}, soc_sources={})
+
+
+async def test_named_pcsc_with_pcscd_up_but_no_reader_yet_starts_and_waits_for_one(pcscd, caplog):
+    """Failing closed is about a backend that cannot start; pcscd answering with no reader plugged in
+    yet is a started reader waiting for a hot-plugged one (nothing is simulated)."""
+    with caplog.at_level(logging.WARNING):
+        ds = await build_drivers({"reader": {"backend": "pcsc", "reader": "ACR122"}}, 1,
+                                 power_sources={}, soc_sources={})
+    try:
+        report = ds.reports[2]
+        assert (report.backend, report.warning) == ("pcsc", None)
+        assert "no reader yet (filter 'ACR122'), waiting for one" in report.reason
+        assert ds.sim_reader is None and "FALLING BACK" not in caplog.text
+    finally:
+        await ds.close()
 
 
 async def test_probe_lists_the_readers(pcscd):
@@ -140,3 +159,10 @@ async def test_probe_lists_the_readers(pcscd):
     reader_row = rows[2]
     assert reader_row.ok and reader_row.backend == "pcsc"
     assert VPCD_READER in reader_row.reason
+
+
+def test_pcscd_off_path_is_still_found(monkeypatch):
+    """A normal user's PATH has no /usr/sbin, where Debian puts pcscd: that is not "not installed"."""
+    monkeypatch.setenv("PATH", "/usr/local/bin:/usr/bin:/bin")
+    assert shutil.which("pcscd") is None
+    assert find_program("pcscd") == "/usr/sbin/pcscd"

@@ -1,8 +1,10 @@
-"""Registry: discovery (built-ins + real entry points), resolution, fallback, strict, probe, close."""
+"""Registry: discovery (built-ins + real entry points), resolution, auto fallback, named backends failing closed,
+probe, close."""
 
 from __future__ import annotations
 
 import logging
+import re
 import textwrap
 
 import pytest
@@ -58,6 +60,31 @@ async def test_a_plugin_entry_point_is_discovered_and_used(lab_plugin, caplog):
     await ds.close()
 
 
+@pytest.fixture
+def broken_lab_plugins(tmp_path, monkeypatch):
+    """Installed plugins that fail: one raises an undeclared exception, one cannot be imported."""
+    (tmp_path / "lab_broken.py").write_text(textwrap.dedent("""
+        async def factory(table, connectors, ctx):
+            raise RuntimeError("i2c bus 1 answered NAK")
+    """))
+    dist = tmp_path / "lab_broken-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: lab-broken\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[ocpp_twin.drivers]\nrelay.nakboard = lab_broken:factory\nmeter.gone = lab_not_installed:factory\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+@pytest.mark.parametrize("kind, backend, cause", [
+    ("relay", "nakboard", "RuntimeError: i2c bus 1 answered NAK"),
+    ("meter", "gone", "backend meter.gone cannot be imported: No module named 'lab_not_installed'"),
+])
+async def test_a_named_plugin_that_fails_stops_the_station(broken_lab_plugins, kind, backend, cause):
+    with pytest.raises(DriverError) as raised:
+        await build_drivers({kind: {"backend": backend}}, 2, **NO_SOURCES)
+    assert str(raised.value).startswith(f'drivers.{kind}: backend = "{backend}" cannot start: {cause} -- ')
+
+
 async def test_default_config_is_sim_everywhere_without_warnings(caplog):
     with caplog.at_level(logging.WARNING):
         ds = await build_drivers({}, 2, power_sources={1: lambda: 1000.0}, soc_sources={})
@@ -79,14 +106,14 @@ async def test_energy_floors_seed_the_simulated_registers():
 
 async def test_auto_falls_back_to_sim_with_a_loud_warning(gpio_env_unset, tmp_path, caplog):
     cfg = {"relay": {"backend": "auto"}, "meter": {"backend": "auto", "device": str(tmp_path / "ttyUSB0"), "shared": True},
-           "ev_present": {"backend": "gpiozero"}}
+           "ev_present": {"backend": "auto"}}
     with caplog.at_level(logging.WARNING, logger="drivers.registry"):
         ds = await build_drivers(cfg, 2, **NO_SOURCES)
     relay, meter, _, ev, _ = ds.reports
     assert (relay.requested, relay.backend) == ("auto", "sim")
     assert "GPIO5" in relay.warning and "FALLING BACK TO THE SIMULATED RELAY" in relay.warning
     assert "not found (is the USB RS-485 adapter plugged in?)" in meter.warning
-    assert (ev.requested, ev.backend) == ("gpiozero", "sim") and ev.warning
+    assert (ev.requested, ev.backend) == ("auto", "sim") and ev.warning
     assert len(ds.warnings) == 3
     for w in ds.warnings:
         assert w in caplog.text
@@ -94,10 +121,58 @@ async def test_auto_falls_back_to_sim_with_a_loud_warning(gpio_env_unset, tmp_pa
     await ds.close()
 
 
-async def test_strict_refuses_and_names_the_missing_device(gpio_env_unset):
-    with pytest.raises(DriverError, match=r"drivers\.relay: strict = true and the gpiozero backend is unavailable: "
-                                          r"connector 1 contactor relay on GPIO5"):
+async def test_auto_with_strict_refuses_and_names_the_missing_device(gpio_env_unset):
+    with pytest.raises(DriverError, match=r'drivers\.relay: backend = "auto" \(gpiozero\) with strict = true cannot '
+                                          r"start: connector 1 contactor relay on GPIO5 .* no GPIO available"):
         await build_drivers({"relay": {"backend": "auto", "strict": True}}, 2, **NO_SOURCES)
+
+
+# A named backend is that backend or nothing (no `strict` needed): a unit with real contactors
+# must not go on switching sessions billed from a simulated meter.
+@pytest.mark.parametrize("kind, table, cause", [
+    ("relay", {}, r"connector 1 contactor relay on GPIO5 \(drivers\.relay\.pins\.1\): no GPIO available, gpiozero "
+                  r"could not load a pin factory .* lgpio installed\?"),
+    ("ev_present", {}, r"connector 1 EV-present input on GPIO17 .* no GPIO available"),
+    ("pilot", {}, r"connector 1 control-pilot PWM on GPIO12 .* no GPIO available"),
+    ("meter", {"transport": "rtu", "device": "/dev/ttyNOPE-not-here", "shared": True},
+     r"serial device /dev/ttyNOPE-not-here not found \(is the USB RS-485 adapter plugged in\?\)"),
+    ("meter", {"transport": "tcp", "host": "127.0.0.1", "port": 9, "timeout_s": 0.2, "shared": True},
+     r"cannot open Modbus 127\.0\.0\.1:9 \(Modbus TCP\)"),
+])
+async def test_a_named_backend_that_cannot_start_stops_the_station(gpio_env_unset, kind, table, cause, caplog):
+    backend = {"meter": "modbus"}.get(kind, "gpiozero")
+    with caplog.at_level(logging.WARNING), pytest.raises(DriverError) as raised:
+        await build_drivers({kind: {"backend": backend, **table}}, 2, **NO_SOURCES)
+    message = str(raised.value)
+    assert re.match(rf'drivers\.{kind}: backend = "{backend}" cannot start: {cause}', message), message
+    assert "no fallback to the simulator" in message and "twin drivers --probe" in message
+    assert 'set backend = "sim", or "auto"' in message
+    assert "FALLING BACK" not in caplog.text
+
+
+async def test_a_named_meter_that_does_not_answer_at_start_says_what_to_check(modbus_tcp):
+    port = await modbus_tcp({4: {0x0000: [0, 0]}})  # a Modbus device, but not an SDM630
+    with pytest.raises(DriverError) as raised:
+        await build_drivers({"meter": {"backend": "modbus", "transport": "tcp", "host": "127.0.0.1", "port": port,
+                                       "shared": True}}, 2, **NO_SOURCES)
+    assert str(raised.value).startswith('drivers.meter: backend = "modbus" cannot start: shared meter: device 1 FC04 ')
+    assert ("Modbus exception 2 (illegal data address); check the meter or gateway's power, the host and port, "
+            "the device id, and that model matches the meter (hw-docs/meter-setup.md)") in str(raised.value)
+
+
+async def test_strict_false_on_a_named_backend_does_not_bring_the_fallback_back(gpio_env_unset, caplog):
+    with caplog.at_level(logging.WARNING), pytest.raises(DriverError, match=r'drivers\.relay: backend = "gpiozero" cannot start'):
+        await build_drivers({"relay": {"backend": "gpiozero", "strict": False}}, 2, **NO_SOURCES)
+    assert "drivers.relay.strict = false is ignored" in caplog.text
+    rows = describe({"relay": {"backend": "gpiozero", "strict": False}}, 2)
+    assert "the station refuses to start" in rows[0].reason and "strict = false is ignored" in rows[0].reason
+
+
+async def test_a_named_backend_that_starts_has_no_warning(pins, caplog):
+    with caplog.at_level(logging.WARNING):
+        ds = await build_drivers({"relay": {"backend": "gpiozero", "strict": True}}, 2, **NO_SOURCES, pin_factory=pins)
+    assert (ds.reports[0].backend, ds.reports[0].warning) == ("gpiozero", None) and caplog.text == ""
+    await ds.close()
 
 
 async def test_force_sim_overrides_everything_without_warnings(gpio_env_unset):
@@ -128,7 +203,9 @@ def test_hardware_keys_are_accepted_while_on_sim():
 
 
 def test_describe_says_what_will_be_tried():
-    rows = describe({"meter": {"backend": "auto"}, "reader": {"backend": "pcsc", "strict": True}}, 2)
+    rows = describe({"relay": {"backend": "auto", "strict": True}, "meter": {"backend": "auto"},
+                     "reader": {"backend": "pcsc"}}, 2)
+    assert rows[0].backend == "gpiozero" and "refuses to start" in rows[0].reason
     assert rows[1].backend == "modbus" and "falls back to sim" in rows[1].reason
     assert rows[2].backend == "pcsc" and "refuses to start" in rows[2].reason
 
@@ -211,3 +288,21 @@ async def test_light_install_without_hardware_libraries_falls_back(monkeypatch, 
     for report, package in zip(ds.reports, ["gpiozero", "pymodbus", "pyscard", "gpiozero", "gpiozero"]):
         assert f"the {package} package is not installed" in report.warning
     await ds.close()
+
+
+@pytest.mark.parametrize("kind, backend, package, install", [
+    ("relay", "gpiozero", "gpiozero", "pip install 'ocpp-twin[hw]'"),
+    ("meter", "modbus", "pymodbus", "pip install 'ocpp-twin[hw]'"),
+    ("reader", "pcsc", "pyscard", "pip install 'ocpp-twin[pi]'"),
+])
+async def test_a_named_backend_without_its_library_says_what_to_install(monkeypatch, kind, backend, package, install):
+    import sys
+
+    for name in ("gpiozero", "pymodbus", "pymodbus.client", "smartcard"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(DriverError) as raised:
+        await build_drivers({kind: {"backend": backend, "shared": True} if kind == "meter" else {"backend": backend}},
+                            2, **NO_SOURCES)
+    message = str(raised.value)
+    assert message.startswith(f'drivers.{kind}: backend = "{backend}" cannot start: the {package} package is not installed')
+    assert install in message
