@@ -172,6 +172,7 @@ async def test_an_unwritable_directory_is_refused(tmp_path: Path):
         assert list(directory.iterdir()) == []
 
 
+@pytest.mark.needs_root("mounts a tmpfs")
 async def test_a_store_on_a_filesystem_gone_read_only_is_refused_but_still_readable(tmp_path: Path):
     with tmpfs(tmp_path / "fs", "size=1m") as mounted:
         path = mounted / "twin.db"
@@ -190,6 +191,7 @@ async def test_a_store_on_a_filesystem_gone_read_only_is_refused_but_still_reada
 # --- disk full ------------------------------------------------------------------------------------
 
 
+@pytest.mark.needs_root("mounts a tmpfs for a real ENOSPC")
 async def test_disk_full_fails_cleanly_and_the_store_recovers_when_space_is_back(tmp_path: Path):
     with tmpfs(tmp_path / "small", "size=2m") as mounted:
         path = mounted / "twin.db"
