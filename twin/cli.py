@@ -293,7 +293,7 @@ async def _demo(args) -> int:
     cfg.keys.update({"MeterValueSampleInterval": "5"})
     rt = Runtime(cfg)
     await rt.start()
-    print(f"\n  CSMS:        {csms.url}/iEVQC33-DEMO\n  control API: {rt.api.url}   (try: curl {rt.api.url}/api/state)\n",
+    print(f"\n  CSMS:        {csms.url}/iEVQC33-DEMO\n  control API: {rt.api.url}   (try: twin sim --control {rt.api.url} state)\n",
           flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -29,7 +29,8 @@ from twin.store import Store
 
 log = logging.getLogger("twin.runtime")
 
-BOOT_METER_READ_S = 3.0  # how long boot waits for a meter register before it stops interrupted sessions
+BOOT_METER_READ_S = 3.0
+FIRMWARE_REPORT_RETRY_S = 2.0  # how long boot waits for a meter register before it stops interrupted sessions
 
 
 def utcnow() -> datetime:
@@ -259,11 +260,27 @@ class Runtime:
 
         data_dir = Path(self.cfg.data_dir)
         await asyncio.to_thread(slots.mark_boot_ok, data_dir, twin.__version__)
-        report = await asyncio.to_thread(slots.pending_report, data_dir)
-        if report:
-            log.info("firmware: reporting %s after the restart", report)
-            await self.actor.call(self.station.send_firmware_status, report)
+        reported = await self._report_install_outcome(data_dir)
         await self.firmware.resume()
+        while not reported and not self.actor.closed:
+            await asyncio.sleep(FIRMWARE_REPORT_RETRY_S)
+            reported = await self._report_install_outcome(data_dir)
+
+    async def _report_install_outcome(self, data_dir: Path) -> bool:
+        """Send the outcome of the install before the restart; True once nothing is owed.
+        It is consumed only when the notification went out: a link that drops between the
+        Accepted and the send must not lose it (§4.5)."""
+        from twin.firmware import slots
+
+        report = await asyncio.to_thread(slots.pending_report, data_dir, consume=False)
+        if not report:
+            return True
+        fx = await self.actor.call(self.station.send_firmware_status, report)
+        if fx is None or not fx.sends or self.link is None or self.core_session != self.link.session:
+            return False
+        log.info("firmware: reported %s after the restart", report)
+        await asyncio.to_thread(slots.pending_report, data_dir)
+        return True
 
     # ------------------------------------------------------------------ executing effects (EffectsSink)
     def drive(self, output: A.SetRelay | A.SetPilot) -> None:
@@ -280,7 +297,7 @@ class Runtime:
         elif isinstance(reply, A.ReplyError):
             self.link.reply_error(reply.unique_id, reply.code, reply.description, reply.details)
         else:
-            self._delegate(reply)
+            asyncio.ensure_future(self._delegate(reply))
 
     def send(self, call: A.Send) -> None:
         # Only on the connection the core has seen come up: a call computed for a link that
@@ -294,7 +311,8 @@ class Runtime:
         elif self.link:
             self.link.ping_interval = request.ping_interval
 
-    def _delegate(self, act: A.Delegate) -> None:
+    async def _delegate(self, act: A.Delegate) -> None:
+        """Firmware and diagnostics calls, answered by the firmware service."""
         p = act.payload
         from twin.core.timeutil import parse_ts
 
@@ -303,8 +321,9 @@ class Runtime:
             return
         try:
             if act.action == "UpdateFirmware":
-                self.firmware.update_firmware(p["location"], parse_ts(p["retrieveDate"]) or self.clock(),
-                                              p.get("retries"), p.get("retryInterval"))
+                # Reply once the request is on disk: a confirmed update survives a power cut.
+                await self.firmware.update_firmware(p["location"], parse_ts(p["retrieveDate"]) or self.clock(),
+                                                    p.get("retries"), p.get("retryInterval"))
                 self.link.reply(act.unique_id, {})
             elif act.action == "GetDiagnostics":
                 name = self.firmware.get_diagnostics(p["location"], p.get("retries"), p.get("retryInterval"),
