@@ -46,6 +46,8 @@ pytestmark = [pytest.mark.slow,
 
 CP_ID = "LAB-TEST-1"
 PASSWORD = "s3cret-password-0123"
+# The control API's bearer token: written by the role, sent by its verify step.
+TOKEN = "c0ffee-bench-token-0123456789abcdef"
 # The container has no GPIO: "auto" lets the booted service fall back to the simulated relays with
 # a warning (a named "gpiozero" would, rightly, refuse to start there).
 DRIVERS = {"relay": {"backend": "auto", "pins": {"1": 5, "2": 6}, "active_high": False},
@@ -77,6 +79,7 @@ def base_vars(wheel: Path, wheelhouse: Path) -> dict[str, object]:
         "ocpp_twin_charge_point_id": CP_ID,
         "ocpp_twin_csms_url": "ws://127.0.0.1:9/ocpp",
         "ocpp_twin_csms_password": PASSWORD,
+        "ocpp_twin_control_token": TOKEN,
         "ocpp_twin_wheel": str(wheel),
         "ocpp_twin_wheelhouse": str(wheelhouse),
         "ocpp_twin_keys": {"HeartbeatInterval": 60, "MeterValuesSampledData": ["Energy.Active.Import.Register", "SoC"]},
@@ -200,12 +203,17 @@ def test_station_config_is_rendered_and_loads(lab: Lab) -> None:
     assert doc["drivers"] == DRIVERS
     assert doc["keys"]["MeterValuesSampledData"] == ["Energy.Active.Import.Register", "SoC"]
     assert (lab.root / "etc/ocpp-twin/csms-password").read_text() == PASSWORD + "\n"
+    # The station refuses a token file others may read, so it is the service user's own.
+    assert _owner(lab, "/etc/ocpp-twin/control-token") == ("ocpp-twin", "ocpp-twin", 0o600)
+    assert (lab.root / "etc/ocpp-twin/control-token").read_text() == TOKEN + "\n"
+    assert doc["control"]["token_file"] == "/etc/ocpp-twin/control-token"
+    assert TOKEN not in lab.first.output and TOKEN not in lab.second.output
     # The twin's own loader, in the target's venv, reads it the way the service will.
     out = in_root(lab.root, "/opt/ocpp-twin/venv/bin/python", "-I", "-c",
                   "from twin.config import load_config; c = load_config('/etc/ocpp-twin/station.toml'); "
-                  "print(c.charge_point_id, c.ws_url, c.password, c.connectors)")
+                  "print(c.charge_point_id, c.ws_url, c.password, c.connectors, c.control_token)")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == [CP_ID, f"ws://127.0.0.1:9/ocpp/{CP_ID}", PASSWORD, "2"]
+    assert out.stdout.split() == [CP_ID, f"ws://127.0.0.1:9/ocpp/{CP_ID}", PASSWORD, "2", TOKEN]
 
 
 def test_unit_and_drop_in_are_installed_and_verify_clean(lab: Lab) -> None:
@@ -232,13 +240,16 @@ def test_a_bad_config_value_is_refused_and_the_old_config_stays(lab: Lab) -> Non
     assert '"msg": "failed to validate"' in failed_task, run.output[-4000:]
     assert "keys.HeartbeatInterval: 'soon' is not an integer" in failed_task
     assert (lab.root / "etc/ocpp-twin/station.toml").read_bytes() == before
+    assert (lab.root / "etc/ocpp-twin/control-token").read_text() == TOKEN + "\n"  # the old config names it
 
 
 def test_upgrade_from_an_index_changes_and_restarts_then_settles(lab: Lab) -> None:
     """Re-running the playbook is the upgrade; here through the index path
     (ocpp_twin_pip_spec with a wheelhouse standing in for the index)."""
     values = base_vars(lab.wheel, lab.next_house)
-    values.update(ocpp_twin_wheel="", ocpp_twin_pip_spec=f"ocpp-twin=={lab.next_version}", ocpp_twin_unit_overrides={})
+    # ... and drops the control API token: its file goes once the config no longer names it.
+    values.update(ocpp_twin_wheel="", ocpp_twin_pip_spec=f"ocpp-twin=={lab.next_version}", ocpp_twin_unit_overrides={},
+                  ocpp_twin_control_token="")
     upgrade = run_playbook(lab.root, lab.home, write_vars(lab.work / "run3.json", **values))
     assert upgrade.returncode == 0, upgrade.output[-6000:]
     assert upgrade.recap()["changed"] > 0
@@ -246,6 +257,8 @@ def test_upgrade_from_an_index_changes_and_restarts_then_settles(lab: Lab) -> No
     out = in_root(lab.root, "/opt/ocpp-twin/venv/bin/python", "-I", "-c", "import twin; print(twin.__version__)")
     assert out.stdout.strip() == lab.next_version
     assert not (lab.root / "etc/systemd/system/ocpp-twin.service.d/ansible.conf").exists()
+    assert not (lab.root / "etc/ocpp-twin/control-token").exists()
+    assert "token_file" not in (lab.root / "etc/ocpp-twin/station.toml").read_text()
 
     again = run_playbook(lab.root, lab.home, write_vars(lab.work / "run4.json", **values))
     assert again.returncode == 0, again.output[-6000:]
@@ -259,10 +272,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _api_status(port: int, headers: dict[str, str]) -> int:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/state", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 def _block_event_loop(port: int, seconds: float) -> None:
     request = urllib.request.Request(f"http://127.0.0.1:{port}/api/debug/block", method="POST",
                                      data=json.dumps({"seconds": seconds}).encode(),
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})
     try:
         urllib.request.urlopen(request, timeout=seconds + 30).read()
     except (urllib.error.URLError, ConnectionError):
@@ -292,9 +314,17 @@ async def test_under_a_real_systemd_the_role_starts_and_verifies_the_registered_
             run = await asyncio.to_thread(run_playbook, lab.root, lab.home, extra, booted=booted)
             assert run.returncode == 0, run.output[-6000:]
             for checked in ("Enable and start the ocpp-twin service", "Check that the service is active",
-                            "Wait for the control API to report the station registered with the CSMS"):
+                            "Wait for systemd to report the station registered with the CSMS",
+                            "Ask the control API for the station state",
+                            "Check that the control API answers and reports the station registered"):
                 assert re.search(re.escape(checked) + r"\] \*+\n(ok|changed): \[target\]", run.output), checked
-            assert "service Accepted" in run.output
+            assert "service: registration Accepted" in run.output
+            assert "control API on 127.0.0.1:" + str(port) + " with a token" in run.output
+            assert TOKEN not in run.output
+            # The token the role wrote is the one the station requires (RFC 6750 §3: 401 without it).
+            assert await asyncio.to_thread(_api_status, port, {}) == 401
+            assert await asyncio.to_thread(_api_status, port, {"Authorization": "Bearer wrong-token-0123456789"}) == 401
+            assert await asyncio.to_thread(_api_status, port, {"Authorization": f"Bearer {TOKEN}"}) == 200
             boots = [m for m in csms.messages if m.action == "BootNotification" and m.kind == "call"]
             assert boots and boots[0].payload["chargePointModel"] == "iEVQC33"
 
