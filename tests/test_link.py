@@ -110,3 +110,19 @@ async def test_reconnects_after_the_csms_drops_the_connection(station, csms):
     # Registration survives a reconnect: no new BootNotification, only changed statuses (§4.9).
     await station.plug(1)
     await csms.wait_for("StatusNotification", {"connectorId": 1, "status": "Preparing"})
+
+
+def test_a_lone_surrogate_escape_is_refused_at_the_link():
+    """JSON can escape a lone UTF-16 surrogate; it is no Unicode text and no store, log or
+    CSMS could write it back. The fuzzer found an idTag "\\ud800" in SendLocalList making the
+    store refuse a batch: the link now refuses such a frame before the core sees it."""
+    frame = '[2, "s1", "SendLocalList", {"listVersion": 1, "updateType": "Full", ' \
+            '"localAuthorizationList": [{"idTag": "\\ud800", "idTagInfo": {"status": "Accepted"}}]}]'
+    with pytest.raises(InboundError) as err:
+        parse_inbound(frame)
+    assert err.value.code == "FormationViolation" and err.value.unique_id == "s1"
+    # A reply holding one is a reply the station cannot use: a failed call, not a result.
+    kind, uid, code, _desc = parse_inbound('[3, "r1", {"idTagInfo": {"status": "Accepted", "parentIdTag": "\\udfff"}}]')
+    assert (kind, uid, code) == ("error", "r1", "FormationViolation")
+    # Escaped characters that are valid Unicode (a surrogate pair included) pass.
+    assert parse_inbound('[2, "s2", "RemoteStartTransaction", {"idTag": "\\ud83d\\udd0c"}]')[3]["idTag"] == "\U0001F50C"

@@ -119,8 +119,16 @@ def parse_inbound(text: str | bytes) -> tuple[str, Any, ...]:
         uid = msg[1] if isinstance(msg, list) and len(msg) > 1 and isinstance(msg[1], str) else "-1"
         raise InboundError(uid, "FormationViolation", "frame is not an OCPP-J message array")
     kind, uid = msg[0], msg[1]
-    if not isinstance(uid, str) or not uid or len(uid) > 36:
-        raise InboundError(str(uid)[:36] if uid else "-1", "FormationViolation", "bad unique id")
+    if not isinstance(uid, str) or not uid or len(uid) > 36 or not _is_unicode(uid):
+        raise InboundError(str(uid)[:36].encode("utf-8", "replace").decode() if uid else "-1",
+                           "FormationViolation", "bad unique id")
+    if not _is_unicode(msg):
+        # JSON may escape a lone UTF-16 surrogate ("\ud800"), which is no Unicode text: no
+        # idTag, key or URL can hold it, and the store, the logs and the CSMS could not
+        # write it back. Refused here, so nothing behind the link ever sees one.
+        if kind == 2:
+            raise InboundError(uid, "FormationViolation", "a string is not valid Unicode (a lone surrogate escape)")
+        return ("error", uid, "FormationViolation", "the reply holds a string that is not valid Unicode")
     if kind == 2:
         if len(msg) != 4 or not isinstance(msg[2], str) or not isinstance(msg[3], dict):
             raise InboundError(uid, "FormationViolation", "CALL must be [2, id, action, {payload}]")
@@ -158,6 +166,21 @@ def parse_inbound(text: str | bytes) -> tuple[str, Any, ...]:
         desc = msg[3] if len(msg) > 3 and isinstance(msg[3], str) else ""
         return ("error", uid, code, desc)
     raise InboundError(uid, "FormationViolation", f"unknown message type {kind}")
+
+
+def _is_unicode(value: Any) -> bool:
+    """True when every string in ``value`` (keys too) encodes as UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_is_unicode(k) and _is_unicode(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_is_unicode(v) for v in value)
+    return True
 
 
 def _sets_secret_key(action: str, payload: dict) -> bool:
