@@ -1,0 +1,84 @@
+"""The process-level fuzzer in CI: a real ``twin run --sim`` on loopback for a bounded
+time, and the ledger rules it judges the CSMS's record by.
+
+``TWIN_FUZZ_SEED`` picks the seed (default fixed), ``TWIN_FUZZ_PROCESS_SECONDS`` the fuzzing
+time before the final drain (default 28 s; the drain and the checks take a few more). A
+longer run is ``.venv/bin/python -m tests.fuzz process --seconds 600``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.fuzz.process_fuzz import ProcessFuzz, TxMsg, run_process
+from tests.fuzz.payloads import canonical_json
+
+SEED = int(os.environ.get("TWIN_FUZZ_SEED", "20261201"))
+SECONDS = float(os.environ.get("TWIN_FUZZ_PROCESS_SECONDS", "28"))
+
+
+@pytest.mark.slow
+async def test_process_fuzz_within_budget(tmp_path) -> None:
+    print(f"process fuzz seed {SEED} for {SECONDS} s (rerun: .venv/bin/python -m tests.fuzz process "
+          f"--seed {SEED} --seconds {SECONDS:g} --keep)")
+    report = await run_process(SEED, seconds=SECONDS, workdir=tmp_path)
+    print(report.summary())
+    assert not report.violations, report.summary()
+    stats = report.stats
+    assert stats["csms-calls"] >= 40 and stats["bench"] >= 40, report.summary()
+    assert stats["transactions"] >= 3 and stats["kills"] >= 1, report.summary()
+    assert stats["polls"] >= 50, report.summary()
+
+
+# ---------------------------------------------------------------------- the ledger rules
+def msg(conn: int, action: str, payload: dict, answer: str = "result") -> TxMsg:
+    return TxMsg(conn, action, action + canonical_json(payload), payload, answer)
+
+
+START = {"connectorId": 1, "idTag": "TAG-0001", "meterStart": 0, "timestamp": "2026-11-24T12:00:00.000Z"}
+STOP = {"meterStop": 10, "reason": "Local", "timestamp": "2026-11-24T12:10:00.000Z", "transactionId": 5000}
+
+
+def judge(tmp_path, log: list[TxMsg], started_tags: set[str] = frozenset()) -> dict[str, list[str]]:
+    fuzz = ProcessFuzz(SEED, tmp_path)
+    fuzz.csms.tx_log = log
+    fuzz.csms.start_ids = {"k": 5000} if any(m.action == "StartTransaction" for m in log) else {}
+    fuzz.started_tags = set(started_tags)
+    fuzz.check_ledger()
+    out: dict[str, list[str]] = {}
+    for v in fuzz.violations:
+        out.setdefault(v.kind, []).append(v.message)
+    return out
+
+
+def test_a_clean_session_is_clean(tmp_path) -> None:
+    assert judge(tmp_path, [msg(1, "StartTransaction", START), msg(1, "StopTransaction", STOP)], {"TAG-0001"}) == {}
+
+
+def test_a_resend_after_an_error_or_no_answer_is_allowed(tmp_path) -> None:
+    for first in ("error", "none"):
+        log = [msg(1, "StartTransaction", START, first), msg(1, "StartTransaction", START),
+               msg(1, "StopTransaction", STOP)]
+        assert judge(tmp_path, log) == {}, first
+
+
+def test_a_resend_of_the_last_message_on_a_connection_is_at_least_once(tmp_path) -> None:
+    log = [msg(1, "StartTransaction", START), msg(2, "StartTransaction", START), msg(2, "StopTransaction", STOP)]
+    assert judge(tmp_path, log) == {}
+
+
+def test_a_resend_of_a_confirmed_message_followed_by_others_is_sent_twice(tmp_path) -> None:
+    log = [msg(1, "StartTransaction", START), msg(1, "StopTransaction", STOP), msg(2, "StartTransaction", START),
+           msg(2, "StopTransaction", dict(STOP, reason="PowerLoss"))]
+    found = judge(tmp_path, log)
+    assert "resent-after-confirm" in found
+    assert "stop-count" in found  # two different stops for transaction 5000
+
+
+def test_a_missing_stop_an_unknown_id_and_a_lost_start_are_found(tmp_path) -> None:
+    found = judge(tmp_path, [msg(1, "StartTransaction", START),
+                             msg(1, "MeterValues", {"connectorId": 1, "transactionId": 77, "meterValue": []})],
+                  started_tags={"TAG-0001", "TAG-0002"})
+    assert set(found) == {"stop-count", "unknown-transaction", "lost-start"}, found
