@@ -249,6 +249,8 @@ class Link:
         self._ws = None
         self._calls: asyncio.Queue = asyncio.Queue()
         self._waiting: dict[str, asyncio.Future] = {}
+        self._call_of: dict[str, tuple[int, str]] = {}  # message id -> (ref, action) of our call
+        self._checking: set[str] = set()  # message ids whose timeout is being checked with a ping
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.connected = False
@@ -388,6 +390,7 @@ class Link:
                 if not fut.done():
                     fut.cancel()
             self._waiting.clear()
+            self._call_of.clear()
             log.warning("disconnected from %s", self.url)
             self.on_down()
 
@@ -433,7 +436,7 @@ class Link:
             fut = self._waiting.get(e.unique_id)
             if fut is not None and not fut.done():
                 # A broken answer to one of our calls: a failure to process, never answered back.
-                fut.set_result(("error", e.unique_id, e.code, e.description))
+                self._deliver(e.unique_id, fut, ("error", e.unique_id, e.code, e.description))
             else:
                 self.reply_error(e.unique_id, e.code, e.description)
             return
@@ -447,9 +450,23 @@ class Link:
         else:
             fut = self._waiting.get(msg[1])
             if fut is not None and not fut.done():
-                fut.set_result(msg)
+                self._deliver(msg[1], fut, msg)
             else:
                 log.warning("response to an unknown or expired call %s ignored", msg[1])
+
+    def _deliver(self, uid: str, fut: asyncio.Future, msg: tuple) -> None:
+        """Hand an answer to the station here, in the order frames arrived: a CALLRESULT
+        followed by a CALL in the same read (StartTransaction.conf, then RemoteStop for its
+        id) must reach the core in that order. The sender only learns that it is answered."""
+        ref, action = self._call_of.pop(uid)
+        if uid in self._checking:
+            log.info("the response to %s came late, during the link check; accepted", action)
+        fut.set_result(_ANSWERED)
+        if msg[0] == "result":
+            self.on_result(ref, msg[2])
+        else:
+            log.warning("CALLERROR %s for %s: %s", msg[2], action, msg[3], extra={"ocpp_action": action})
+            self.on_failed(ref, f"CALLERROR {msg[2]}: {msg[3]}")
 
     async def _sender(self, ws) -> None:
         while True:
@@ -457,6 +474,7 @@ class Link:
             uid = str(uuid.uuid4())  # a new message id for every (re)transmission (§3.7.1)
             fut = asyncio.get_running_loop().create_future()
             self._waiting[uid] = fut
+            self._call_of[uid] = (ref, action)
             try:
                 frame = json.dumps([2, uid, action, payload], separators=(",", ":"), allow_nan=False)
                 log.debug("-> %s", frame)
@@ -465,7 +483,7 @@ class Link:
                         await ws.send(frame)  # inside the timeout: on a half-open link the send can block
                         msg = await asyncio.shield(fut)  # fut stays waiting through the link check
                 except TimeoutError:
-                    msg = await self._after_timeout(ws, fut, action, timeout)
+                    msg = await self._after_timeout(ws, uid, fut, action, timeout)
                     if msg is None:
                         self._timed_out(ref)
                         continue
@@ -477,23 +495,23 @@ class Link:
                 continue
             finally:
                 self._waiting.pop(uid, None)
-            if msg[0] == "result":
-                self.on_result(ref, msg[2])
-            else:
-                log.warning("CALLERROR %s for %s: %s", msg[2], action, msg[3], extra={"ocpp_action": action})
-                self.on_failed(ref, f"CALLERROR {msg[2]}: {msg[3]}")
+                self._call_of.pop(uid, None)
+            # msg is _ANSWERED: _dispatch has already delivered the answer, in wire order.
 
-    async def _after_timeout(self, ws, fut: asyncio.Future, action: str, timeout: float) -> tuple | None:
+    async def _after_timeout(self, ws, uid: str, fut: asyncio.Future, action: str, timeout: float) -> tuple | None:
         """No answer to ``action`` in time: the answer if it came while the link was checked,
         None if the link is alive (the CSMS just did not answer). Raises _LinkDead after
         aborting a connection that does not answer a ping either."""
         wait = min(self.pong_timeout_s, timeout) if timeout > 0 else self.pong_timeout_s
         log.warning("no response to %s within %ss; checking the link with a ping (%gs)", action, timeout, wait,
                     extra={"ocpp_action": action})
-        alive = await self._pong_within(ws, wait)
+        self._checking.add(uid)
+        try:
+            alive = await self._pong_within(ws, wait)
+        finally:
+            self._checking.discard(uid)
         if fut.done() and not fut.cancelled():
-            log.info("the response to %s came late, during the link check; accepted", action)
-            return fut.result()
+            return fut.result()  # answered during the check, and already delivered
         if not alive:
             self._abort_dead(ws, f"no pong within {wait:g}s after {action} timed out")
             raise _LinkDead
@@ -506,6 +524,9 @@ class Link:
             self.on_timeout(ref)
         else:
             self.on_failed(ref, "timeout")
+
+
+_ANSWERED = ("answered",)  # what a waiting call's future holds once _dispatch delivered its answer
 
 
 class _LinkDead(Exception):
