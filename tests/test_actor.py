@@ -188,8 +188,10 @@ async def test_an_op_the_store_would_refuse_is_dropped_alone_and_latches_nothing
     assert "BUG: store op refused" in caplog.text
 
 
-async def test_a_stale_deadline_cannot_starve_the_event_loop(rig, monkeypatch):
-    """A.1's second half: even a core whose deadline stays in the past lets other tasks run."""
+async def test_a_stale_deadline_cannot_starve_the_event_loop_or_the_inbox(rig, monkeypatch):
+    """A.1's second half: even a core whose deadline stays in the past lets other tasks run,
+    and the actor still processes its events (asyncio.wait_for(get(), 0) times out even with
+    events queued: a legal ConnectionTimeOut 0 on a reserved, plugged connector did this)."""
     station, actor, sink, rec, clock, log = rig
     monkeypatch.setattr(station, "next_deadline", lambda: clock.now() - timedelta(seconds=1))
     progress = 0
@@ -202,6 +204,88 @@ async def test_a_stale_deadline_cannot_starve_the_event_loop(rig, monkeypatch):
 
     await asyncio.wait_for(other(), timeout=2)
     assert progress == 20
+    mark = len(log)
+    await asyncio.wait_for(actor.call(station.csms_call, "g1", "GetConfiguration", {}), timeout=2)
+    assert any(kind == "reply" and r.unique_id == "g1" for kind, r in log[mark:])
+
+
+async def test_a_core_failure_outside_a_step_does_not_stop_the_actor(rig, monkeypatch):
+    station, actor, sink, rec, clock, log = rig
+    calls = 0
+    real = station.next_deadline
+
+    def flaky():
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("boom")
+        return real()
+
+    monkeypatch.setattr(station, "next_deadline", flaky)
+    actor.post(station.plug, 1)  # wakes the actor into the failing deadline
+    await asyncio.sleep(0.1)
+    assert not actor.task.done()
+    await asyncio.wait_for(actor.call(station.plug, 2), timeout=3)
+    assert station.connectors[2].plugged
+
+
+async def test_replies_wait_for_the_commit_when_the_disk_fails(rig):
+    """A reply never confirms what a power cut could lose: with the disk failing, the
+    ChangeAvailability.conf is held, and sent once the data is on disk."""
+    station, actor, sink, rec, clock, log = rig
+    rec.failing = True
+    await actor.call(station.csms_call, "ca1", "ChangeAvailability", {"connectorId": 2, "type": "Inoperative"})
+    assert not any(kind == "reply" and r.unique_id == "ca1" for kind, r in log)
+    rec.failing = False
+    clock.advance(3)
+    await actor.call(station.tick)
+    kinds = [(k, getattr(x, "unique_id", None)) for k, x in log]
+    assert ("reply", "ca1") in kinds
+    last_commit = max(i for i, (k, _) in enumerate(kinds) if k == "commit")
+    assert kinds.index(("reply", "ca1")) > last_commit - 1
+
+
+async def test_recovery_is_not_reported_while_data_is_still_held(rig):
+    """The backlog flushed, then the event's own commit failed: the storage fault must stay."""
+    station, actor, sink, rec, clock, log = rig
+    rec.failing = True
+    await actor.call(station.plug, 1)
+    assert station.station_fault == STORAGE_FAULT and len(actor.unsaved) == 1
+    real_apply = RecordingStore.apply
+    applied = 0
+
+    async def once(self, ops):
+        nonlocal applied
+        applied += 1
+        if applied > 1:
+            raise StoreError("disk full again (test)", retryable=True)
+        self.failing = False
+        try:
+            await real_apply(self, ops)
+        finally:
+            self.failing = True
+
+    RecordingStore.apply = once
+    try:
+        await actor.call(station.plug, 2)  # flushes the held batch, then its own commit fails
+    finally:
+        RecordingStore.apply = real_apply
+    assert actor.unsaved and station.station_fault == STORAGE_FAULT
+    clock.advance(3)  # the retry timer: the disk still fails, so nothing was recovered
+    await actor.call(station.tick)
+    assert actor.unsaved and station.station_fault == STORAGE_FAULT
+
+
+async def test_a_hung_commit_is_bounded_and_held(rig, monkeypatch):
+    import twin.actor as actor_module
+
+    station, actor, sink, rec, clock, log = rig
+    monkeypatch.setattr(actor_module, "COMMIT_TIMEOUT_S", 0.2)
+    rec.delay = 5.0
+    t0 = asyncio.get_running_loop().time()
+    await asyncio.wait_for(actor.call(station.plug, 1), timeout=3)
+    assert asyncio.get_running_loop().time() - t0 < 2
+    assert actor.unsaved and station.station_fault == STORAGE_FAULT
 
 
 async def test_a_backward_wall_clock_step_keeps_the_heartbeat_interval(rig):

@@ -84,3 +84,19 @@ async def test_station_fault_through_the_control_api(station, csms):
     assert await asyncio.to_thread(post, "/api/connectors/0/plug") == 404
     assert await asyncio.to_thread(post, "/api/connectors/0/fault", b"", "DELETE") == 200
     await csms.wait_for("StatusNotification", {"connectorId": 0, "status": "Available"})
+
+
+async def test_update_firmware_conf_goes_out_before_its_first_status(station, csms):
+    """The reply waits until the request is on disk; the first FirmwareStatusNotification
+    then waited for nothing and could reach the CSMS before UpdateFirmware.conf."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: the download fails at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mark = csms.mark()
+    await csms.call("UpdateFirmware", {"location": f"http://127.0.0.1:{port}/fw.bundle",
+                                       "retrieveDate": "2000-01-01T00:00:00Z", "retries": 0})
+    first = await csms.wait_for("FirmwareStatusNotification", timeout=10, after=mark)
+    conf = next(m for m in csms.messages[mark:] if m.direction == "in" and m.kind == "result")
+    assert conf.index < first.index, (conf.index, first.index, first.payload)

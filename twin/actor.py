@@ -42,6 +42,7 @@ CLOCK_STEP_THRESHOLD_S = 2.0
 # within this time even when no event and no deadline is due).
 MAX_IDLE_S = 60.0
 STORE_RETRY_S = 2.0
+COMMIT_TIMEOUT_S = 10.0  # a commit that takes longer counts as failed (held, retried, station faulted)
 
 
 class EffectsSink(Protocol):
@@ -78,6 +79,8 @@ class CoreActor:
         self.steps = 0
         self.commits = 0
         self.task: asyncio.Task | None = None
+        self.last_iteration = monotonic()  # the runtime's watchdog checks the actor is turning
+        self.held_replies: list = []  # replies whose state is not on disk yet (sent once it is)
         self._offset: float | None = None  # wall - monotonic, to notice clock steps
         self._next_retry: float | None = None
         self._recovered = False  # a backlog of held data was just saved
@@ -121,23 +124,49 @@ class CoreActor:
 
     async def run(self) -> None:
         while True:
-            timeout = self._wait_s()
             try:
-                event = await asyncio.wait_for(self.inbox.get(), timeout=timeout)
-            except asyncio.TimeoutError:
-                event = _Event(self.station.tick, (), None)
-            else:
-                if event is None:
+                if not await self._iteration():
                     return
-            await self._retry_unsaved()
-            await self._check_clock()
-            await self._run_event(event)
+            except Exception:  # noqa: BLE001 - the actor must outlive any bug in one step
+                log.exception("core actor: an iteration failed; going on")
+            self.last_iteration = self.monotonic()
             # Always yield: even a core that kept a deadline in the past cannot spin the loop.
             await asyncio.sleep(0)
 
+    async def _iteration(self) -> bool:
+        """One turn: a due tick, then one queued event (or wait for one). False to stop."""
+        timeout = self._wait_s()
+        if timeout <= 0:
+            # A due deadline never starves the inbox: the tick runs, then the next event
+            # (asyncio.wait_for(get(), 0) would time out even with events queued).
+            await self._step(_Event(self.station.tick, (), None))
+            if self.inbox.empty():
+                return True
+            event = self.inbox.get_nowait()
+        else:
+            try:
+                event = await asyncio.wait_for(self.inbox.get(), timeout=timeout)
+            except asyncio.TimeoutError:
+                await self._step(_Event(self.station.tick, (), None))
+                return True
+        if event is None:
+            return False
+        await self._step(event)
+        return True
+
+    async def _step(self, event: _Event) -> None:
+        await self._retry_unsaved()
+        await self._check_clock()
+        await self._run_event(event)
+
     def _wait_s(self) -> float:
         waits = [MAX_IDLE_S]
-        deadline = self.station.next_deadline()
+        try:
+            deadline = self.station.next_deadline()
+        except Exception:  # noqa: BLE001 - a core bug: look again in a second
+            log.exception("station core failed computing its next deadline")
+            deadline = None
+            waits.append(1.0)
         if deadline is not None:
             waits.append((deadline - self.clock()).total_seconds())
         if self.unsaved and self._next_retry is not None:
@@ -175,8 +204,13 @@ class CoreActor:
                 log.error("not closing contactor %s: its transaction is not on disk", output.connector_id)
                 continue
             self._guard(self.sink.drive, output)
-        for reply in fx.replies:
-            self._guard(self.sink.reply, reply)
+        if committed and not self.unsaved:
+            for reply in fx.replies:
+                self._guard(self.sink.reply, reply)
+        else:
+            # A reply never confirms what a power cut could lose: held until the data is on
+            # disk. A CSMS that gave up by then ignores the late answer (§4.1.3 unique ids).
+            self.held_replies.extend(fx.replies)
         for call in fx.sends:
             self._guard(self.sink.send, call)
         for request in fx.control:
@@ -190,10 +224,13 @@ class CoreActor:
             await self._report_recovery()
 
     async def _report_recovery(self) -> None:
-        if not self._recovered:
+        if not self._recovered or self.unsaved:
             return
         self._recovered = False
         log.warning("store writable again; all held data saved")
+        held, self.held_replies = self.held_replies, []
+        for reply in held:
+            self._guard(self.sink.reply, reply)
         more = self._core(self.station.storage_recovered)
         if more:
             await self.execute(more)
@@ -224,14 +261,24 @@ class CoreActor:
                 self.unsaved.append(ops)
                 return False
         try:
-            await self.store.apply(ops)
+            await self._apply(ops)
         except StoreError as e:
             log.error("store write failed, keeping the data in memory and retrying: %s", e)
             self.unsaved.append(ops)
+            self._recovered = False
             self._next_retry = self.monotonic() + STORE_RETRY_S
             return False
         self.commits += 1
         return True
+
+    async def _apply(self, ops: list[tuple]) -> None:
+        """One commit, bounded: a hung SD card must not hold every later event (an unplug's
+        contactor opening among them) for ever. A commit that took too long is held and
+        retried like a failed one; ops are idempotent, so a late success does no harm."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self.store.apply(ops)), timeout=COMMIT_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise StoreError(f"store commit took longer than {COMMIT_TIMEOUT_S:g} s", retryable=True) from None
 
     @staticmethod
     def _drop_invalid(ops: list[tuple]) -> list[tuple]:
@@ -248,14 +295,15 @@ class CoreActor:
     async def _flush(self) -> None:
         while self.unsaved:
             try:
-                await self.store.apply(self.unsaved[0])
+                await self._apply(self.unsaved[0])
             except StoreError as e:
                 log.debug("store still failing: %s", e)
+                self._recovered = False
                 self._next_retry = self.monotonic() + STORE_RETRY_S
                 return
             self.unsaved.pop(0)
             self.commits += 1
-            self._recovered = not self.unsaved
+            self._recovered = not self.unsaved  # a backlog was there and is now all on disk
         self._next_retry = None
 
     async def _retry_unsaved(self) -> None:

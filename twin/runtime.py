@@ -29,8 +29,9 @@ from twin.store import Store
 
 log = logging.getLogger("twin.runtime")
 
-BOOT_METER_READ_S = 3.0
-FIRMWARE_REPORT_RETRY_S = 2.0  # how long boot waits for a meter register before it stops interrupted sessions
+BOOT_METER_READ_S = 3.0  # how long boot waits for a meter register before it stops interrupted sessions
+FIRMWARE_REPORT_RETRY_S = 2.0  # how often an install's outcome is offered again until it is sent
+STOP_ALL_S = 15.0  # a graceful stop waits this long for the core to stop the sessions
 
 
 def utcnow() -> datetime:
@@ -90,7 +91,8 @@ class Runtime:
         # The simulated cars: only the sim meter asks them what they draw; a real meter measures.
         ev = cfg.ev
         self.sim_evs = {cid: SimulatedEv(EvModel(max_power_w=ev.max_power_w, battery_wh=ev.battery_wh,
-                                                 soc_start=ev.soc_start), lambda cid=cid: st.evse_view(cid))
+                                                 soc_start=ev.soc_start, phases=ev.phases),
+                                         lambda cid=cid: st.evse_view(cid))
                         for cid in st.connectors}
         floors = {cid: st.meter_floor.get(cid, 0.0) for cid in st.connectors}
         for tx in state["transactions"].values():
@@ -101,7 +103,7 @@ class Runtime:
             power_sources={cid: car.power_w for cid, car in self.sim_evs.items()},
             soc_sources={cid: car.soc for cid, car in self.sim_evs.items()},
             energy_floors=floors, force_sim=bool(getattr(cfg, "force_sim", False)))
-        self.actor.start()
+        self.actor.start().add_done_callback(self._actor_ended)
         await self._start_inputs()
         await self.drivers.start_supervision(self._on_relay_fault, on_watchdog_trip=self._on_watchdog_trip)
         await self._start_firmware(data_dir)
@@ -139,12 +141,8 @@ class Runtime:
         cfg = self.cfg
         identity = {**cfg.profile.identity, **{k: v for k, v in (cfg.identity or {}).items() if v}}
         identity["firmwareVersion"] = "V" + twin.__version__  # the package version is the firmware version
-        ev = cfg.ev
-        spec = StationSpec.from_profile(cfg.profile, identity=identity, connectors=cfg.connectors,
+        return StationSpec.from_profile(cfg.profile, identity=identity, connectors=cfg.connectors,
                                         fixed_cable=cfg.fixed_cable)
-        # The simulated EV may use fewer phases than the connector offers ([ev] phases).
-        spec.phases = min(spec.phases, ev.phases)
-        return spec
 
     def api_enabled(self) -> bool:
         return self.cfg.control_enabled
@@ -198,7 +196,12 @@ class Runtime:
             self.notifier.stopping()
         st, actor = self.station, self.actor
         if st is not None and actor is not None and graceful:
-            await actor.call(st.stop_all, reason)
+            try:
+                await asyncio.wait_for(actor.call(st.stop_all, reason), timeout=STOP_ALL_S)
+            except asyncio.TimeoutError:
+                # A stuck store or core: the drivers open every contactor below regardless.
+                log.error("stopping the transactions took longer than %.0f s; opening the contactors", STOP_ALL_S)
+                drain_s = 0.0
             deadline = time.monotonic() + drain_s
             while ((len(st.queue) and st.online) or actor.unsaved) and time.monotonic() < deadline:
                 if actor.unsaved:
@@ -322,9 +325,13 @@ class Runtime:
         try:
             if act.action == "UpdateFirmware":
                 # Reply once the request is on disk: a confirmed update survives a power cut.
-                await self.firmware.update_firmware(p["location"], parse_ts(p["retrieveDate"]) or self.clock(),
-                                                    p.get("retries"), p.get("retryInterval"))
-                self.link.reply(act.unique_id, {})
+                replied = asyncio.get_running_loop().create_future()
+                try:
+                    await self.firmware.update_firmware(p["location"], parse_ts(p["retrieveDate"]) or self.clock(),
+                                                        p.get("retries"), p.get("retryInterval"), replied=replied)
+                    self.link.reply(act.unique_id, {})
+                finally:
+                    replied.set_result(None)  # the update's first status may go out now
             elif act.action == "GetDiagnostics":
                 name = self.firmware.get_diagnostics(p["location"], p.get("retries"), p.get("retryInterval"),
                                                      parse_ts(p.get("startTime")), parse_ts(p.get("stopTime")))
@@ -384,11 +391,32 @@ class Runtime:
         log.critical("event loop was unresponsive; contactors were opened by the watchdog")
         self.actor.post(self.station.outputs_reset)
 
+    def _actor_ended(self, task: asyncio.Task) -> None:
+        if self.actor is not None and self.actor.closed:
+            return  # shutdown
+        problem = "cancelled" if task.cancelled() else repr(task.exception())
+        log.critical("the core actor stopped (%s): nothing can drive the station; exiting", problem)
+        self.request_exit(1)
+
+    def _actor_alive(self) -> bool:
+        """The actor turns at least every MAX_IDLE_S; one that has not for much longer is stuck
+        (a commit hung despite its bound, a core step that never returns)."""
+        from twin.actor import MAX_IDLE_S
+
+        actor = self.actor
+        return (actor is not None and actor.task is not None and not actor.task.done()
+                and time.monotonic() - actor.last_iteration < MAX_IDLE_S + 30)
+
     async def _watchdog_loop(self) -> None:
         interval = self.notifier.watchdog_interval() if self.notifier else None
         while True:
-            if interval:
-                self.notifier.watchdog()  # from the event loop itself: a hung loop stops the pings
+            if interval and self._actor_alive():
+                # From the event loop itself, and only while the core's owner turns: a hung
+                # loop or a stuck actor stops the pings and systemd restarts the station.
+                self.notifier.watchdog()
+            elif interval:
+                log.error("the core actor has not turned for %.0f s; not pinging the watchdog",
+                          time.monotonic() - self.actor.last_iteration if self.actor else -1)
             await asyncio.sleep(interval or 3600)
 
     def _status_text(self) -> str:
@@ -415,10 +443,11 @@ class Runtime:
             from twin.core.timeutil import parse_ts
 
             snap["queue"]["oldestAgeS"] = round((self.clock() - parse_ts(oldest)).total_seconds(), 1)
+        simulated = self._simulated_meter()
         for conn in snap["connectors"]:
             car = self.sim_evs.get(conn["id"])
-            if car is not None:
-                conn["ev"] = car.snapshot()  # the simulated car (drives the sim meter only)
+            if car is not None and simulated:
+                conn["ev"] = car.snapshot()  # the simulated car: only a simulated meter asks it
         snap["chargePointId"] = self.cfg.charge_point_id
         snap["firmwareVersion"] = "V" + twin.__version__
         snap["drivers"] = [r.__dict__ for r in self.drivers.reports] if self.drivers else []
@@ -433,6 +462,10 @@ class Runtime:
             snap["linkError"] = self.link.last_error
             snap["csmsUrl"] = self.link.url
         return snap
+
+    def _simulated_meter(self) -> bool:
+        reports = self.drivers.reports if self.drivers else []
+        return any(r.kind == "meter" and r.backend == "sim" for r in reports)
 
     def _conn(self, cid: int, *, allow_station: bool = False) -> int:
         from twin.control_api import ApiError

@@ -49,3 +49,9 @@ def test_suspend_and_max_power():
     car.set(suspended=False, max_power_w=3700.0)
     assert car.power_w() == 3700.0
     assert car.snapshot() == {"suspended": False, "maxPowerW": 3700.0}
+
+
+def test_a_single_phase_car_draws_on_one_phase_of_a_three_phase_connector():
+    view = View(offered_a=16.0, phases=3)
+    car = SimulatedEv(EvModel(max_power_w=22000.0, phases=1), lambda: view)
+    assert car.power_w() == 16 * 230 * 1

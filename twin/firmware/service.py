@@ -72,6 +72,7 @@ log = logging.getLogger(__name__)
 IDLE = "Idle"
 #: The local name of every firmware download, whatever the URL says.
 BUNDLE_FILE_NAME = "firmware.bundle"
+RESULT_WAIT_S = 30.0  # how long an update waits for its request to be saved and confirmed
 _T = TypeVar("_T")
 
 
@@ -170,12 +171,14 @@ class FirmwareService:
         self._start_update(job, replaced=None)
 
     def update_firmware(self, location: str, retrieve_date: datetime, retries: int | None,
-                        retry_interval: int | None) -> asyncio.Future[None]:
+                        retry_interval: int | None, *, replied: asyncio.Future | None = None) -> asyncio.Future[None]:
         """Schedule an update and return at once (UpdateFirmware.conf has no fields).
 
         The returned future is done once the request is in update.json (it never raises;
         a failed write is logged): a caller that awaits it before replying never confirms
-        a request that a power cut would lose."""
+        a request that a power cut would lose. ``replied``, when given, is set by the
+        caller once UpdateFirmware.conf is sent: the first FirmwareStatusNotification
+        waits for it, so the CSMS sees the confirmation first (§4.4)."""
         when = retrieve_date if retrieve_date.tzinfo else retrieve_date.replace(tzinfo=timezone.utc)
         defaults = self.settings
         job = UpdateJob(location, when.astimezone(timezone.utc).isoformat(),
@@ -193,17 +196,22 @@ class FirmwareService:
             log.warning("a new UpdateFirmware replaces the one in progress")
             running.cancel()
         self.firmware_status, self.progress["firmware"] = IDLE, None  # scheduled is not "in progress"
-        self._start_update(job, replaced=running)
+        self._start_update(job, replaced=running, after=[persisted] + ([replied] if replied is not None else []))
         return persisted
 
-    def _start_update(self, job: UpdateJob, *, replaced: asyncio.Task[None] | None) -> None:
-        self._update_task = asyncio.get_running_loop().create_task(self._run_update(job, replaced),
+    def _start_update(self, job: UpdateJob, *, replaced: asyncio.Task[None] | None,
+                      after: list[asyncio.Future] | None = None) -> None:
+        self._update_task = asyncio.get_running_loop().create_task(self._run_update(job, replaced, after or []),
                                                                    name="firmware-update")
 
-    async def _run_update(self, job: UpdateJob, replaced: asyncio.Task[None] | None) -> None:
+    async def _run_update(self, job: UpdateJob, replaced: asyncio.Task[None] | None,
+                          after: list[asyncio.Future] | None = None) -> None:
         restarting = False
         run_dir: Path | None = None
         try:
+            for first in after or []:
+                # On disk, and confirmed to the CSMS, before any status about it goes out.
+                await asyncio.wait([first], timeout=RESULT_WAIT_S)
             if replaced is not None:
                 # The replaced attempt ends (end_maintenance, its cleanup) before this one starts.
                 await asyncio.wait([replaced])

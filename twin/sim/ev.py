@@ -17,6 +17,7 @@ class EvModel:
     max_power_w: float = 11000.0
     battery_wh: float = 60000.0
     soc_start: float = 20.0
+    phases: int = 3  # the on-board charger's phases: it draws on at most these
     suspended: bool = False
 
     def soc(self, gained_wh: float) -> float:
@@ -60,7 +61,7 @@ class SimulatedEv:
         gained = self._gained(v)
         if not v.contactor_closed:
             return 0.0
-        offered_w = max(0.0, v.offered_a) * v.voltage * v.phases
+        offered_w = max(0.0, v.offered_a) * v.voltage * min(v.phases, self.model.phases)
         return max(0.0, min(self.model.demand_w(gained), offered_w))
 
     def soc(self) -> float | None:
