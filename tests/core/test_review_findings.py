@@ -205,7 +205,7 @@ def test_unanswered_transaction_message_on_a_live_link_is_not_an_attempt():
     h.scripts["StartTransaction"] = lambda p: "silence"
     h.tap("TAG1")
     for _ in range(6):
-        ref = next(r for r, s in h.st.pending_calls.items() if s.get("action") == "StartTransaction")
+        ref = next(r for r, s in h.st.pending_calls.items() if s.action == "StartTransaction")
         h.outstanding.pop(ref, None)
         h.run(h.st.call_timed_out(ref, h.now))
         h.advance(6)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from twin.core.ops import q_del, q_discard, q_put
 from twin.core.timeutil import parse_ts
 
 TX_ACTIONS = ("StartTransaction", "StopTransaction", "MeterValues")
@@ -75,7 +76,7 @@ class TxQueue:
         entry = Entry(self.next_seq, action, payload, tx_local_id, created_at)
         self.next_seq += 1
         self.entries.append(entry)
-        return entry, [("q_put", entry.seq, entry.to_record())]
+        return entry, [q_put(entry.seq, entry.to_record())]
 
     def head(self) -> Entry | None:
         return self.entries[0] if self.entries else None
@@ -100,9 +101,10 @@ class TxQueue:
 
     def confirm(self, entry: Entry) -> list[tuple]:
         self.entries.remove(entry)
-        return [("q_del", entry.seq)]
+        return [q_del(entry.seq)]
 
-    def fail(self, entry: Entry, now: datetime, *, max_attempts: int, retry_interval: int, reason: str) -> tuple[bool, list[tuple]]:
+    def fail(self, entry: Entry, now: datetime, *, max_attempts: int, retry_interval: int,
+             reason: str) -> tuple[bool, list[tuple]]:
         """A failure to process (CALLERROR or response timeout). Returns (discarded, ops)."""
         entry.in_flight = False
         entry.attempts += 1
@@ -111,9 +113,9 @@ class TxQueue:
         if entry.attempts >= max(1, max_attempts):
             self.entries.remove(entry)
             # Record the final attempt count first: the discarded copy is kept for diagnostics.
-            return True, [("q_put", entry.seq, entry.to_record()), ("q_discard", entry.seq, reason)]
+            return True, [q_put(entry.seq, entry.to_record()), q_discard(entry.seq, reason)]
         entry.next_attempt_at = now + timedelta(seconds=retry_interval * entry.attempts)
-        return False, [("q_put", entry.seq, entry.to_record())]
+        return False, [q_put(entry.seq, entry.to_record())]
 
     def unanswered(self, entry: Entry, now: datetime, *, retry_interval: int) -> None:
         """No answer on a link that is still alive: not a failure to process (§3.7.1 counts
