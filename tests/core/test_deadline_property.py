@@ -28,7 +28,7 @@ event = st.one_of(
     st.tuples(st.just("trigger"), st.sampled_from(["BootNotification", "Heartbeat", "StatusNotification",
                                                    "MeterValues"])),
     st.tuples(st.just("csms"), st.sampled_from(["remote_start", "remote_stop", "reserve", "availability",
-                                                "msd", "sample", "profile"])),
+                                                "msd", "sample", "profile", "cto0", "cancel"])),
     st.tuples(st.just("step_clock"), st.sampled_from([-3600.0, -30.0, 45.0, 7200.0])),
 )
 
@@ -39,7 +39,7 @@ def _csms(h: Harness, what: str) -> None:
     elif what == "remote_stop":
         h.csms("RemoteStopTransaction", {"transactionId": 1})
     elif what == "reserve":
-        h.csms("ReserveNow", {"connectorId": 2, "expiryDate": ts(h.now + timedelta(seconds=90)), "idTag": "TAG1",
+        h.csms("ReserveNow", {"connectorId": 1 if h.now.second % 2 else 2, "expiryDate": ts(h.now + timedelta(seconds=90)), "idTag": "TAG1",
                               "reservationId": 4})
     elif what == "availability":
         h.csms("ChangeAvailability", {"connectorId": 0, "type": "Inoperative"})
@@ -49,6 +49,10 @@ def _csms(h: Harness, what: str) -> None:
     elif what == "sample":
         h.csms("ChangeConfiguration", {"key": "MeterValueSampleInterval", "value": "7"})
         h.csms("ChangeConfiguration", {"key": "ClockAlignedDataInterval", "value": "60"})
+    elif what == "cto0":
+        h.csms("ChangeConfiguration", {"key": "ConnectionTimeOut", "value": "0"})
+    elif what == "cancel":
+        h.csms("CancelReservation", {"reservationId": 4})
     elif what == "profile":
         h.csms("SetChargingProfile", {"connectorId": 0, "csChargingProfiles": {
             "chargingProfileId": 9, "stackLevel": 1, "chargingProfilePurpose": "ChargePointMaxProfile",

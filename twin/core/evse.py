@@ -14,8 +14,9 @@ Rules: the pilot offers at most the connector rating and the smart-charging limi
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from twin.core.actions import Action, SetPilot, SetRelay
@@ -26,9 +27,14 @@ from twin.core.spec import StationSpec
 
 log = logging.getLogger("twin.station")
 
-# Below this measured power an EV behind a closed contactor is not charging (SuspendedEV):
-# standby loads of an on-board charger stay well under it; 6 A on one phase is 1380 W.
-EV_DRAWING_MIN_W = 100.0
+# Measured power behind a closed contactor: at or above ON the EV charges, below OFF it does
+# not (SuspendedEV), in between it stays as it was (an EV balancing near one threshold would
+# flap). An on-board charger's standby load stays well under OFF; 6 A on one phase is 1380 W.
+# For GRACE seconds from the first reading after the contactor closes a low reading is not
+# believed: it may have been sampled before the close, or the car is still ramping up.
+EV_DRAWING_ON_W = 150.0
+EV_DRAWING_OFF_W = 50.0
+EV_DRAWING_GRACE_S = 10.0
 
 Fault = tuple[str, str | None]  # (errorCode, info)
 
@@ -45,6 +51,7 @@ class EvseFacts:
     # Is the EV drawing? Measured after the contactor closed (the meter's power), None until
     # then: a car is taken to charge when the contactor closes, like any AC charger reports it.
     ev_drawing: bool | None = None
+    drawing_grace_from: datetime | None = None  # the first reading after the contactor closed
     limit_a: float | None = None
     phases: int = 3
     fault: Fault | None = None  # Faulted
@@ -145,17 +152,23 @@ class Evse:
         else:
             self.facts[cid].fault = None
 
-    def reading(self, cid: int, reading: Any) -> None:
+    def reading(self, cid: int, reading: Any, now: datetime) -> None:
         f = self.facts[cid]
         if f.meter_error is not None:
             log.info("connector %s: meter answers again", cid, extra={"connector": cid})
             f.meter_error = None
         f.reading = reading
         if f.relay:
-            power = getattr(reading, "power_w", None)
-            if power is not None:
-                # Charging vs SuspendedEV (§4.9) from what the meter measures, not from a model of the car.
-                f.ev_drawing = float(power) >= EV_DRAWING_MIN_W
+            if f.drawing_grace_from is None:
+                f.drawing_grace_from = now
+            # Charging vs SuspendedEV (§4.9) from what the meter measures, not from a model of the car.
+            f.ev_drawing = _drawing(f, getattr(reading, "power_w", None), now)
+
+    def shift(self, delta: timedelta) -> None:
+        """The wall clock was stepped: a grace time keeps what it had left."""
+        for f in self.facts.values():
+            if f.drawing_grace_from is not None:
+                f.drawing_grace_from += delta
 
     def meter_failed(self, cid: int, error: str) -> None:
         """The meter stopped answering: PowerMeterFailure; the last good register stays for billing."""
@@ -186,6 +199,7 @@ class Evse:
         if energise != f.relay:
             f.relay = energise
             f.ev_drawing = None  # to be measured anew behind this contactor state
+            f.drawing_grace_from = None
             acts.append(SetRelay(cid, energise))
         pilot = self.offered_a(cid) if in_transaction and energise else None
         if pilot != f.pilot:
@@ -208,3 +222,20 @@ class Evse:
         for f in self.facts.values():
             f.relay = False
             f.pilot = None
+
+
+def _drawing(f: EvseFacts, power: Any, now: datetime) -> bool | None:
+    """Is the EV drawing, from one measured power, with hysteresis and the grace time?"""
+    try:
+        watts = float(power)
+    except (TypeError, ValueError):
+        return f.ev_drawing
+    if not math.isfinite(watts):
+        return f.ev_drawing  # a broken register says nothing about the car
+    if watts >= EV_DRAWING_ON_W:
+        return True
+    if watts >= EV_DRAWING_OFF_W:
+        return f.ev_drawing
+    if f.drawing_grace_from is not None and now - f.drawing_grace_from < timedelta(seconds=EV_DRAWING_GRACE_S):
+        return f.ev_drawing
+    return False

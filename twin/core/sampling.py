@@ -107,6 +107,7 @@ class Sampling:
         """The wall clock was stepped: periodic samples keep their interval; clock-aligned
         ones stay on the (new) clock grid."""
         self.sample_at = {cid: t + delta for cid, t in self.sample_at.items()}
+        self.energy_saved_at = {cid: t + delta for cid, t in self.energy_saved_at.items()}
         self.schedule_aligned(now)
 
     # ------------------------------------------------------------------ samples
@@ -122,9 +123,9 @@ class Sampling:
             if self.txlog.local_id(cid) is None or interval <= 0:
                 self.sample_at.pop(cid, None)
                 continue
-            while due <= now:
-                due += timedelta(seconds=interval)
-            self.sample_at[cid] = due
+            # The next slot after now, in one step: a clock jump of years must not loop.
+            missed = int((now - due).total_seconds() // interval) + 1
+            self.sample_at[cid] = due + timedelta(seconds=interval * missed)
             acts += self._sample(cid, "Sample.Periodic", self.settings.get_list("MeterValuesSampledData"),
                                  self.settings.get_list("StopTxnSampledData"), now)
         return acts
@@ -162,7 +163,7 @@ class Sampling:
         interval = self.settings.get_int("MeterValueSampleInterval")
         every = min(interval, ENERGY_PERSIST_MAX_S) if interval > 0 else ENERGY_PERSIST_MAX_S
         saved = self.energy_saved_at.get(cid)
-        if saved is not None and now - saved < timedelta(seconds=every):
-            return []
+        if saved is not None and timedelta(0) <= now - saved < timedelta(seconds=every):
+            return []  # (a negative elapsed time is a clock that went back: save now)
         self.energy_saved_at[cid] = now
         return [Persist(self.txlog.save_energy(cid, energy, now) + self.evse.floor_ops(cid, energy))]

@@ -47,6 +47,7 @@ class Session:
     pending: AwaitingCable | None = None
     authorizing: str | None = None  # idTag whose Authorize.conf we wait for
     plug_deadline: datetime | None = None  # plugged, waiting for identification
+    wait_after_reservation: bool = False  # plugged while Reserved: ConnectionTimeOut runs once it ends
     finishing: bool = False  # the transaction ended with the cable still plugged
 
 
@@ -372,13 +373,25 @@ class Sessions:
                 waiting = self.host.plugged(cid) and not self.host.in_transaction(cid)
                 if waiting and self.reserved_for(cid) is not None:
                     # Reserved, not Preparing: the wait for identification starts when the
-                    # reservation ends; until then look again after ConnectionTimeOut.
-                    s.plug_deadline = self._timeout(now)
+                    # reservation ends (after_reservations), for a whole ConnectionTimeOut.
+                    s.wait_after_reservation = True
                 elif waiting:
                     s.finishing = True
         if self.held_tag and now >= self.held_tag[1]:
             self.held_tag = None
         return acts
+
+    def after_reservations(self, now: datetime) -> None:
+        """A cable that waited on a Reserved connector: once the reservation has ended, the
+        wait for identification (ConnectionTimeOut) starts."""
+        for cid, s in self.sessions.items():
+            if not s.wait_after_reservation:
+                continue
+            if not self.host.plugged(cid) or self.host.in_transaction(cid) or s.pending is not None:
+                s.wait_after_reservation = False
+            elif self.reserved_for(cid) is None:
+                s.wait_after_reservation = False
+                s.plug_deadline = self._timeout(now)
 
     def next_deadlines(self) -> list[datetime | None]:
         times: list[datetime | None] = []

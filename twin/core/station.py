@@ -386,10 +386,12 @@ class Station:
         self.txlog.shift(delta)
         self.sessions.shift(delta)
         self.statuses.shift(delta)
+        self.evse.shift(delta)
         return self._settle(now)
 
     def _settle(self, now: datetime) -> list[Action]:
         """After every event: limits, outputs, the queue, status notifications."""
+        self.sessions.after_reservations(now)
         self.evse.refresh_limits(now, self.txlog.tx_info())
         return self.transactions.drive_outputs() + self._pump(now) + self._report_statuses(now)
 
@@ -513,7 +515,7 @@ class Station:
 
     @_event
     def meter_reading(self, cid: int, reading: Any, now: datetime) -> list[Action]:
-        self.evse.reading(cid, reading)
+        self.evse.reading(cid, reading, now)
         return self.sampling.persist_energy(cid, now) + self._settle(now)
 
     @_event
