@@ -119,10 +119,10 @@ def parse_inbound(text: str | bytes) -> tuple[str, Any, ...]:
         uid = msg[1] if isinstance(msg, list) and len(msg) > 1 and isinstance(msg[1], str) else "-1"
         raise InboundError(uid, "FormationViolation", "frame is not an OCPP-J message array")
     kind, uid = msg[0], msg[1]
-    if not isinstance(uid, str) or not uid or len(uid) > 36 or not _is_unicode(uid):
+    if not isinstance(uid, str) or not uid or len(uid) > 36 or not is_unicode(uid):
         raise InboundError(str(uid)[:36].encode("utf-8", "replace").decode() if uid else "-1",
                            "FormationViolation", "bad unique id")
-    if not _is_unicode(msg):
+    if not is_unicode(msg):
         # JSON may escape a lone UTF-16 surrogate ("\ud800"), which is no Unicode text: no
         # idTag, key or URL can hold it, and the store, the logs and the CSMS could not
         # write it back. Refused here, so nothing behind the link ever sees one.
@@ -168,7 +168,7 @@ def parse_inbound(text: str | bytes) -> tuple[str, Any, ...]:
     raise InboundError(uid, "FormationViolation", f"unknown message type {kind}")
 
 
-def _is_unicode(value: Any) -> bool:
+def is_unicode(value: Any) -> bool:
     """True when every string in ``value`` (keys too) encodes as UTF-8."""
     if isinstance(value, str):
         try:
@@ -177,9 +177,9 @@ def _is_unicode(value: Any) -> bool:
             return False
         return True
     if isinstance(value, dict):
-        return all(_is_unicode(k) and _is_unicode(v) for k, v in value.items())
+        return all(is_unicode(k) and is_unicode(v) for k, v in value.items())
     if isinstance(value, list):
-        return all(_is_unicode(v) for v in value)
+        return all(is_unicode(v) for v in value)
     return True
 
 

@@ -31,6 +31,7 @@ import ocpp
 from ocpp.messages import get_validator
 
 from twin.core.keys import KEYS, SUPPORTED_MEASURANDS
+from twin.link import is_unicode  # noqa: F401 - what the link lets through (re-exported for the fuzzers)
 
 SCHEMA_DIR = Path(ocpp.__file__).resolve().parent / "v16" / "schemas"
 
@@ -74,23 +75,6 @@ def validation_errors(action: str, payload: Any, *, response: bool = False) -> l
         return [f"{'/'.join(map(str, e.path)) or 'payload'}: {e.message}" for e in validator.iter_errors(instance)]
     except (ArithmeticError, TypeError, ValueError) as e:
         return [f"payload cannot be validated: {e}"]
-
-
-def is_unicode(value: Any) -> bool:
-    """False when a string in ``value`` (keys too) holds a lone surrogate: legal JSON text,
-    but not Unicode (RFC 8259 §8.2 leaves what a receiver does with it open). A station may
-    refuse such a call at the link with a CALLERROR; it must not take it in half-way."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-        return True
-    if isinstance(value, dict):
-        return all(is_unicode(k) and is_unicode(v) for k, v in value.items())
-    if isinstance(value, list):
-        return all(is_unicode(v) for v in value)
-    return True
 
 
 def canonical_json(value: Any) -> str:

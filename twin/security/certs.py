@@ -78,7 +78,7 @@ class ChargePointCredentials:
         return f"ChargePointCredentials({self.id[:16]}..., {self.chain_file.name})"
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -105,7 +105,7 @@ def write_atomic(path: Path, data: bytes, mode: int) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _key_pem(key: object) -> bytes:
@@ -264,7 +264,7 @@ class CertificateStore:
             path = self.root / use / f"{cert_id}.pem"
             try:
                 path.unlink()
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
             except OSError as exc:
                 return Outcome("Failed", reason=f"could not delete the certificate: {exc.strerror or exc}")
         return Outcome("Accepted", RECONFIGURATION, f"deleted {use} {cert.subject.rfc4514_string()}")
@@ -336,7 +336,7 @@ class CertificateStore:
             for name in ("pending.key.pem", "pending.json"):
                 with contextlib.suppress(FileNotFoundError):
                     (directory / name).unlink()
-            _fsync_dir(directory)
+            fsync_dir(directory)
             self.prune_charge_point_certificates(now)
             return credentials
 
@@ -420,5 +420,5 @@ class CertificateStore:
                             path.unlink()
                     removed.append(credentials.id)
             if removed:
-                _fsync_dir(self.root / "chargepoint")
+                fsync_dir(self.root / "chargepoint")
             return removed

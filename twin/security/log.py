@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from twin.core.timeutil import parse_ts, ts
+from twin.security.certs import fsync_dir
 from twin.security.events import clean_tech_info, event
 
 FILE_NAME = "security.log"
@@ -87,7 +88,7 @@ class SecurityLog:
         for n in range(self.backups - 1, -1, -1):
             with contextlib.suppress(FileNotFoundError):
                 os.replace(self._file(n), self._file(n + 1))
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         return lost
 
     def clear(self) -> bool:
@@ -98,7 +99,7 @@ class SecurityLog:
                 removed = removed or path.stat().st_size > 0
                 path.unlink()
             if removed:
-                _fsync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
             return removed
 
     def entries(self, oldest: datetime | None = None, latest: datetime | None = None) -> Iterator[dict]:
@@ -144,11 +145,3 @@ def upload_file_name(charge_point_id: str, now: datetime) -> str:
     """The GetLog.conf ``filename`` (at most 255 characters)."""
     safe_id = re.sub(r"[^A-Za-z0-9._-]", "_", charge_point_id)[:64] or "station"
     return f"securitylog-{safe_id}-{now.astimezone(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.jsonl"
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
