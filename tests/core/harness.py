@@ -43,6 +43,7 @@ class Harness:
         self.relays: dict[int, bool] = {}
         self.restarts: list[str] = []
         self.delegated: list[A.Delegate] = []
+        self.controls: list[A.Control] = []  # everything on the control channel but restarts
         self.scripts: dict[str, Callable[[dict], Any]] = {}
         self.next_tx_id = 1
         self.id_tags: dict[str, dict] = {}
@@ -63,6 +64,8 @@ class Harness:
                 self.restarts.append(act.kind)
             elif isinstance(act, A.Delegate):
                 self.delegated.append(act)
+            elif isinstance(act, (A.SecurityLogEntry, A.Reconnect, A.SecurityTask, A.LinkSetting)):
+                self.controls.append(act)
         if self.auto:
             self.answer_all()
 
@@ -162,6 +165,9 @@ class Harness:
     def statuses(self, cid: int | None = None, since: int = 0) -> list[str]:
         return [s.payload["status"] for s in self.calls("StatusNotification", since)
                 if cid is None or s.payload["connectorId"] == cid]
+
+    def security_log(self) -> list[str]:
+        return [c.name for c in self.controls if isinstance(c, A.SecurityLogEntry)]
 
     def mark(self) -> int:
         return len(self.sent)

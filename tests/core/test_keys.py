@@ -20,6 +20,7 @@ from twin.core.keys import (
     R,
     R_OR_RW,
     RW,
+    W,
     SUPPORTED_MEASURANDS,
     ConfigKeys,
     KeyConfigError,
@@ -97,7 +98,10 @@ READ_ONLY = {
     "LocalAuthListMaxLength", "SendLocalListMaxLength", "ReserveConnectorZeroSupported",
     "ChargeProfileMaxStackLevel", "ChargingScheduleAllowedChargingRateUnit", "ChargingScheduleMaxPeriods",
     "ConnectorSwitch3to1PhaseSupported", "MaxChargingProfilesInstalled", "SupportedFileTransferProtocols",
+    # Security whitepaper edition 3 §7
+    "AdditionalRootCertificateCheck", "CertificateSignedMaxChainSize", "CertificateStoreMaxLength",
 }
+WRITE_ONLY = {"AuthorizationKey"}  # WP3 §7.2
 
 # OCTT Table 25 (conformance §4.8): key -> allowed accessibility ("R", "RW" or both).
 TC_019_REQUIRED = {
@@ -158,8 +162,11 @@ def test_default_is_the_certified_iEVQC33_value(name):
 @pytest.mark.parametrize("name", sorted(KEYS))
 def test_read_only_flags_follow_the_spec(name):
     assert ConfigKeys().readonly(name) == (name in READ_ONLY)
+    assert ConfigKeys().write_only(name) == (name in WRITE_ONLY)
     if name in READ_ONLY:
         assert KEYS[name].access == R and not KEYS[name].spec_allows_rw
+    elif name in WRITE_ONLY:
+        assert KEYS[name].access == W
     else:
         assert KEYS[name].spec_allows_rw
 
@@ -171,7 +178,7 @@ EITHER = {"AuthorizeRemoteTxRequests", "UnlockConnectorOnEVSideDisconnect", "Sto
 
 @pytest.mark.parametrize("name", sorted(KEYS))
 def test_spec_access_is_r_rw_or_either(name):
-    expected = R if name in READ_ONLY else R_OR_RW if name in EITHER else RW
+    expected = R if name in READ_ONLY else W if name in WRITE_ONLY else R_OR_RW if name in EITHER else RW
     assert KEYS[name].access == expected
 
 
@@ -202,9 +209,9 @@ def test_definitions_are_consistent():
         assert defn.name == name and len(name) <= 50  # CiString50 in the schemas
         assert defn.kind in ("bool", "int", "csl", "str")
         assert defn.feature_profile in ("Core", "FirmwareManagement", "LocalAuthListManagement", "Reservation",
-                                        "SmartCharging", "RemoteTrigger", "Vendor")
-        assert defn.section.startswith(("§9.", "ERRATA 3.", "vendor"))
-        assert defn.access in (R, RW, R_OR_RW)
+                                        "SmartCharging", "RemoteTrigger", "Vendor", "Security")
+        assert defn.section.startswith(("§9.", "ERRATA 3.", "vendor", "WP3 §7."))
+        assert defn.access in (R, RW, R_OR_RW, W)
         assert normalize(defn, values[name]) == values[name], name
         if defn.max_length_key:
             assert KEYS[defn.max_length_key].access == R and KEYS[defn.max_length_key].kind == "int"
@@ -236,7 +243,7 @@ def test_tc_019_retrieve_configuration():
     everything = conf(keys)
     assert everything["unknownKey"] == []
     by_name = {e["key"]: e for e in everything["configurationKey"]}
-    assert set(by_name) == set(KEYS)
+    assert set(by_name) == set(KEYS) - WRITE_ONLY  # never read back (WP3 §7.2)
     assert all(e["value"] == keys.get(e["key"]) for e in everything["configurationKey"])
     for name, allowed in TC_019_REQUIRED.items():
         assert access(by_name[name]) in allowed, name
@@ -283,7 +290,25 @@ def test_only_unknown_keys():
 
 
 def test_empty_key_list_means_all_keys():
-    assert len(conf(ConfigKeys(), [])["configurationKey"]) == len(KEYS)
+    assert len(conf(ConfigKeys(), [])["configurationKey"]) == len(KEYS) - len(WRITE_ONLY)
+
+
+def test_the_authorization_key_is_never_read_back():
+    """WP3 §7.2: write-only. Left out of the full list; asked for by name, listed without a value."""
+    keys = ConfigKeys(overrides={"AuthorizationKey": "0123456789abcdef0123456789abcdef"})
+    everything = conf(keys)
+    assert "AuthorizationKey" not in {e["key"] for e in everything["configurationKey"]}
+    assert "0123456789abcdef" not in repr(everything)
+    asked = conf(keys, ["authorizationkey", "CpoName"])
+    assert asked["configurationKey"][0] == {"key": "AuthorizationKey", "readonly": False}
+    assert asked["configurationKey"][1]["key"] == "CpoName" and asked["unknownKey"] == []
+
+
+@pytest.mark.parametrize("value", ["short", "g" * 32, "ab" * 21, "x" * 21])
+def test_a_bad_authorization_key_override_is_a_config_error_without_the_value(value):
+    with pytest.raises(KeyConfigError) as err:
+        ConfigKeys(overrides={"AuthorizationKey": value})
+    assert err.value.key == "AuthorizationKey" and value not in str(err.value)
 
 
 # ------------------------------------------------------------- ChangeConfiguration
@@ -554,7 +579,7 @@ def test_a_key_the_profile_narrows_to_read_only_cannot_be_changed_or_restored():
         ({}, {"NumberOfConnectors": "RW"}, (), "NumberOfConnectors", "access RW is not allowed: §9.1.21 makes it R"),
         ({}, {"GetConfigurationMaxKeys": "RW"}, (), "GetConfigurationMaxKeys", "§9.1.9 makes it R"),
         ({}, {"HeartbeatInterval": "R"}, (), "HeartbeatInterval", "access R is not allowed: §9.1.10 makes it RW"),
-        ({}, {"HeartbeatInterval": "rw"}, (), "HeartbeatInterval", "access 'rw' is not R or RW"),
+        ({}, {"HeartbeatInterval": "rw"}, (), "HeartbeatInterval", "access 'rw' is not R, RW or W"),
         ({"HeartbeatInterval": "-1"}, {}, (), "HeartbeatInterval", "-1 is below the minimum 0"),
         ({"MeterValuesSampledData": "Temperature"}, {}, (), "MeterValuesSampledData", "not supported"),
         ({"MeterValuesSampledDataMaxLength": "2"}, {}, (), "MeterValuesSampledData", "5 items, more than 2"),

@@ -58,6 +58,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from twin.core.security import SecurityFacts
+from twin.security.events import EVENTS as SECURITY_EVENTS
 from tests.fuzz.payloads import (CSMS_ACTIONS, PayloadGen, World, canonical_json, is_unicode, schema, ts,
                                  validation_errors)
 from twin.core import actions as A
@@ -89,6 +91,8 @@ KEY_CHOICES = {
     "StopTransactionOnEVSideDisconnect": ["true", "true", "false"], "TransactionMessageAttempts": ["1", "3", "5"],
     "TransactionMessageRetryInterval": ["1", "5", "30"], "ConnectionTimeOut": ["10", "60"],
     "HeartbeatInterval": ["30", "300"], "ReserveConnectorZeroSupported": ["true", "false"],
+    # Episodes on profile 1 send their security events through the queue with the transactions.
+    "SecurityProfile": ["0", "1"], "AuthorizationKey": ["sixteen-chars-ok"], "CpoName": ["", "FuzzCPO"],
 }
 
 EVENT_GAP = timedelta(milliseconds=50)
@@ -478,6 +482,8 @@ class Episode:
             await self._restart("PowerLoss")
         elif kind == "adapter":
             name, *rest = args
+            if name == "security_facts":  # events stay JSON (replay, shrinking): built here
+                rest = [SecurityFacts(*rest[0])]
             if hasattr(self.st, name):
                 await self._execute(self._core(name, *rest))
         if self.restart_kind is not None:
@@ -681,10 +687,32 @@ class Episode:
         if roll < 0.6:
             return ("adapter", "send_diagnostics_status",
                     rng.choice(schema("DiagnosticsStatusNotification")["properties"]["status"]["enum"]))
-        if roll < 0.8:
+        if roll < 0.7:
             return ("adapter", "set_maintenance", rng.random() < 0.5)
-        return ("adapter", "ev_update", rng.choice([1, 2]), rng.choice([True, False, None]),
-                rng.choice([None, 0.0, 3680.0, 22000.0]))
+        # The security adapters: certificate service, transport, signed firmware, logs.
+        if roll < 0.78:
+            return ("adapter", "security_event", rng.choice(sorted(SECURITY_EVENTS)),
+                    rng.choice([None, "", "x" * 400, "key sixteen-chars-ok in text", "\u0000\n"]))
+        if roll < 0.83:
+            return ("adapter", "connection_established", rng.choice([0, 1, 2, 3]), rng.random() < 0.5)
+        if roll < 0.87:
+            return ("adapter", "connection_fallback", rng.choice(["profile", "key"]),
+                    rng.choice([None, "FailedToAuthenticationAtCentralSystem", "InvalidCentralSystemCertificate"]),
+                    rng.choice([None, "HTTP 401"]))
+        if roll < 0.9:
+            return ("adapter", "security_facts", [rng.choice([0, 1, 2]), rng.choice([0, 1]), rng.random() < 0.5])
+        if roll < 0.94:
+            return ("adapter", "send_signed_firmware_status",
+                    rng.choice(_status_enum("SignedFirmwareStatusNotification")),
+                    rng.choice([None, 1, 2**31 - 1]))
+        if roll < 0.97:
+            return ("adapter", "send_log_status",
+                    rng.choice(_status_enum("LogStatusNotification")),
+                    rng.choice([None, 0, 7]))
+        if roll < 0.985:
+            return ("adapter", "send_sign_certificate", "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n"
+                    "-----END CERTIFICATE REQUEST-----")
+        return ("adapter", "invalid_message", rng.choice(["bad frame", "x" * 1000]))
 
     # ================================================================== final drain
     async def _final_drain(self) -> None:
@@ -751,6 +779,11 @@ class Episode:
             await self._tick()
             step = 1.0 if progress else min(step * 2, 2.0**31)
         return self._drained()
+
+
+def _status_enum(action: str) -> list[str]:
+    """The status values a notification's schema allows."""
+    return schema(action)["properties"]["status"]["enum"]
 
 
 def _short(x: Any, n: int = 160) -> str:

@@ -35,12 +35,15 @@ from twin.link import is_unicode  # noqa: F401 - what the link lets through (re-
 
 SCHEMA_DIR = Path(ocpp.__file__).resolve().parent / "v16" / "schemas"
 
-# The CSMS-initiated calls of OCPP 1.6 (core and the five optional profiles).
+# The CSMS-initiated calls of OCPP 1.6 (core and the five optional profiles), and those the
+# security whitepaper (edition 3) adds.
 CSMS_ACTIONS = (
     "CancelReservation", "ChangeAvailability", "ChangeConfiguration", "ClearCache", "ClearChargingProfile",
     "DataTransfer", "GetCompositeSchedule", "GetConfiguration", "GetDiagnostics", "GetLocalListVersion",
     "RemoteStartTransaction", "RemoteStopTransaction", "ReserveNow", "Reset", "SendLocalList",
     "SetChargingProfile", "TriggerMessage", "UnlockConnector", "UpdateFirmware",
+    "CertificateSigned", "DeleteCertificate", "ExtendedTriggerMessage", "GetInstalledCertificateIds", "GetLog",
+    "InstallCertificate", "SignedUpdateFirmware",
 )
 
 # Schemas with "multipleOf": 0.1 are validated on Decimals, as ``ocpp.messages.validate_payload``
@@ -60,8 +63,22 @@ MEASURANDS = sorted(SUPPORTED_MEASURANDS)
 
 @lru_cache(maxsize=None)
 def schema(name: str) -> dict:
-    """The ``ocpp`` package's OCPP 1.6 JSON schema ``name`` (e.g. "ReserveNow", "ReserveNowResponse")."""
-    return json.loads((SCHEMA_DIR / f"{name}.json").read_text(encoding="utf-8"))
+    """The ``ocpp`` package's OCPP 1.6 JSON schema ``name`` (e.g. "ReserveNow", "ReserveNowResponse"),
+    with its ``#/definitions`` references inlined (the security whitepaper's schemas use them)."""
+    raw = json.loads((SCHEMA_DIR / f"{name}.json").read_text(encoding="utf-8"))
+    definitions = raw.get("definitions", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/definitions/"):
+                return inline(definitions[ref.rsplit("/", 1)[-1]])
+            return {k: inline(v) for k, v in node.items() if k != "definitions"}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return inline(raw)
 
 
 def validation_errors(action: str, payload: Any, *, response: bool = False) -> list[str]:
@@ -263,6 +280,11 @@ class PayloadGen:
             return self.rng.choice(["", " ", "0", "-1", str(INT32_MAX), str(2**31), "9" * 40, "true", "TRUE",
                                     "1.5", "0x10", "v" * 500, "Energy.Active.Import.Register,Bogus", "ÄÖÜ"])
         kind = getattr(d, "kind", "str")
+        if d.name == "AuthorizationKey":  # hex, text, and the lengths just outside 16-20 bytes
+            return self.rng.choice(["4F43415F4F4354545F61646D696E5F74657374", "0123456789abcdef" * 2,
+                                    "sixteen-chars-ok", "a" * 15, "a" * 21, "ab" * 21, "zz" * 16, "é" * 12])
+        if d.name == "SecurityProfile":
+            return self.rng.choice(["0", "1", "2", "3", "4", "-1"])
         if kind == "bool":
             return self.rng.choice(["true", "false", "True", "FALSE"])
         if kind == "int":

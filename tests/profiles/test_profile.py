@@ -18,7 +18,10 @@ SHIPPED = PROFILES / "iEVQC33.toml"
 EXAMPLE = PROFILES / "examples" / "generic-ac-1c.toml"
 
 # Not on the certificate, reported by the twin (see the profile's comments).
-TWIN_ADDED = {"ConnectorSwitch3to1PhaseSupported": "false", "SupportedFileTransferProtocols": "FTP,FTPS,HTTP,HTTPS"}
+TWIN_ADDED = {"ConnectorSwitch3to1PhaseSupported": "false", "SupportedFileTransferProtocols": "FTP,FTPS,HTTP,HTTPS",
+              # security whitepaper edition 3 §7: not covered by the certificate
+              "AdditionalRootCertificateCheck": "false", "AuthorizationKey": "", "CertificateSignedMaxChainSize": "10000",
+              "CertificateStoreMaxLength": "20", "CpoName": "", "SecurityProfile": "0"}
 
 
 # ------------------------------------------------------------------ the iEVQC33
@@ -86,7 +89,10 @@ def test_the_example_changes_keys_values_and_access():
     missing = set(shipped.key_values) - set(example.key_values)
     assert missing == {"BlinkRepeat", "LightIntensity", "MaxEnergyOnInvalidId", "ConnectorPhaseRotationMaxLength",
                        "ReserveConnectorZeroSupported", "ConnectorSwitch3to1PhaseSupported",
-                       "StopTransactionMaxMeterValues"}
+                       "StopTransactionMaxMeterValues",
+                       # a model without the security extensions (the core falls back to profile 0)
+                       "AdditionalRootCertificateCheck", "AuthorizationKey", "CertificateSignedMaxChainSize",
+                       "CertificateStoreMaxLength", "CpoName", "SecurityProfile"}
     assert "Reservation" not in example.key_values["SupportedFeatureProfiles"].split(",")
 
 
@@ -165,7 +171,7 @@ UNLOCK = 'UnlockConnectorOnEVSideDisconnect = { value = true, access = "RW" }  #
         (HB, 'HeartbeatInterval = { value = 1.5, access = "RW" }', "keys.HeartbeatInterval.value",
          "expected a string, integer, boolean or array of strings, got a number"),
         (HB, "HeartbeatInterval = { value = 30 }", "keys.HeartbeatInterval.access", "missing (a string)"),
-        (HB, 'HeartbeatInterval = { value = 30, access = "W" }', "keys.HeartbeatInterval.access", "'W' is not R or RW"),
+        (HB, 'HeartbeatInterval = { value = 30, access = "X" }', "keys.HeartbeatInterval.access", "'X' is not R, RW or W"),
         (HB, 'HeartbeatInterval = { value = 30, access = "RW", unit = "s" }', "keys.HeartbeatInterval.unit",
          "unknown key (known here: value, access)"),
         # [keys]: the OCPP definitions

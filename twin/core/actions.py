@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 
 @dataclass
@@ -69,4 +70,29 @@ class LinkSetting:
     ping_interval: int
 
 
-Action = Send | Reply | ReplyError | Persist | SetRelay | SetPilot | Restart | Delegate | LinkSetting
+@dataclass
+class SecurityLogEntry:
+    """Append one security event to the rolling security log (WP3 A04.FR.04)."""
+
+    name: str
+    timestamp: datetime
+    tech_info: str | None = None
+
+
+@dataclass
+class Reconnect:
+    """Drop the websocket and connect again with the current security settings (a raised
+    SecurityProfile, a new AuthorizationKey or charge point certificate: A05.FR.06, A01)."""
+
+    reason: str
+
+
+@dataclass
+class SecurityTask:
+    """Work for the certificate service, e.g. "SignCertificate": a new key pair and CSR (A02)."""
+
+    kind: str
+
+
+Control = Restart | LinkSetting | SecurityLogEntry | Reconnect | SecurityTask
+Action = Send | Reply | ReplyError | Persist | SetRelay | SetPilot | Delegate | Control

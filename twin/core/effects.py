@@ -13,7 +13,8 @@ Every public event method of the station returns one :class:`Effects`. The execu
    after the commit, so a reply never confirms state that a power cut could lose.
 5. ``sends``: CALLs to the CSMS. A TriggerMessage.conf therefore precedes the message it
    triggers (§5.17), and a RemoteStartTransaction.conf the StartTransaction.req.
-6. ``control``: process-level requests (restart, link settings), last.
+6. ``control``: process-level requests (restart, link settings, reconnect, security log and
+   certificate work), last: a reconnect never overtakes the reply that caused it (A05.FR.06).
 
 The core's rules append actions to a list in whatever order they produce them;
 :meth:`Effects.of` sorts that list into channels, so the channel, not the list position,
@@ -27,8 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-from twin.core.actions import (Action, Delegate, LinkSetting, Persist, Reply, ReplyError, Restart, Send,
-                               SetPilot, SetRelay)
+from twin.core.actions import (Action, Control, Delegate, LinkSetting, Persist, Reconnect, Reply, ReplyError, Restart,
+                               SecurityLogEntry, SecurityTask, Send, SetPilot, SetRelay)
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Effects:
     outputs: list[SetRelay | SetPilot] = field(default_factory=list)
     replies: list[Reply | ReplyError | Delegate] = field(default_factory=list)
     sends: list[Send] = field(default_factory=list)
-    control: list[Restart | LinkSetting] = field(default_factory=list)
+    control: list[Control] = field(default_factory=list)
 
     @classmethod
     def of(cls, actions: Iterable[Action]) -> "Effects":
@@ -64,7 +65,7 @@ class Effects:
                 fx.replies.append(a)
             elif isinstance(a, Send):
                 fx.sends.append(a)
-            elif isinstance(a, (Restart, LinkSetting)):
+            elif isinstance(a, (Restart, LinkSetting, SecurityLogEntry, Reconnect, SecurityTask)):
                 fx.control.append(a)
             else:  # pragma: no cover - a new action type must be given a channel here
                 raise TypeError(f"no channel for {type(a).__name__}")

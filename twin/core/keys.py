@@ -41,6 +41,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from twin.core.limits import INT32_MAX
+from twin.security.auth_key import AuthorizationKeyError, authorization_key_bytes
+
+CPO_NAME_MAX = 64  # RFC 5280 ub-organization-name
 
 FEATURE_PROFILES = (
     "Core",
@@ -51,11 +54,16 @@ FEATURE_PROFILES = (
     "RemoteTrigger",
 )
 VENDOR = "Vendor"  # the feature of a vendor-specific key: present whatever the feature profiles
+# The keys of the security whitepaper (edition 3 §7). It adds no feature profile to
+# SupportedFeatureProfiles, so its keys may be present whatever the list says.
+SECURITY = "Security"
 KINDS = ("bool", "int", "csl", "str")
 
 R = frozenset({"R"})
 RW = frozenset({"RW"})
 R_OR_RW = frozenset({"R", "RW"})  # the spec lets the station choose
+W = frozenset({"W"})  # write-only (WP3 §7.2 AuthorizationKey): never returned by GetConfiguration
+ACCESS_VALUES = ("R", "RW", "W")
 
 VALUE_MAX_CHARS = 500  # GetConfiguration.conf value is CiString500Type (SPEC §7.19)
 
@@ -193,6 +201,15 @@ _DEFS: tuple[KeyDef, ...] = (
     # --- Vendor keys (the model chooses R or RW) ---
     # Max MeterValues carried in StopTransaction.transactionData; 0 = no limit.
     _int("StopTransactionMaxMeterValues", "vendor", R_OR_RW, feature=VENDOR),
+    # --- Security whitepaper edition 3 §7 ---
+    _bool("AdditionalRootCertificateCheck", "WP3 §7.1", R, feature=SECURITY),
+    # 16-20 bytes as hex or text (twin.security.auth_key); "" = none configured.
+    KeyDef("AuthorizationKey", "str", SECURITY, "WP3 §7.2", W),
+    _int("CertificateSignedMaxChainSize", "WP3 §7.3", R, feature=SECURITY, maximum=10000),
+    _int("CertificateStoreMaxLength", "WP3 §7.4", R, feature=SECURITY),
+    KeyDef("CpoName", "str", SECURITY, "WP3 §7.5", RW),  # the O of the charge point certificate (A02.FR.13)
+    # Only upwards over OCPP (A05.FR.01); ChangeConfiguration goes through twin.core.security.
+    _int("SecurityProfile", "WP3 §7.6", RW, feature=SECURITY, maximum=3),
 )
 
 KEYS: dict[str, KeyDef] = {d.name: d for d in _DEFS}
@@ -250,6 +267,13 @@ def normalize(defn: KeyDef, value: str) -> str:
         return str(_parse_int(defn, value))
     if defn.kind == "csl":
         return ",".join(_check_items(defn, split_csl(value)))
+    if defn.name == "AuthorizationKey" and value:
+        try:
+            authorization_key_bytes(value)
+        except AuthorizationKeyError as exc:  # the message never holds the value
+            raise ValueError(str(exc)) from None
+    if defn.name == "CpoName" and len(value) > CPO_NAME_MAX:
+        raise ValueError(f"CpoName is longer than {CPO_NAME_MAX} characters (the certificate's O, RFC 5280)")
     return value
 
 
@@ -358,8 +382,8 @@ def check_key_profile(values: Mapping[str, str], access: Mapping[str, str],
     for name, value in values.items():
         defn = defs[name]
         chosen = access[name]
-        if chosen not in ("R", "RW"):
-            raise KeyConfigError(name, f"access {chosen!r} is not R or RW")
+        if chosen not in ACCESS_VALUES:
+            raise KeyConfigError(name, f"access {chosen!r} is not R, RW or W")
         if chosen not in defn.access:
             allowed = " or ".join(sorted(defn.access))
             raise KeyConfigError(name, f"access {chosen} is not allowed: {defn.section} makes it {allowed}")
@@ -382,7 +406,7 @@ def check_key_profile(values: Mapping[str, str], access: Mapping[str, str],
         features = set(FEATURE_PROFILES)
     for name in normalized:
         feature = defs[name].feature_profile
-        if feature != VENDOR and feature not in features:
+        if feature not in (VENDOR, SECURITY) and feature not in features:
             raise KeyConfigError(name, f"belongs to the {feature} feature profile, which SupportedFeatureProfiles "
                                  "does not list")
     missing = [d for d in defs.values() if d.required and d.feature_profile in features and d.name not in normalized]
@@ -417,6 +441,7 @@ class ConfigKeys:
         self._canon = {name.lower(): name for name in self._defs}
         self._all_defs = defs
         self._readonly: dict[str, bool] = {name: profile.key_access[name] == "R" for name in self._defs}
+        self._write_only = frozenset(name for name in self._defs if profile.key_access[name] == "W")
         self._values: dict[str, str] = {name: values[name] for name in self._defs}
         self._stored: dict[str, str] = {}
         self.warnings: list[str] = []  # ignored stored values, for the runtime to log
@@ -483,6 +508,10 @@ class ConfigKeys:
         """The keys this station has, in definition order."""
         return list(self._defs)
 
+    def write_only(self, name: str) -> bool:
+        """Whether the key is never read back (AuthorizationKey, WP3 §7.2)."""
+        return self.definition(name).name in self._write_only
+
     def readonly(self, name: str) -> bool:
         """Whether this station reports the key read-only (the profile's access)."""
         return self._readonly[self.definition(name).name]
@@ -510,7 +539,9 @@ class ConfigKeys:
         gets a complete answer.
         """
         if not keys:
-            names = list(self._defs)
+            # A write-only key is left out of the full list, as OCPP-J §6.2.2 allows for
+            # AuthorizationKey (WP3 §7.2); asked for by name it is listed without a value.
+            names = [n for n in self._defs if n not in self._write_only]
             unknown: list[str] = []
         else:
             # Repeats (in any letter case: CiString) count once.
@@ -528,7 +559,8 @@ class ConfigKeys:
                     unknown.append(key)
                 else:
                     names.append(canonical)
-        entries = [{"key": n, "readonly": self._readonly[n], "value": self._values[n]} for n in names]
+        entries = [{"key": n, "readonly": self._readonly[n]} if n in self._write_only
+                   else {"key": n, "readonly": self._readonly[n], "value": self._values[n]} for n in names]
         return {"configurationKey": entries, "unknownKey": unknown}
 
     # --- changing ---

@@ -22,6 +22,7 @@ class NS:
     PROFILES = "profiles"  # "all": every installed charging profile
     RESERVATIONS = "reservations"  # reservation id -> reservation record
     FIRMWARE = "firmware"  # the firmware service's state
+    SECURITY = "security"  # the pending SecurityProfile / AuthorizationKey (twin.core.security)
     STATION = "station"  # the fixed keys below
 
 

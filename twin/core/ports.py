@@ -24,6 +24,7 @@ from twin.core.calls import CallKind
 from twin.core.connector import Connector
 from twin.core.registration import Registration
 from twin.core.reservation import Reservation, Reservations
+from twin.core.security import Security
 from twin.core.sessions import RemoteClaim
 from twin.core.settings import Settings
 from twin.core.smart_charging import SmartCharging, TxInfo
@@ -71,6 +72,7 @@ class CoreOps(StationShape, Protocol):
     def stop_transaction(self, cid: int, reason: str, id_tag: str | None, now: datetime) -> list[Action]: ...
     def stop_transactions(self, reason: str, now: datetime) -> list[Action]: ...
     def request_hard_reset(self) -> list[Action]: ...
+    def change_security_key(self, key: str, value: str, now: datetime) -> tuple[str, list[Action]]: ...
 
 
 class LocalListOps(StationShape, Protocol):
@@ -113,6 +115,15 @@ class TriggerOps(StationShape, Protocol):
     def transaction_id(self, cid: int) -> int | None: ...
 
 
+class SecurityTriggerOps(TriggerOps, Protocol):
+    """ExtendedTriggerMessage (security whitepaper): TriggerMessage's reads plus the security state."""
+
+    @property
+    def security(self) -> Security: ...
+
+    def request_certificate(self) -> tuple[str, list[Action]]: ...
+
+
 class SmartChargingOps(StationShape, Protocol):
     @property
     def smart(self) -> SmartCharging: ...
@@ -121,7 +132,7 @@ class SmartChargingOps(StationShape, Protocol):
     def save_profiles(self) -> list[Action]: ...
 
 
-class StationOps(CoreOps, LocalListOps, ReservationOps, TriggerOps, SmartChargingOps, Protocol):
+class StationOps(CoreOps, LocalListOps, ReservationOps, SecurityTriggerOps, SmartChargingOps, Protocol):
     """Everything a handler may use."""
 
 

@@ -34,9 +34,16 @@ FALLBACKS: Mapping[str, int | bool | list[str]] = {
     "SendLocalListMaxLength": 100,  # §9.2.3
     "ReserveConnectorZeroSupported": False,  # §9.3.1
     "StopTransactionMaxMeterValues": 0,  # vendor key: no limit
+    # Security whitepaper edition 3 §7, for a model whose profile leaves them out:
+    "SecurityProfile": 0,  # §7.6: 0 "when no security profile is yet configured"
+    "AuthorizationKey": "",  # none configured
+    "CpoName": "",  # A02: SignCertificate is refused until it is set
+    "CertificateStoreMaxLength": 20,
+    "AdditionalRootCertificateCheck": False,
+    "CertificateSignedMaxChainSize": 10000,  # §7.3: at most 10 000 characters
 }
 
-_PYTHON_KIND = {"int": int, "bool": bool, "csl": list}
+_PYTHON_KIND = {"int": int, "bool": bool, "csl": list, "str": str}
 
 
 def _check_fallbacks() -> None:
@@ -77,6 +84,18 @@ class Settings:
     def get_bool(self, name: str) -> bool:
         raw = self._raw(name, "bool")
         return raw == "true" if raw is not None else bool(FALLBACKS[name])
+
+    def get_str(self, name: str) -> str:
+        raw = self._raw(name, "str")
+        return raw if raw is not None else str(FALLBACKS[name])
+
+    def has(self, name: str) -> bool:
+        """Whether this charger model has the key (its profile lists it)."""
+        try:
+            self.keys.definition(name)
+        except KeyError:
+            return False
+        return True
 
     def get_list(self, name: str) -> list[str]:
         raw = self._raw(name, "csl")

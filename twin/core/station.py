@@ -28,7 +28,8 @@ from datetime import datetime, timedelta
 from typing import Any, Callable
 
 from twin.core import auth
-from twin.core.actions import Action, Delegate, LinkSetting, Persist, Reply, ReplyError
+from twin.core.actions import (Action, Delegate, LinkSetting, Persist, Reconnect, Reply, ReplyError, SecurityLogEntry,
+                               SecurityTask)
 from twin.core.authorization import Authorizer
 from twin.core.availability import Availability
 from twin.core.calls import AuthorizeRequest, CallKind, Calls, PendingCall, malformed
@@ -37,11 +38,13 @@ from twin.core.effects import Effects
 from twin.core.evse import Evse, EvseView
 from twin.core.handlers import HANDLERS
 from twin.core.keys import canonical_name
+from twin.security.auth_key import is_valid_authorization_key
 from twin.core.ops import NS, PROFILES_ALL, StationKey, station_put
 from twin.core.ports import CallError
 from twin.core.registration import Registrar, Registration, compare_clock
 from twin.core.reservation import Reservation, Reservations
 from twin.core.sampling import Sampling
+from twin.core.security import Security, SecurityFacts
 from twin.core.sessions import RemoteClaim, Sessions
 from twin.core.settings import Settings
 from twin.core.smart_charging import SmartCharging, TxInfo
@@ -50,10 +53,17 @@ from twin.core.status import Status, StatusReporter, derive, derive_station
 from twin.core.transactions import Transactions
 from twin.core.txlog import TxLog
 from twin.core.txqueue import Entry
+from twin.security import events as security_events
 
 log = logging.getLogger("twin.station")
 
 STORAGE_FAULT = ("OtherError", "storage failure: not recording")
+INVALID_MESSAGES_EVERY = timedelta(minutes=1)
+
+
+def _with_request_id(status: str, request_id: int | None) -> dict:
+    # requestId may be left out only with Idle (L01.FR.21, N01.FR.12).
+    return {"status": status} if request_id is None else {"status": status, "requestId": request_id}
 
 
 def _entry(call: PendingCall) -> Entry:
@@ -112,6 +122,8 @@ class Station:
         self.hard_reset_pending = bool(station_kv.get(StationKey.HARD_RESET))
         self.firmware_status = "Idle"
         self.diagnostics_status = "Idle"
+        self.security = Security(settings, kv.get(NS.SECURITY, {}))
+        self.invalid_messages_logged_at: datetime | None = None
 
     # ------------------------------------------------------------------ state, by owner
     registration = property(lambda self: self.registrar.state, doc="Registration state (§4.2)")
@@ -200,10 +212,14 @@ class Station:
 
     # ------------------------------------------------------------------ boot and link
     @_event
-    def boot(self, now: datetime) -> list[Action]:
-        """After power-up: transactions that were running are stopped (TC_032_2, TC_015)."""
+    def boot(self, now: datetime, *, restarted: bool = False) -> list[Action]:
+        """After power-up: transactions that were running are stopped (TC_032_2, TC_015).
+        ``restarted``: the station went down on purpose (a Reset, a firmware restart, a
+        service stop) rather than losing power; the security event says which (A04)."""
         reason = "HardReset" if self.hard_reset_pending else "PowerLoss"
-        acts = self.transactions.stop_interrupted(reason, now)
+        acts = self._security_event("ResetOrReboot" if restarted or self.hard_reset_pending else "StartupOfTheDevice",
+                                    None, now, now)
+        acts += self.transactions.stop_interrupted(reason, now)
         if self.hard_reset_pending:
             self.hard_reset_pending = False
             acts.append(Persist([station_put(StationKey.HARD_RESET, False)]))
@@ -298,8 +314,9 @@ class Station:
         if call is None:
             return []
         if call.kind is CallKind.TX:
-            self.txlog.unanswered(_entry(call), now)
-            return self._settle(now)
+            ops = self.txlog.unanswered(_entry(call), now)
+            self.txlog.collect()
+            return [Persist(ops)] + self._settle(now)
         if call.kind is CallKind.BOOT:
             self.registrar.boot_unanswered(now)
             return []
@@ -381,13 +398,15 @@ class Station:
         set). Interval timers keep the time they had left; absolute ones (reservation expiry,
         clock-aligned data, charging schedules) stay on the wall clock, where the CSMS put them."""
         delta = timedelta(seconds=delta_s)
+        acts = self._security_event("SettingSystemTime", f"the system clock was stepped by {delta_s:+.0f} s",
+                                    now, now)
         self.registrar.shift(delta)
         self.sampling.shift(delta, now)
         self.txlog.shift(delta)
         self.sessions.shift(delta)
         self.statuses.shift(delta)
         self.evse.shift(delta)
-        return self._settle(now)
+        return acts + self._settle(now)
 
     def _settle(self, now: datetime) -> list[Action]:
         """After every event: limits, outputs, the queue, status notifications."""
@@ -545,7 +564,10 @@ class Station:
         if self.evse.station_fault is not None:
             return []
         log.critical("storage failure: faulting the station until the data is saved")
-        return list(self.fault(0, *STORAGE_FAULT, now))
+        # Queued with the data held in memory: it reaches the disk (and the CSMS) once the store
+        # writes again (A04.FR.02).
+        return self._security_event("MemoryExhaustion", "the store cannot save: " + STORAGE_FAULT[1], now, now) \
+            + list(self.fault(0, *STORAGE_FAULT, now))
 
     @_event
     def storage_recovered(self, now: datetime) -> list[Action]:
@@ -566,10 +588,130 @@ class Station:
         return self.calls.send("DiagnosticsStatusNotification", {"status": status}, CallKind.DIAGNOSTICS)
 
     @_event
-    def transfer_status(self, firmware: str, diagnostics: str, now: datetime) -> list[Action]:
-        """The firmware service's current statuses, for TriggerMessage (§4.4, §4.5); sends nothing."""
+    def transfer_status(self, firmware: str, diagnostics: str, now: datetime, *,
+                        signed_firmware: tuple[str, int | None] | None = None,
+                        log: tuple[str, int | None] | None = None) -> list[Action]:
+        """The firmware service's current statuses, for TriggerMessage (§4.4, §4.5) and
+        ExtendedTriggerMessage (L01.FR.28/29, N01.FR.12); sends nothing."""
         self.firmware_status, self.diagnostics_status = firmware, diagnostics
+        if signed_firmware is not None:
+            self.security.signed_firmware = signed_firmware
+        if log is not None:
+            self.security.log = log
         return []
+
+    @_event
+    def send_signed_firmware_status(self, status: str, request_id: int | None, now: datetime) -> list[Action]:
+        """SignedFirmwareStatusNotification (L01.FR.01/10): every state of a signed update."""
+        self.security.signed_firmware = (status, request_id)
+        return self.calls.send("SignedFirmwareStatusNotification", _with_request_id(status, request_id),
+                               CallKind.FIRMWARE)
+
+    @_event
+    def send_log_status(self, status: str, request_id: int | None, now: datetime) -> list[Action]:
+        """LogStatusNotification (N01.FR.07-10): every state of a GetLog upload."""
+        self.security.log = (status, request_id)
+        return self.calls.send("LogStatusNotification", _with_request_id(status, request_id), CallKind.DIAGNOSTICS)
+
+    @_event
+    def send_sign_certificate(self, csr_pem: str, now: datetime) -> list[Action]:
+        """SignCertificate.req (A02.FR.03) with the CSR the certificate service made. While
+        Pending it goes out only because ExtendedTriggerMessage asked for it (§4.2)."""
+        force = self.registration is Registration.PENDING
+        return self.calls.send("SignCertificate", {"csr": csr_pem}, CallKind.TRIGGER, force=force)
+
+    # ------------------------------------------------------------------ security (WP3)
+    @_event
+    def security_event(self, name: str, tech_info: str | None, now: datetime, *,
+                       occurred_at: datetime | None = None) -> list[Action]:
+        """A security event (WP3 §8) raised by an adapter: logged, and sent if it is sent."""
+        return self._security_event(name, tech_info, occurred_at or now, now) + self._settle(now)
+
+    def _security_event(self, name: str, tech_info: str | None, when: datetime, now: datetime) -> list[Action]:
+        """Every event goes into the rolling security log (A04.FR.04). Those that are sent are
+        queued with the transaction messages: persisted in this event's commit, delivered in
+        order after BootNotification Accepted, whatever happens to the link meanwhile
+        (A04.FR.01/02). ``when`` is the time of the event, not of sending."""
+        event = security_events.event(name)
+        secrets = [s for s in (self.security.authorization_key, self.security.pending_key) if s]
+        info = security_events.clean_tech_info(tech_info, secrets) if tech_info else None
+        acts: list[Action] = [SecurityLogEntry(name, when, info)]
+        # Sent only under a whitepaper security profile (1-3). Profile 0 is "no security
+        # profile configured" (WP3 §7.6): the station talks plain OCPP 1.6 on the wire, where a
+        # CSMS and OCTT's Core cases expect no SecurityEventNotification; the log has them all.
+        if event.sent and self.security.profile >= 1:
+            payload = security_events.notification_payload(name, when, info)
+            acts.append(Persist(self.txlog.enqueue("SecurityEventNotification", payload, None, now)))
+        if event.critical or event.sent:
+            log.warning("security event %s%s", name, f": {info}" if info else "")
+        else:
+            log.info("security event %s%s", name, f": {info}" if info else "")
+        return acts
+
+    @_event
+    def invalid_message(self, description: str, now: datetime) -> list[Action]:
+        """The link refused a CSMS frame (InvalidMessages, WP3 §8; log only). At most one entry
+        a minute: a CSMS that floods bad frames must not rotate the rest out of the log."""
+        last = self.invalid_messages_logged_at
+        if last is not None and timedelta(0) <= now - last < INVALID_MESSAGES_EVERY:
+            return []
+        self.invalid_messages_logged_at = now
+        return self._security_event("InvalidMessages", description, now, now)
+
+    @_event
+    def security_facts(self, facts: SecurityFacts, now: datetime) -> list[Action]:
+        """What the certificate store holds now (A05.FR.03/04 need it); sends nothing."""
+        self.security.facts = facts
+        return []
+
+    def change_security_key(self, key: str, value: str, now: datetime) -> tuple[str, list[Action]]:
+        """ChangeConfiguration of SecurityProfile or AuthorizationKey (A05, A01)."""
+        if key == "SecurityProfile":
+            problem = self.security.why_not_profile(value)
+            if problem is not None:
+                log.warning("ChangeConfiguration SecurityProfile=%s rejected: %s", value, problem)
+                return "Rejected", []
+            n = int(value.strip())
+            acts: list[Action] = [Persist(self.security.raise_profile(n))]
+            acts += self._security_event("ReconfigurationOfSecurityParameters",
+                                         f"SecurityProfile {self.security.profile} -> {n} requested", now, now)
+            return "Accepted", acts + [Reconnect(f"SecurityProfile {n}")]
+        if not is_valid_authorization_key(value):
+            log.warning("ChangeConfiguration AuthorizationKey rejected: not 16-20 bytes as hex or text")
+            return "Rejected", []
+        reconnect, ops = self.security.change_key(value)
+        acts = [Persist(ops)] + self._security_event("ReconfigurationOfSecurityParameters",
+                                                     "AuthorizationKey changed", now, now)
+        return "Accepted", acts + ([Reconnect("AuthorizationKey changed")] if reconnect else [])
+
+    @_event
+    def connection_established(self, profile: int, used_pending_key: bool, now: datetime) -> list[Action]:
+        """The CSMS accepted a websocket under ``profile``: pending settings it proved are
+        committed (A05.FR.09: the lower profile is never used again)."""
+        changed, ops = self.security.established(profile, used_pending_key)
+        acts: list[Action] = [Persist(ops)] if ops else []
+        if changed:
+            acts += self._security_event("ReconfigurationOfSecurityParameters",
+                                         "now in use: " + ", ".join(changed), now, now)
+        return acts
+
+    @_event
+    def connection_fallback(self, kind: str, event: str | None, tech_info: str | None,
+                            now: datetime) -> list[Action]:
+        """The pending profile or key failed to connect: back to the committed settings (A05.FR.08)."""
+        acts: list[Action] = [Persist(self.security.fallback(kind))]
+        if event is not None:
+            acts += self._security_event(event, tech_info, now, now)
+        return acts + self._settle(now)
+
+    def request_certificate(self) -> tuple[str, list[Action]]:
+        """ExtendedTriggerMessage(SignChargePointCertificate): Rejected without CpoName, the
+        O of the certificate (A02.FR.13; libocpp does the same); else the service makes a key
+        pair and CSR, after this reply (A02)."""
+        if not self.settings.get_str("CpoName"):
+            log.warning("SignChargePointCertificate rejected: CpoName is not set")
+            return "Rejected", []
+        return "Accepted", [SecurityTask("SignCertificate")]
 
     # ------------------------------------------------------------------ CSMS calls
     @_event
@@ -619,4 +761,7 @@ class Station:
                       "discarded": self.txlog.discarded_count},
             "localListVersion": self.authorization.local_list.version,
             "firmwareStatus": self.firmware_status, "diagnosticsStatus": self.diagnostics_status,
+            "security": {"profile": self.security.profile, "pendingProfile": self.security.pending_profile,
+                         "authorizationKeySet": bool(self.security.authorization_key),
+                         "pendingAuthorizationKey": self.security.pending_key is not None},
         }

@@ -29,6 +29,10 @@ from twin.core.txqueue import Entry, TxQueue
 
 log = logging.getLogger("twin.station")
 
+# Queued messages a CALLERROR answers for good: a security event the CSMS received but does
+# not implement counts as delivered (WP3 A04; a CSMS without the security extensions).
+DELIVERED_ON_ERROR = frozenset({"SecurityEventNotification"})
+
 Learn = Callable[[str, dict, datetime], list[tuple]]  # feeds idTagInfo to the authorization cache
 
 
@@ -237,9 +241,15 @@ class TxLog:
                 ops.append(tx_put(tx["local_id"], tx))
         return ops, started
 
-    def failed(self, entry: Entry, reason: str, now: datetime) -> list[tuple]:
+    def failed(self, entry: Entry, reason: str, now: datetime, *, answered: bool = True) -> list[tuple]:
         """A CALLERROR or an unusable reply: a failure to process (§3.7.1)."""
         self.in_flight = None
+        if entry.action in DELIVERED_ON_ERROR and answered:
+            # The CSMS has it and cannot process it (SteVe answers NotImplemented): retrying
+            # could only block the transaction messages behind it.
+            log.warning("%s answered with an error (%s); counted as delivered", entry.action, reason,
+                        extra={"ocpp_action": entry.action})
+            return self.queue.confirm(entry)
         discarded, ops = self.queue.fail(
             entry, now, max_attempts=self.settings.get_int("TransactionMessageAttempts"),
             retry_interval=self.settings.get_int("TransactionMessageRetryInterval"), reason=reason)
@@ -256,12 +266,18 @@ class TxLog:
                         entry.next_attempt_at, extra={"ocpp_action": entry.action})
         return ops
 
-    def unanswered(self, entry: Entry, now: datetime) -> None:
-        """No answer within MessageTimeout on a live link: sent again, no attempt counted."""
+    def unanswered(self, entry: Entry, now: datetime) -> list[tuple]:
+        """No answer within MessageTimeout on a live link: sent again, no attempt counted.
+        A security event is the exception: a CSMS that ignores the unknown action would
+        otherwise hold every transaction message behind it for ever, so its silences count
+        as attempts (TransactionMessageAttempts) and it is discarded after the last."""
+        if entry.action in DELIVERED_ON_ERROR:
+            return self.failed(entry, "no answer", now, answered=False)
         self.in_flight = None
         self.queue.unanswered(entry, now, retry_interval=self.settings.get_int("TransactionMessageRetryInterval"))
         log.warning("%s got no answer in time; sending it again at %s (no attempt counted)", entry.action,
                     entry.next_attempt_at, extra={"ocpp_action": entry.action})
+        return []
 
     def link_lost(self, now: datetime) -> None:
         self.in_flight = None

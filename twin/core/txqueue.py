@@ -1,7 +1,9 @@
 """Queue policy for transaction-related messages (OCPP 1.6 §3.7, §3.7.1, §4.2; errata 3.18).
 
-Which messages: StartTransaction, StopTransaction, and periodic or clock-aligned
-MeterValues. They are delivered in chronological order, one at a time; a new one
+Which messages: StartTransaction, StopTransaction, periodic or clock-aligned
+MeterValues, and the security events that must be delivered (SecurityEventNotification,
+whitepaper A04.FR.02: "queued with guaranteed delivery", which libocpp too treats as a
+transaction message). They are delivered in chronological order, one at a time; a new one
 waits until those before it are confirmed or discarded.
 
 Retry (§3.7.1): a CALLERROR or a response timeout while online is a failed attempt.
@@ -26,7 +28,7 @@ from datetime import datetime, timedelta
 from twin.core.ops import q_del, q_discard, q_put
 from twin.core.timeutil import parse_ts
 
-TX_ACTIONS = ("StartTransaction", "StopTransaction", "MeterValues")
+TX_ACTIONS = ("StartTransaction", "StopTransaction", "MeterValues", "SecurityEventNotification")
 
 
 @dataclass

@@ -31,7 +31,7 @@ DEFAULT_PROFILE = "iEVQC33.toml"
 # imsi and meterSerialNumber describe one unit: they belong in the station TOML.
 MODEL_IDENTITY_FIELDS = ("chargePointVendor", "chargePointModel", "meterType")
 REQUIRED_IDENTITY_FIELDS = ("chargePointVendor", "chargePointModel")
-ACCESS = ("R", "RW")
+ACCESS = ("R", "RW", "W")  # W: write-only (AuthorizationKey, WP3 §7.2)
 _UNLOCK_KEY = "UnlockConnectorOnEVSideDisconnect"
 
 
@@ -71,7 +71,7 @@ class ChargerProfile:
     voltage: float  # supply voltage, phase to neutral (W <-> A, errata 3.69)
     phases: int
     key_values: Mapping[str, str]  # canonical key name -> normalized OCPP value
-    key_access: Mapping[str, str]  # canonical key name -> "R" | "RW"
+    key_access: Mapping[str, str]  # canonical key name -> "R" | "RW" | "W"
     quirks: Quirks
 
 
@@ -231,7 +231,7 @@ def _keys(path: Path, table: Mapping[str, Any], connectors: int) -> tuple[dict[s
             raise t.error("value", f"expected a string, integer, boolean or array of strings, got {_toml_type(raw)}")
         chosen = t.take("access", str)
         if chosen not in ACCESS:
-            raise t.error("access", f"{chosen!r} is not R or RW")
+            raise t.error("access", f"{chosen!r} is not R, RW or W")
         t.done()
         values[name], access[name] = value, chosen
     values["NumberOfConnectors"], access["NumberOfConnectors"] = str(connectors), "R"

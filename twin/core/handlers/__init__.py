@@ -8,7 +8,7 @@ cannot express.
 
 from __future__ import annotations
 
-from twin.core.handlers import core, firmware, local_list, reservation, smart_charging, trigger
+from twin.core.handlers import core, firmware, local_list, reservation, security, smart_charging, trigger
 from twin.core.ports import Handler
 
 HANDLERS: dict[str, Handler] = {
@@ -18,4 +18,5 @@ HANDLERS: dict[str, Handler] = {
     **trigger.HANDLERS,
     **smart_charging.HANDLERS,
     **firmware.HANDLERS,
+    **security.HANDLERS,
 }

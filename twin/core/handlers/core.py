@@ -5,11 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from twin.core.actions import Action, Persist, Restart
-from twin.core.keys import TooManyKeys
+from twin.core.keys import TooManyKeys, canonical_name
 from twin.core.ports import CallError, CoreOps, Result
 from twin.core.registration import Registration
 from twin.core.smart_charging import ProfileError
-
 
 
 def rejected() -> Result:
@@ -25,9 +24,18 @@ def change_availability(st: CoreOps, p: dict, now: datetime) -> Result:
     return {"status": status}, acts
 
 
+# Changed only through their own rules (twin.core.security): SecurityProfile only upwards,
+# once its prerequisites hold (A05.FR.01-05); AuthorizationKey pending until it connects (A01).
+SECURITY_KEYS = frozenset({"SecurityProfile", "AuthorizationKey"})
+
+
 def change_configuration(st: CoreOps, p: dict, now: datetime) -> Result:
     """§5.3: the key's own validation decides (twin.core.keys); an accepted change takes effect now."""
     key, value = p["key"], p["value"]
+    name = canonical_name(key)
+    if name in SECURITY_KEYS and st.settings.has(name):
+        status, acts = st.change_security_key(name, value, now)
+        return {"status": status}, acts
     status, ops = st.settings.change(key, value)
     acts: list[Action] = [Persist(ops)] if ops else []
     if status == "Accepted" and ops:
