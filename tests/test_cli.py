@@ -132,3 +132,16 @@ def test_config_check(tmp_path):
     bad.write_text('[drivers.relay]\nbackend = "sim"\nactiv_high = true\n')
     result = twin("config", "check", str(bad))
     assert result.returncode == 2 and "activ_high" in result.stderr
+
+
+def test_csms_and_demo_refuse_bad_security_settings(tmp_path):
+    short = "only-9-ch"
+    bad_key = twin("csms", "--security-profile", "1", "--authorization-key", short, "--port", "0")
+    assert bad_key.returncode == 2 and "--authorization-key" in bad_key.stderr
+    assert short not in bad_key.stderr + bad_key.stdout  # a key is never echoed, not even a bad one
+    no_profile_4 = twin("demo", "--security-profile", "4", "--once")
+    assert no_profile_4.returncode == 2 and "invalid choice" in no_profile_4.stderr
+    # A PKI directory that cannot be created (a file is in the way): a clear error, exit 2.
+    (tmp_path / "pki").write_text("in the way")
+    no_pki = twin("csms", "--security-profile", "2", "--pki", str(tmp_path / "pki"), "--port", "0")
+    assert no_pki.returncode == 2 and "cannot set up security profile 2" in no_pki.stderr

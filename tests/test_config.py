@@ -17,6 +17,7 @@ from twin.config import (
     parse_control_address,
     redacted,
 )
+from tests.security.private_ca import CLIENT_AUTH, key_pem, make_root, pem, rsa_key
 from twin.core.keys import ConfigKeys
 
 EXAMPLE = Path(twin.__file__).parent / "data" / "station.example.toml"
@@ -81,7 +82,7 @@ def test_the_example_file_loads_and_documents_every_option():
 
 def test_a_full_file(tmp_path):
     (tmp_path / "certs").mkdir()
-    (tmp_path / "certs" / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    (tmp_path / "certs" / "ca.pem").write_text(make_root().pem)
     cfg = load_text(tmp_path, """
 [station]
 charge_point_id = "CP_42"
@@ -123,7 +124,9 @@ boot_timeout_s = 30
     assert cfg.connectors == 1 and cfg.fixed_cable is False and cfg.log_level == "DEBUG"
     assert cfg.identity["chargePointSerialNumber"] == "XJ-0001" and cfg.identity["chargePointModel"] == "iEVQC33"
     assert cfg.keys == {"HeartbeatInterval": "60", "LocalPreAuthorize": "true", "MeterValuesSampledData": "Voltage,SoC",
-                        "ConnectorPhaseRotation": "1.RST", "NumberOfConnectors": "1"}
+                        "ConnectorPhaseRotation": "1.RST", "NumberOfConnectors": "1",
+                        # wss:// with a password: security profile 2, the password is the AuthorizationKey
+                        "AuthorizationKey": "0123456789abcdef", "SecurityProfile": "2"}
     assert ConfigKeys(cfg.keys).get_int("NumberOfConnectors") == 1
     assert (cfg.ev.max_power_w, cfg.ev.phases, cfg.ev.soc_start) == (7400.0, 1, 0.0)
     assert cfg.drivers == {"relay": {"backend": "gpio", "pins": {"1": 17}}}
@@ -242,10 +245,14 @@ def test_errors_name_the_file_the_key_and_the_problem(tmp_path, text, key, probl
     assert str(error) == f"{path}: {key}: {error.problem}"
 
 
-def test_ca_file_needs_wss(tmp_path):
-    (tmp_path / "ca.pem").write_text("pem")
+def test_ca_file_needs_a_wss_endpoint(tmp_path):
+    (tmp_path / "ca.pem").write_text(make_root().pem)
     error = error_for(tmp_path, '[csms]\nca_file = "ca.pem"\n')
-    assert (error.key, error.problem) == ("csms.ca_file", "only used with a wss:// URL, but the URL is ws://127.0.0.1:9000/ocpp")
+    assert (error.key, error.problem) == ("csms.ca_file", "only used with a wss:// endpoint (csms.url or "
+                                                          "csms.profile_urls), but the URL is ws://127.0.0.1:9000/ocpp")
+    # A root for a later raise to profile 2 (TC_083) is fine once profile 2 has an endpoint.
+    cfg = load_text(tmp_path, '[csms]\nca_file = "ca.pem"\n[csms.profile_urls]\n2 = "wss://localhost:8443/ocpp"\n')
+    assert cfg.ca_file == tmp_path / "ca.pem" and cfg.profile_urls == {2: "wss://localhost:8443/ocpp"}
 
 
 def test_invalid_toml_gives_line_and_column(tmp_path):
@@ -312,7 +319,9 @@ servers = [{url = "ftp://h", Authorization_Key = "a"}]
     assert data["password"] == "***"
     assert data["drivers"]["meter"] == {"backend": "modbus", "api_token": "***"}
     assert data["firmware"]["servers"][0] == {"url": "ftp://h", "Authorization_Key": "***"}
-    assert data["keys"] == {"HeartbeatInterval": "45", "NumberOfConnectors": "2"}  # OCPP "keys" are not secrets
+    # OCPP "keys" are not secrets, but the AuthorizationKey (the password's twin) is
+    assert data["keys"] == {"HeartbeatInterval": "45", "NumberOfConnectors": "2", "AuthorizationKey": "***",
+                            "SecurityProfile": "1"}
     assert data["csms_url"] == "ws://127.0.0.1:9000/ocpp" and data["data_dir"] == str(cfg.data_dir)
     assert cfg.password == "s3cret-s3cret-s3cret" and cfg.drivers["meter"]["api_token"] == "t0ken"  # not mutated
 
@@ -347,3 +356,103 @@ def test_a_bad_profile_names_its_file(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(None, {"profile": str(bad)})
     assert str(bad) in str(err.value)
+
+
+# ------------------------------------------------------------ security profiles ([csms])
+
+KEY_HEX = "4F43415F4F4354545F61646D696E5F74657374"  # OCTT TC_073's AuthorizationKey
+
+
+@pytest.mark.parametrize(("text", "profile", "password"), [
+    ('[csms]\nurl = "ws://h/ocpp"\n', 0, None),
+    ('[csms]\nurl = "ws://h/ocpp"\npassword = "0123456789abcdef"\n', 1, "0123456789abcdef"),
+    ('[csms]\nurl = "wss://h/ocpp"\npassword = "0123456789abcdef"\n', 2, "0123456789abcdef"),
+    (f'[csms]\nurl = "ws://h/ocpp"\n[keys]\nAuthorizationKey = "{KEY_HEX}"\n', 1, KEY_HEX),
+    (f'[csms]\nurl = "ws://h/ocpp"\npassword = "{KEY_HEX}"\n[keys]\nauthorizationkey = "{KEY_HEX}"\n', 1, KEY_HEX),
+    ('[csms]\nurl = "ws://h/ocpp"\n[csms.profile_urls]\n2 = "wss://h:8443/ocpp"\n[keys]\nSecurityProfile = 0\n', 0,
+     None),
+])
+def test_the_starting_profile_and_the_password(tmp_path, text, profile, password):
+    cfg = load_text(tmp_path, text)
+    assert ConfigKeys(cfg.keys, profile=cfg.profile).get_int("SecurityProfile") == profile
+    assert cfg.password == password
+    assert cfg.keys.get("AuthorizationKey") == password  # the one value both name
+
+
+def test_profile_urls_give_each_profile_its_endpoint(tmp_path):
+    cfg = load_text(tmp_path, '[csms]\nurl = "ws://h:9000/ocpp"\npassword = "0123456789abcdef"\n'
+                              '[csms.profile_urls]\n2 = "wss://h:8443/ocpp"\n3 = "wss://h:8444/ocpp"\n'
+                              '[keys]\nSecurityProfile = 2\n')
+    from twin.security.transport import Endpoints
+
+    endpoints = Endpoints(cfg.csms_url, cfg.profile_urls)
+    assert [endpoints.url_for(n, "CP1") for n in range(4)] == [
+        "ws://h:9000/ocpp/CP1", "ws://h:9000/ocpp/CP1", "wss://h:8443/ocpp/CP1", "wss://h:8444/ocpp/CP1"]
+
+
+def _pair(tmp_path: Path, bits: int = 2048) -> None:
+    root = make_root()
+    key = rsa_key(bits)
+    _, cert = root.leaf("SERIAL-1", CLIENT_AUTH, key=key)
+    (tmp_path / "cp.pem").write_text(pem(cert))
+    (tmp_path / "cp.key").write_bytes(key_pem(key))
+
+
+def test_a_client_certificate_makes_wss_profile_3(tmp_path):
+    _pair(tmp_path)
+    cfg = load_text(tmp_path, '[csms]\nurl = "wss://h/ocpp"\nclient_cert_file = "cp.pem"\nclient_key_file = "cp.key"\n')
+    assert cfg.keys["SecurityProfile"] == "3" and cfg.password is None
+    assert cfg.client_cert_file == tmp_path / "cp.pem" and redacted(cfg)["client_key_file"] == "***"
+
+
+@pytest.mark.parametrize(("text", "key", "problem"), [
+    # the scheme must agree with the profile (ws:// 0 and 1, wss:// 2 and 3)
+    ('[csms]\nurl = "ws://h/ocpp"\npassword = "0123456789abcdef"\n[keys]\nSecurityProfile = 2\n',
+     "keys.SecurityProfile", "security profile 2 needs a wss:// endpoint, but csms.url is ws://h/ocpp"),
+    ('[csms]\nurl = "wss://h/ocpp"\n[keys]\nSecurityProfile = 0\n', "keys.SecurityProfile",
+     "security profile 0 needs a ws:// endpoint"),
+    ('[csms]\nurl = "wss://h/ocpp"\n', "csms.url", "wss:// is security profile 2 or 3"),
+    ('[csms.profile_urls]\n2 = "ws://h:9000/ocpp"\n', "csms.profile_urls.2",
+     "security profile 2 connects with wss://, but the URL is ws://"),
+    ('[csms.profile_urls]\n1 = "wss://h:9000/ocpp"\n', "csms.profile_urls.1",
+     "security profile 1 connects with ws://, but the URL is wss://"),
+    ('[csms.profile_urls]\n4 = "wss://h:9000/ocpp"\n', "csms.profile_urls.4", "must be a security profile"),
+    ('[csms.profile_urls]\n2 = "https://h/ocpp"\n', "csms.profile_urls.2", "the scheme must be ws:// or wss://"),
+    ('[csms.profile_urls]\n2 = 3\n', "csms.profile_urls.2", "expected a string"),
+    # profiles 1 and 2 need the AuthorizationKey
+    ('[keys]\nSecurityProfile = 1\n', "keys.SecurityProfile", "security profile 1 needs an AuthorizationKey"),
+    # the password is the AuthorizationKey: its rules, and one value
+    ('[csms]\npassword = "short"\n', "csms.password", "is the AuthorizationKey (Basic-auth password)"),
+    ('[csms]\npassword = "0123456789abcdef"\n[keys]\nAuthorizationKey = "fedcba9876543210"\n', "csms.password",
+     "differs from keys.AuthorizationKey"),
+    ('[csms]\nclient_cert_file = "cp.pem"\n', "csms.client_key_file", "together"),
+])
+def test_security_config_errors(tmp_path, text, key, problem):
+    (tmp_path / "cp.pem").write_text("x")
+    error = error_for(tmp_path, text)
+    assert error.key == key and problem in error.problem, str(error)
+    assert "0123456789abcdef" not in str(error) and "fedcba9876543210" not in str(error)
+
+
+def test_a_cli_wss_url_without_credentials_names_the_flag(tmp_path):
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, {"csms_url": "wss://localhost:1/ocpp"}, env=NO_ENV)
+    assert raised.value.key == "--csms" and "profile 2 needs csms.password" in raised.value.problem
+
+
+def test_ca_file_and_client_pair_are_checked_at_load(tmp_path):
+    leaf_key, leaf = make_root().leaf("localhost", CLIENT_AUTH)
+    (tmp_path / "leaf.pem").write_text(pem(leaf))
+    error = error_for(tmp_path, '[csms]\nurl = "wss://h/ocpp"\npassword = "0123456789abcdef"\nca_file = "leaf.pem"\n')
+    assert error.key == "csms.ca_file" and "cannot be a CentralSystemRootCertificate" in error.problem
+    _pair(tmp_path)
+    (tmp_path / "other.key").write_bytes(key_pem(rsa_key()))
+    error = error_for(tmp_path, '[csms]\nurl = "wss://h/ocpp"\nclient_cert_file = "cp.pem"\n'
+                                'client_key_file = "other.key"\n')
+    assert error.key == "csms.client_cert_file" and "is not the key of the first certificate" in error.problem
+    (tmp_path / "bad.key").write_text("-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----\n")
+    error = error_for(tmp_path, '[csms]\nurl = "wss://h/ocpp"\nclient_cert_file = "cp.pem"\nclient_key_file = "bad.key"\n')
+    assert "unencrypted PEM private key" in error.problem and "c2VjcmV0" not in str(error)
+    _pair(tmp_path, bits=1024)
+    error = error_for(tmp_path, '[csms]\nurl = "wss://h/ocpp"\nclient_cert_file = "cp.pem"\nclient_key_file = "cp.key"\n')
+    assert error.key == "csms.client_cert_file" and "2048" in error.problem

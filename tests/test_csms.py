@@ -254,13 +254,15 @@ async def test_scripted_callerror_silence_async_and_broken_handlers(csms: Csms) 
         csms.on("StartTransaction", None)  # back to the default
         conf = await cp.call(call.StartTransaction(connector_id=1, id_tag="A", meter_start=0,
                                                    timestamp="2024-01-01T00:00:00Z"))
-        # The security extension's SignCertificate is known but has no handler: NotSupported.
+        # A known action whose handler was taken away: NotSupported (OCPP-J §4.2.3).
+        csms._handlers.pop("SignCertificate")
         with pytest.raises(Exception) as unknown:
             await cp.call(call.SignCertificate(csr="x"), suppress=False)
     assert conf.transaction_id == 1 and unknown.value.code == "NotSupported"
     meter_values = csms.calls("MeterValues")[0]
     assert csms.reply_to(meter_values) is None
-    assert csms.schema_errors == []
+    # The only complaint is the CSR that is not one.
+    assert len(csms.schema_errors) == 1 and "csr is not a PEM PKCS#10" in csms.schema_errors[0]
 
 
 async def test_call_returns_conf_and_raises_on_callerror_and_silence(csms: Csms) -> None:
@@ -375,14 +377,18 @@ async def test_basic_auth_accepts_good_and_rejects_bad_credentials() -> None:
     assert csms.connection_count == 1
 
 
-async def test_basic_auth_with_a_hex_authorization_key_accepts_both_encodings() -> None:
+async def test_basic_auth_with_a_hex_authorization_key_wants_the_decoded_bytes() -> None:
+    # OCPP-J 1.6 §6.2.2 / A00.FR.205: the password on the wire is the decoded key, not its hex text.
     key = "0123456789abcdef0123456789abcdef01234567"
     async with Csms(require_password=key) as csms:
-        for password in (key.encode(), bytes.fromhex(key)):
-            async with raw_cp(csms, additional_headers={"Authorization": _basic("CP1", password)}):
-                await csms.wait_connected()
-            await csms.wait_disconnected()
-    assert csms.connection_count == 2
+        async with raw_cp(csms, additional_headers={"Authorization": _basic("CP1", bytes.fromhex(key))}):
+            await csms.wait_connected()
+        await csms.wait_disconnected()
+        with pytest.raises(InvalidStatus) as refused:
+            async with raw_cp(csms, additional_headers={"Authorization": _basic("CP1", key.encode())}):
+                pass
+        assert refused.value.response.status_code == 401
+    assert csms.connection_count == 1
 
 
 async def test_wrong_subprotocol_busy_and_unknown_identity_are_refused() -> None:

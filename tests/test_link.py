@@ -29,7 +29,7 @@ from twin.link import InboundError, parse_inbound
     ('[2, "id", "ChangeAvailability", {"connectorId": 1, "type": "Maybe"}]', "PropertyConstraintViolation"),
     ('[2, "id", "RemoteStartTransaction", {"idTag": "012345678901234567890"}]', "PropertyConstraintViolation"),
     ('[2, "id", "Heartbeat", {}]', "NotImplemented"),  # a CP->CSMS action sent the wrong way
-    ('[2, "id", "GetLog", {}]', "NotSupported"),
+    ('[2, "id", "GetLog", {}]', "FormationViolation"),  # a security action, checked by its schema
 ])
 def test_malformed_frames_are_classified(frame, code):
     with pytest.raises(InboundError) as info:
@@ -44,12 +44,12 @@ def test_well_formed_frames_parse():
 
 
 @contextlib.asynccontextmanager
-async def running(csms: Csms, tmp_path, **attrs):
+async def running(csms: Csms, tmp_path, keys: dict | None = None, **attrs):
     """A CSMS started with its own settings and a station (sim drivers) pointed at it."""
     from twin.runtime import Runtime
 
     await csms.start()
-    rt = Runtime(station_config(csms, tmp_path / "data", **attrs), meter_poll_s=0.5)
+    rt = Runtime(station_config(csms, tmp_path / "data", keys, **attrs), meter_poll_s=0.5)
     try:
         await rt.start()
         yield StationHandle(rt, csms)
@@ -70,14 +70,18 @@ async def refused(station: StationHandle, why: str) -> None:
     assert not station.csms.calls("BootNotification") and station.st.registration == "None"
 
 
+def profile(n: int, key: str | None = None) -> dict:
+    return {"SecurityProfile": str(n), **({"AuthorizationKey": key} if key else {})}
+
+
 async def test_basic_auth_password_is_sent_and_checked(tmp_path):
-    async with running(Csms(require_password="s3cret-pass-1234"), tmp_path, password="s3cret-pass-1234") as st:
+    async with running(Csms(require_password="s3cret-pass-1234"), tmp_path, profile(1, "s3cret-pass-1234")) as st:
         await registered(st)
 
 
 async def test_wrong_password_is_refused_and_station_keeps_retrying(tmp_path):
     async with running(Csms(require_password="right-password-1234"), tmp_path,
-                       password="wrong-password-1234") as st:
+                       profile(1, "wrong-password-1234")) as st:
         await refused(st, "401")
 
 
@@ -89,17 +93,40 @@ def _tls(directory) -> tuple:
     return tls, ctx
 
 
+@contextlib.asynccontextmanager
+async def running_tls(csms: Csms, tmp_path, ca_file, key: str):
+    """A TLS CSMS and a profile 2 station whose csms.ca_file is ``ca_file`` (a wss:// URL
+    needs its profile and credentials in the file: twin.config checks them at load)."""
+    from tests.octt.test_security_transport import station_file
+    from twin.config import load_config
+    from twin.runtime import Runtime
+
+    await csms.start()
+    config = station_file(tmp_path, csms.url, {"SecurityProfile": 2, "AuthorizationKey": key}, ca_file=ca_file)
+    rt = Runtime(load_config(config, {"data_dir": tmp_path / "data", "control": "127.0.0.1:0", "sim": True}),
+                 meter_poll_s=0.5)
+    try:
+        await rt.start()
+        yield StationHandle(rt, csms)
+    finally:
+        await rt.shutdown(graceful=False)
+        await csms.stop()
+
+
 async def test_wss_verifies_the_server_certificate(tmp_path):
+    """Profile 2: csms.ca_file is installed as a CentralSystemRootCertificate, the only anchor."""
     tls, ctx = _tls(tmp_path / "tls")
-    async with running(Csms(ssl_context=ctx), tmp_path, ca_file=tls.ca_file) as st:
+    async with running_tls(Csms(ssl_context=ctx, require_password="s3cret-pass-1234"), tmp_path, tls.ca_file,
+                           "s3cret-pass-1234") as st:
         assert st.csms.url.startswith("wss://")
         await registered(st)
+        assert len(st.rt.certs.roots("CentralSystemRootCertificate")) == 1
 
 
 async def test_wss_with_an_untrusted_certificate_does_not_connect(tmp_path):
     _, ctx = _tls(tmp_path / "tls")
     other, _ = _tls(tmp_path / "other")
-    async with running(Csms(ssl_context=ctx), tmp_path, ca_file=other.ca_file) as st:
+    async with running_tls(Csms(ssl_context=ctx), tmp_path, other.ca_file, "s3cret-pass-1234") as st:
         await refused(st, "CERTIFICATE_VERIFY_FAILED")
 
 

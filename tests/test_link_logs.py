@@ -15,7 +15,7 @@ from tests.test_link_liveness import Recorder, running, until
 from twin.csms import Csms
 from twin.link import InboundError, parse_inbound
 
-PASSWORD = "basic-auth-pw-7f3a91c2"
+PASSWORD = "basic-auth-pw-7f3a91"  # an AuthorizationKey as text: 16-20 characters
 FTP_PASSWORD = "ftp-pass-98x7q"
 AUTH_KEY = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
 AUTH_KEY_IN_BAD_FRAME = "feedfacecafebeef0011"

@@ -89,3 +89,42 @@ def test_the_filter_rewrites_message_args_and_traceback(caplog):
 def test_the_filter_lets_a_broken_record_through():
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "two %s %s", ("one",), None)
     assert RedactingFilter().filter(record) is True  # logging itself reports the bad format
+
+
+# ---------------------------------------------------------------- store ops (the AuthorizationKey)
+def test_store_ops_holding_the_authorization_key_are_redacted():
+    from twin.redact import redact_ops
+
+    key = "0123456789abcdef0123456789abcdef"
+    batches = [[("kv_put", "config", "AuthorizationKey", key), ("kv_put", "config", "HeartbeatInterval", "30")],
+               [("kv_put", "security", "pending_key", key), ("q_put", 1, {"action": "Heartbeat"})]]
+    clean = redact_ops(batches)
+    assert key not in repr(clean)
+    assert clean[0][1] == ("kv_put", "config", "HeartbeatInterval", "30") and clean[1][1] == batches[1][1]
+    # And the repr of a raw op in any log line, for a logger that did not mask it first.
+    for op in (batches[0][0], batches[1][0]):
+        assert key not in redact_text(f"NOT saved: {op!r}")
+
+
+def test_every_log_handler_redacts_whatever_logger_writes(tmp_path, capsys):
+    """The handlers setup_logging installs redact lines of any logger (a core error quoting a
+    ChangeConfiguration of AuthorizationKey), not only those of loggers with their own filter."""
+    import logging
+
+    from twin.service.logs import setup_logging
+
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    setup_logging("INFO", tmp_path, environ={})
+    key = "sixteen-chars-ok"
+    try:
+        logging.getLogger("some.module").error("failed handling %r", {"key": "AuthorizationKey", "value": key})
+        for handler in root.handlers:
+            handler.flush()
+    finally:
+        for handler in [h for h in root.handlers if h not in before]:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(level)
+    assert key not in capsys.readouterr().err
+    assert key not in (tmp_path / "logs" / "twin.log").read_text()

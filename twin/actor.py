@@ -33,8 +33,10 @@ from typing import Any, Callable, Protocol
 from twin.core import actions as A
 from twin.core.effects import Effects
 from twin.store import StoreError, invalid_ops
+from twin.redact import RedactingFilter, redact_op
 
 log = logging.getLogger("twin.actor")
+log.addFilter(RedactingFilter())  # its lines quote CSMS payloads and store ops
 
 # A wall clock that disagrees with the monotonic clock by more than this has been stepped.
 CLOCK_STEP_THRESHOLD_S = 2.0
@@ -288,7 +290,7 @@ class CoreActor:
         if not bad:
             return ops
         for index, problem in bad:
-            log.critical("BUG: store op refused, not saved: %r: %s", ops[index], problem)
+            log.critical("BUG: store op refused, not saved: %r: %s", redact_op(ops[index]), problem)
         skip = {index for index, _ in bad}
         return [op for i, op in enumerate(ops) if i not in skip]
 

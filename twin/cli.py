@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 from pathlib import Path
 
 import twin
@@ -52,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", type=Path, help="data dir (default: a temporary directory)")
     demo.add_argument("--once", action="store_true", help="exit after the scripted session")
     demo.add_argument("--session-s", type=float, default=20.0, help="how long the demo EV charges")
+    demo.add_argument("--security-profile", type=int, choices=[0, 1, 2, 3], default=0,
+                      help="OCPP security profile: 1 = HTTP Basic, 2 = TLS + Basic, 3 = TLS client certificate "
+                           "(2 and 3 make a private PKI; default 0)")
+    demo.add_argument("--pki", type=Path, metavar="DIR",
+                      help="the CSMS's private PKI for profiles 2 and 3 (default: <data dir>/csms-pki)")
 
     queue = sub.add_parser("queue", help="list queued transaction messages from the store (station may be stopped)")
     queue.add_argument("--config", type=Path)
@@ -76,13 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
         add_firmware_subcommands(sub)
     except ImportError:  # pragma: no cover
         pass
+    from twin.security.cli import add_certs_subcommands
+
+    add_certs_subcommands(sub)
     check = sub.add_parser("config", help="check a station TOML file without starting anything")
     check.add_argument("action", choices=["check"])
     check.add_argument("file", type=Path)
 
-    csms = sub.add_parser("csms", help="run a standalone CSMS that logs every message")
-    csms.add_argument("--host", default="127.0.0.1")
-    csms.add_argument("--port", type=int, default=9000)
+    csms = sub.add_parser("csms", help="run a standalone CSMS that logs every message (security profiles 0-3)")
+    from twin.csms.cli import add_csms_arguments
+
+    add_csms_arguments(csms)
     return parser
 
 
@@ -93,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "run": lambda: cmd_run(args, argv), "demo": lambda: cmd_demo(args), "queue": lambda: cmd_queue(args),
         "drivers": lambda: cmd_drivers(args), "sim": lambda: _sim(args), "firmware": lambda: _firmware(args),
         "csms": lambda: cmd_csms(args), "config": lambda: cmd_config_check(args),
+        "certs": lambda: args.run_certs(args),
     }
     try:
         return commands[args.command]()
@@ -265,9 +274,9 @@ def cmd_config_check(args) -> int:
 
 # ------------------------------------------------------------------------------ csms
 def cmd_csms(args) -> int:
-    from twin.csms.cli import main as csms_main
+    from twin.csms.cli import run as csms_run
 
-    return csms_main(["--host", args.host, "--port", str(args.port)])
+    return csms_run(args)
 
 
 # ------------------------------------------------------------------------------ demo
@@ -277,70 +286,10 @@ def cmd_demo(args) -> int:
 
 
 async def _demo(args) -> int:
-    from twin.config import load_config
-    from twin.csms import Csms
-    from twin.runtime import Runtime
+    # The built-in CSMS, the station's certificate provisioning and the session: twin/csms/demo.py.
+    from twin.csms.demo import run_demo
 
-    csms = Csms(port=args.csms_port, heartbeat_interval=60)
-    await csms.start()
-    tmp = None
-    data_dir = args.data_dir
-    if data_dir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="twin-demo-")
-        data_dir = Path(tmp.name)
-    cfg = load_config(None, {"csms_url": csms.url, "charge_point_id": "iEVQC33-DEMO", "data_dir": data_dir,
-                             "control": args.control, "sim": True})
-    cfg.keys.update({"MeterValueSampleInterval": "5"})
-    rt = Runtime(cfg)
-    await rt.start()
-    print(f"\n  CSMS:        {csms.url}/iEVQC33-DEMO\n  control API: {rt.api.url}   (try: twin sim --control {rt.api.url} state)\n",
-          flush=True)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await csms.wait_connected(timeout=15)
-        await _wait_registered(rt)
-        log.info("demo: an EV plugs into connector 1")
-        await rt.plug(1)
-        log.info("demo: the driver taps card DEMO-CARD-01 on the reader")
-        await rt.rfid("DEMO-CARD-01")
-        await _sleep_or(stop, args.session_s)
-        s = rt.state()["connectors"][0]
-        log.info("demo: charging: status %s, %.0f W, %.1f Wh so far", s["status"], s["powerW"], s["energyWh"])
-        log.info("demo: the driver taps the card again to stop")
-        await rt.rfid("DEMO-CARD-01")
-        await asyncio.sleep(1)
-        await rt.unplug(1)
-        await asyncio.sleep(1)
-        stops = csms.calls("StopTransaction")
-        log.info("demo: session done: CSMS received %d StartTransaction, %d MeterValues, %d StopTransaction",
-                 len(csms.calls("StartTransaction")), len(csms.calls("MeterValues")), len(stops))
-        if not args.once:
-            print("\nThe station keeps running; drive it with `twin sim ...` or curl. Ctrl-C to stop.", flush=True)
-            await stop.wait()
-        return 0 if stops else 1
-    finally:
-        await rt.shutdown("Other", graceful=True, drain_s=2)
-        await csms.stop()
-        if tmp is not None:
-            tmp.cleanup()
-
-
-async def _wait_registered(rt, timeout: float = 15.0) -> None:
-    for _ in range(int(timeout * 10)):
-        if rt.station.registration == "Accepted":
-            return
-        await asyncio.sleep(0.1)
-    raise RuntimeError("station did not register with the CSMS")
-
-
-async def _sleep_or(event: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(event.wait(), timeout=seconds)
-    except asyncio.TimeoutError:
-        pass
+    return await run_demo(args)
 
 
 if __name__ == "__main__":

@@ -4,13 +4,15 @@ configuration-key overrides and the simulated EV.
 Layout (every option is documented in ``twin/data/station.example.toml``)::
 
     [station]   charge_point_id, connectors, fixed_cable, data_dir, log_level
-    [csms]      url, password | password_file, ca_file
+    [csms]      url, password | password_file, ca_file, client_cert_file, client_key_file,
+                [csms.profile_urls] (one URL per security profile; docs/security-transport.md)
     [control]   enabled, host, port, debug, token_file, allowed_origins
     [identity]  BootNotification fields (chargePointVendor, chargePointModel, serials, ...)
     [keys]      OCPP configuration-key overrides, validated by twin.core.keys
     [ev]        the simulated EV: max_power_w, battery_wh, soc_start, phases
     [drivers]   passed through to drivers.registry (validated there)
     [firmware]  passed through to twin.firmware
+    [security]  the certificate service (CSR subject, key type), checked here
 
 Every problem is a :class:`ConfigError` whose text is ``<file>: <dotted key>: <problem>``;
 unknown sections and keys are errors too, so a typo never passes silently. Relative
@@ -32,6 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from twin.core.keys import ConfigKeys, KeyConfigError, canonical_name
+from twin.security.transport import Endpoints, scheme_for, scheme_problem
 
 DEFAULT_CSMS_URL = "ws://127.0.0.1:9000/ocpp"
 DEFAULT_CHARGE_POINT_ID = "iEVQC33-TWIN-001"
@@ -91,9 +94,16 @@ class StationConfig:
     config_file: Path | None
     charge_point_id: str
     csms_url: str  # the station connects to ws_url (csms_url + "/" + charge_point_id)
-    password: str | None
-    ca_file: Path | None
+    password: str | None  # the AuthorizationKey the config gives ([csms] password or [keys] AuthorizationKey)
+    ca_file: Path | None  # CentralSystemRootCertificate(s) installed into the store at start
     data_dir: Path
+    # [csms.profile_urls]: the endpoint of a security profile whose scheme csms_url lacks
+    # (twin.security.transport.Endpoints); e.g. {2: "wss://csms.example:8443/ocpp"}.
+    profile_urls: dict[int, str] = field(default_factory=dict)
+    # A factory charge point certificate chain (leaf first) and its key, imported into the
+    # certificate store at start (security profile 3).
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
     # The bench control API. control_enabled False: the runtime does not start it.
     control_enabled: bool = True
     control_host: str = "127.0.0.1"
@@ -115,6 +125,7 @@ class StationConfig:
     ev: EvConfig = field(default_factory=EvConfig)
     log_level: str = "INFO"
     firmware: dict[str, Any] = field(default_factory=dict)
+    security: dict[str, Any] = field(default_factory=dict)  # the certificate service (twin.security.service)
     force_sim: bool = False  # --sim: drivers.registry.build_drivers(..., force_sim=...)
 
     @property
@@ -261,7 +272,7 @@ def _key_value(reader: _Reader, name: str, value: Any) -> str:
 
 # ---------------------------------------------------------------------------- loading
 
-SECTIONS = ("station", "csms", "control", "identity", "keys", "ev", "drivers", "firmware")
+SECTIONS = ("station", "csms", "control", "identity", "keys", "ev", "drivers", "firmware", "security")
 CLI_FLAGS = {"csms_url": "--csms", "charge_point_id": "--id", "data_dir": "--data-dir",
              "control": "--control", "sim": "--sim", "profile": "--profile"}
 
@@ -311,12 +322,25 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None,
     _load_ev(cfg, tables["ev"])
     cfg.drivers = tables["drivers"].table  # validated by drivers.registry
     cfg.firmware = tables["firmware"].table  # validated by twin.firmware
+    cfg.security = _load_security_table(tables["security"])
     _apply_cli(cfg, dict(overrides or {}))
     _settle_control(cfg, path, doc.get("control", {}), dict(overrides or {}))
     _load_keys(cfg, tables["keys"])
-    if cfg.ca_file is not None and not cfg.csms_url.startswith("wss://"):
-        raise ConfigError(path, "csms.ca_file", f"only used with a wss:// URL, but the URL is {cfg.csms_url}")
+    _settle_security(cfg, path, doc.get("csms", {}), dict(overrides or {}))
     return cfg
+
+
+def _load_security_table(t: _Reader) -> dict[str, Any]:
+    """``[security]``: the certificate service's settings (CSR subject CN, key type), checked now
+    so a typo stops ``twin config check`` rather than the first SignCertificate."""
+    from twin.security.service import SecuritySettings
+
+    try:
+        SecuritySettings.from_table(t.table, strict=True)
+    except ValueError as e:
+        key, _, problem = str(e).partition(": ")
+        raise ConfigError(t.file, key, problem or str(e)) from None
+    return dict(t.table)
 
 
 def _load_station(cfg: StationConfig, t: _Reader, profile_override: Any = None) -> None:
@@ -365,7 +389,72 @@ def _load_csms(cfg: StationConfig, t: _Reader) -> None:
         cfg.ca_file = _path(t.file, ca_file)
         if not cfg.ca_file.is_file():
             raise t.error("ca_file", f"{cfg.ca_file} does not exist or is not a file")
+        if problem := _roots_problem(cfg.ca_file):
+            raise t.error("ca_file", problem)
+    for name in ("client_cert_file", "client_key_file"):
+        value = t.take(name, str)
+        if value is not None:
+            setattr(cfg, name, _path(t.file, value))
+            if not getattr(cfg, name).is_file():
+                raise t.error(name, f"{getattr(cfg, name)} does not exist or is not a file")
+    if (cfg.client_cert_file is None) != (cfg.client_key_file is None):
+        raise t.error("client_key_file" if cfg.client_key_file is None else "client_cert_file",
+                      "give client_cert_file and client_key_file together")
+    if cfg.client_cert_file is not None and (problem := _pair_problem(cfg.client_cert_file, cfg.client_key_file)):
+        raise t.error("client_cert_file", problem)
+    urls = t.take("profile_urls", dict, {})
+    for raw, url in urls.items():
+        key = f"profile_urls.{raw}"
+        if not (raw.isascii() and raw.isdigit() and int(raw) in (0, 1, 2, 3)):
+            raise t.error(key, "the key must be a security profile: 0, 1, 2 or 3")
+        if not isinstance(url, str):
+            raise t.error(key, f"expected a string, got {_toml_type(url)}")
+        profile = int(raw)
+        if profile in cfg.profile_urls:
+            raise t.error(key, f"given twice (also as {profile})")
+        if problem := check_csms_url(url) or scheme_problem(url, profile):
+            raise t.error(key, problem)
+        cfg.profile_urls[profile] = url
     t.done()
+
+
+def _roots_problem(path: Path) -> str | None:
+    """Why the ca_file cannot be installed as CentralSystemRootCertificates (only
+    self-signed CA certificates can: twin.security.certs), or None."""
+    from twin.security import pki
+
+    try:
+        certs = pki.load_certificates(path.read_bytes())
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    except pki.CertificateError as exc:
+        return f"{path}: {exc}"
+    for cert in certs:
+        problem = pki.ca_problem(cert) or (None if pki.is_self_signed(cert) else "not self-signed")
+        if problem:
+            return (f"{path}: {cert.subject.rfc4514_string()} cannot be a CentralSystemRootCertificate ({problem}); "
+                    "give the root CA of the CSMS certificate")
+    return None
+
+
+def _pair_problem(chain_file: Path, key_file: Path) -> str | None:
+    """Why the charge point certificate and key cannot be used for profile 3, or None."""
+    from cryptography.hazmat.primitives import serialization
+
+    from twin.security import pki
+
+    try:
+        chain = pki.load_certificates(chain_file.read_bytes())
+        key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    except (pki.CertificateError, ValueError, TypeError):
+        # The key's parse error is not quoted: it could hold key material.
+        return "needs a PEM certificate chain (leaf first) and an unencrypted PEM private key"
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(*spki) != chain[0].public_key().public_bytes(*spki):
+        return "client_key_file is not the key of the first certificate in client_cert_file"
+    return pki.key_strength_problem(chain[0].public_key())
 
 
 def _read_secret(t: _Reader, key: str, path: Path) -> str:
@@ -560,6 +649,65 @@ def _load_keys(cfg: StationConfig, t: _Reader) -> None:
     cfg.keys = {name: checked.get(name) for name in keys}
 
 
+def _settle_security(cfg: StationConfig, path: Path | None, table: Mapping[str, Any],
+                     overrides: Mapping[str, Any]) -> None:
+    """The security profile the station starts on, and its credentials (whitepaper
+    "Security profiles"; docs/security-transport.md).
+
+    - ``[csms] password`` is the AuthorizationKey: given alone it becomes the
+      ``[keys] AuthorizationKey`` override; both given must agree. Either way it must be an
+      AuthorizationKey (16-20 bytes as hex or text). Once the CSMS changes the key over OCPP,
+      the stored value wins (twin.core.keys).
+    - ``[keys] SecurityProfile`` sets the starting profile. Without it the profile follows
+      from the URL: ws:// is 0, or 1 with a password; wss:// is 2 with a password, 3 with a
+      client certificate.
+    - The starting profile needs an endpoint of its scheme (``url`` or ``[csms.profile_urls]``),
+      and profiles 1 and 2 an AuthorizationKey."""
+    from twin.security.auth_key import AuthorizationKeyError, authorization_key_bytes
+
+    url_where = (CLI, CLI_FLAGS["csms_url"]) if overrides.get("csms_url") is not None else (path, "csms.url")
+    password_key = "csms.password_file" if "password_file" in table else "csms.password"
+    if cfg.password is not None:
+        try:
+            authorization_key_bytes(cfg.password)
+        except AuthorizationKeyError as exc:  # the message never holds the value
+            raise ConfigError(path, password_key, f"is the AuthorizationKey (Basic-auth password): {exc}") from None
+        given = cfg.keys.get("AuthorizationKey")
+        if given and given != cfg.password:
+            raise ConfigError(path, password_key, "differs from keys.AuthorizationKey: both are the Basic-auth "
+                                                  "password; give one of them")
+        cfg.keys["AuthorizationKey"] = cfg.password
+    elif cfg.keys.get("AuthorizationKey"):
+        cfg.password = cfg.keys["AuthorizationKey"]
+    endpoints = Endpoints(cfg.csms_url, cfg.profile_urls)
+    if "SecurityProfile" in cfg.keys:
+        profile, where = int(cfg.keys["SecurityProfile"]), (path, "keys.SecurityProfile")
+    else:
+        tls = cfg.csms_url.startswith("wss://")
+        if not tls:
+            profile = 1 if cfg.password else 0
+        elif cfg.password:
+            profile = 2
+        elif cfg.client_cert_file is not None:
+            profile = 3
+        else:
+            raise ConfigError(*url_where, "wss:// is security profile 2 or 3: profile 2 needs csms.password (the "
+                                          "AuthorizationKey), profile 3 csms.client_cert_file and client_key_file "
+                                          "(or set keys.SecurityProfile with a certificate already in the store)")
+        if profile:  # 0 is the key's default "when no security profile is yet configured" (WP3 §7.6)
+            cfg.keys["SecurityProfile"] = str(profile)
+        where = url_where
+    if endpoints.base(profile) is None:
+        raise ConfigError(*where, f"security profile {profile} needs a {scheme_for(profile)}:// endpoint, but "
+                                  f"csms.url is {cfg.csms_url}: give [csms.profile_urls] {profile}")
+    if profile in (1, 2) and not cfg.password:
+        raise ConfigError(*where, f"security profile {profile} needs an AuthorizationKey (HTTP Basic auth): "
+                                  "set csms.password or keys.AuthorizationKey")
+    if cfg.ca_file is not None and endpoints.base(2) is None and endpoints.base(3) is None:
+        raise ConfigError(path, "csms.ca_file", f"only used with a wss:// endpoint (csms.url or "
+                                                f"csms.profile_urls), but the URL is {cfg.csms_url}")
+
+
 # -------------------------------------------------------------------------- diagnostics
 
 def redacted(cfg: StationConfig) -> dict[str, Any]:
@@ -572,6 +720,9 @@ def redacted(cfg: StationConfig) -> dict[str, Any]:
         "csms_url": cfg.csms_url,
         "password": cfg.password,
         "ca_file": str(cfg.ca_file) if cfg.ca_file else None,
+        "profile_urls": {str(k): v for k, v in cfg.profile_urls.items()},
+        "client_cert_file": str(cfg.client_cert_file) if cfg.client_cert_file else None,
+        "client_key_file": str(cfg.client_key_file) if cfg.client_key_file else None,
         "data_dir": str(cfg.data_dir),
         "control_enabled": cfg.control_enabled,
         "control_host": cfg.control_host,
@@ -588,6 +739,7 @@ def redacted(cfg: StationConfig) -> dict[str, Any]:
         "ev": vars(cfg.ev).copy(),
         "log_level": cfg.log_level,
         "firmware": cfg.firmware,
+        "security": cfg.security,
         "force_sim": cfg.force_sim,
     }
     return _redact(data)

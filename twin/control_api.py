@@ -107,6 +107,7 @@ class ControlBackend(Protocol):
     async def clear_fault(self, connector_id: int) -> dict: ...
     async def ev(self, connector_id: int, suspended: bool | None, max_power_w: float | None) -> dict: ...
     async def network(self, online: bool) -> dict: ...
+    async def tamper(self, info: str | None) -> dict: ...
     async def debug_block(self, seconds: float) -> dict: ...
 
 
@@ -619,6 +620,8 @@ class ControlApi:
             return {"POST": self._rfid}, 0
         if path == "/api/network":
             return {"POST": self._network}, 0
+        if path == "/api/tamper":
+            return {"POST": self._tamper}, 0
         if path == "/api/debug/block" and self.debug:
             return {"POST": self._debug_block}, 0
         match = _CONNECTOR_PATH.fullmatch(path)
@@ -680,6 +683,12 @@ class ControlApi:
     async def _network(self, request: _Request, _: int) -> dict:
         data = _json_object(request, {"online"}, body_required=True)
         return await self.backend.network(_boolean("online", _required(data, "online")))
+
+    async def _tamper(self, request: _Request, _: int) -> dict:
+        """The enclosure's tamper switch: TamperDetectionActivated, a critical security event."""
+        data = _json_object(request, {"info"}, body_required=False)
+        info = _text("info", data["info"], INFO_MAX_LEN, allow_empty=True) if "info" in data else None
+        return await self.backend.tamper(info)
 
     async def _debug_block(self, request: _Request, _: int) -> dict:
         data = _json_object(request, {"seconds"}, body_required=True)

@@ -23,21 +23,34 @@ means.
 Every log line written here goes through ``twin.redact``: frames carry URL passwords
 (UpdateFirmware, GetDiagnostics) and the AuthorizationKey (ChangeConfiguration), and the
 handshake carries the Authorization header.
+
+What each connection attempt uses (URL, Basic header, TLS context: the security profile)
+comes from ``plan``, called before every attempt (twin.security.transport.plan in the
+station), so a raised SecurityProfile or a new AuthorizationKey applies from the next
+attempt on. ``on_connected(attempt)`` and ``on_connect_failed(attempt, exc)`` report each
+outcome and are awaited before the link goes on, so the station commits or drops a pending
+setting before the next plan is made; ``on_connect_failed`` returning True means "try
+again at once" (a fallback to the committed settings, A05.FR.08). The link does so only
+when the new plan differs from the one that just failed: a fallback that changed nothing
+(or an attempt that cannot be built, touching no network) would otherwise spin.
+``reconnect()`` closes the connection once the replies already handed to the link are
+written, and connects again at once (A05.FR.06). Each reconnect request bumps a plan
+generation: an attempt planned before it (a handshake in progress when the settings
+changed) is closed as soon as it is up, and the link plans again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
+import inspect
 import json
 import logging
 import random
-import ssl
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
 import websockets
@@ -45,7 +58,8 @@ from ocpp.messages import get_validator
 from websockets.asyncio.client import connect
 from websockets.frames import DATA_OPCODES, Frame
 
-from twin.redact import RedactingFilter, redact_frame
+from twin.redact import RedactingFilter, redact_frame, redact_text
+from twin.security.transport import Attempt, AttemptImpossible, static_attempt
 
 log = logging.getLogger("twin.link")
 # The websockets library's own lines about this connection (handshake headers, close codes,
@@ -65,7 +79,8 @@ for _logger in (log, ws_log):
     _logger.addFilter(RedactingFilter())
 
 # Every action OCPP 1.6 defines for CSMS -> CP (core + the five optional profiles),
-# and the security-whitepaper ones this station does not implement (-> NotSupported).
+# and those the security whitepaper (edition 3) adds; the ``ocpp`` package's v16 schemas
+# cover both.
 CP_ACTIONS = {
     "CancelReservation", "ChangeAvailability", "ChangeConfiguration", "ClearCache", "ClearChargingProfile",
     "DataTransfer", "GetCompositeSchedule", "GetConfiguration", "GetDiagnostics", "GetLocalListVersion",
@@ -133,9 +148,7 @@ def parse_inbound(text: str | bytes) -> tuple[str, Any, ...]:
         if len(msg) != 4 or not isinstance(msg[2], str) or not isinstance(msg[3], dict):
             raise InboundError(uid, "FormationViolation", "CALL must be [2, id, action, {payload}]")
         action, payload = msg[2], msg[3]
-        if action in SECURITY_ACTIONS:
-            raise InboundError(uid, "NotSupported", f"{action} is not supported (no security extensions)")
-        if action not in CP_ACTIONS:
+        if action not in CP_ACTIONS and action not in SECURITY_ACTIONS:
             raise InboundError(uid, "NotImplemented", f"unknown action {action!r}")
         # These schemas say "multipleOf": 0.1, which binary floats fail (21.4 -> 21.3999...)
         # and jsonschema cannot even compute for a float against a Decimal schema. Like
@@ -229,14 +242,30 @@ class Link:
                  on_down: Callable[[], None], on_call: Callable[[str, str, dict], None],
                  on_result: Callable[[int, dict], None], on_failed: Callable[[int, str], None],
                  on_timeout: Callable[[int], None] | None = None,
-                 password: str | None = None, ca_file: Path | None = None, ping_interval: float = 10,
+                 plan: Callable[[], Attempt | Awaitable[Attempt]] | None = None,
+                 on_connected: Callable[[Attempt], Any] | None = None,
+                 on_connect_failed: Callable[[Attempt, BaseException], Any] | None = None,
+                 on_invalid: Callable[[str], None] | None = None,
+                 password: str | bytes | None = None, ca_file: Path | None = None, ping_interval: float = 10,
                  keepalive_s: float = 30.0, pong_timeout_s: float = 10.0, backoff_cap: float = 30.0):
+        """``plan`` gives each attempt's URL, headers and TLS context; without it the link
+        connects to ``<url>/<charge_point_id>`` with ``password`` (an AuthorizationKey:
+        hex is decoded, twin.security.auth_key) and, for wss://, ``ca_file``.
+        ``on_invalid(description)`` is told of every CSMS CALL refused with a CALLERROR."""
         if keepalive_s <= 0 or pong_timeout_s <= 0:
             raise ValueError("keepalive_s and pong_timeout_s must be positive")
-        self.url = f"{url.rstrip('/')}/{charge_point_id}"
+        self.url = f"{url.rstrip('/')}/{charge_point_id}"  # the URL of the last attempt
         self.charge_point_id = charge_point_id
-        self.password = password
-        self.ca_file = ca_file
+        if plan is None:
+            fixed = static_attempt(self.url, password, str(ca_file) if ca_file else None)
+            plan = lambda: fixed  # noqa: E731
+        self.plan = plan
+        self.on_connected, self.on_connect_failed, self.on_invalid = on_connected, on_connect_failed, on_invalid
+        self.attempt: Attempt | None = None  # the attempt of the live connection (or the last one)
+        self._warned_clear: set[str] = set()
+        self._replies: set[asyncio.Future] = set()  # replies handed over and not yet written
+        self._now = False  # connect again without backoff (reconnect(), a fallback)
+        self._generation = 0  # bumped by every reconnect(): a plan made before it is stale
         self._ping_interval = 0.0
         self._ping_interval_changed = asyncio.Event()
         self.ping_interval = ping_interval
@@ -270,11 +299,42 @@ class Link:
 
     # --------------------------------------------------------------- public
     def start(self) -> None:
-        if (self.password or _url_password(self.url)) and self.url.startswith("ws://"):
-            # Security profile 1 allows Basic auth without TLS, but then anyone on the path reads it.
-            log.warning("HTTP Basic auth over unencrypted ws://: the password to %s travels in clear "
-                        "(use wss://, security profile 2, where the network is not trusted)", self.url)
         self._task = asyncio.create_task(self._run(), name="ocpp-link")
+
+    def peer_certificates(self) -> list[bytes] | None:
+        """The CSMS's certificate chain (DER, leaf first) on the live TLS connection, None on
+        ws:// or offline: which CentralSystemRootCertificate is in use (M04.FR.06). Before
+        Python 3.13 only the leaf is available."""
+        ws = self._ws
+        if ws is None:
+            return None
+        ssl_object = ws.transport.get_extra_info("ssl_object")
+        if ssl_object is None:
+            return None
+        chain = getattr(ssl_object, "get_verified_chain", None)
+        if chain is not None:  # Python 3.13+
+            return [c if isinstance(c, bytes) else c.public_bytes() for c in chain()]
+        leaf = ssl_object.getpeercert(binary_form=True)
+        return [leaf] if leaf else None
+
+    def reconnect(self, reason: str) -> asyncio.Future:
+        """Close the connection and connect again at once with a new plan (A05.FR.06-07, A01).
+        The replies already handed to the link are written first: the ChangeConfiguration.conf
+        that caused this must reach the CSMS before the close (A05.FR.06)."""
+        return asyncio.ensure_future(self._reconnect(reason))
+
+    async def _reconnect(self, reason: str) -> None:
+        if self._replies:
+            await asyncio.wait(list(self._replies), timeout=5)
+        self._now = True
+        # A handshake in progress (``_ws`` is still None) was planned with the old settings:
+        # _run sees the new generation once it is up, closes it and plans again.
+        self._generation += 1
+        ws = self._ws
+        log.info("reconnecting to the CSMS: %s", reason)
+        if ws is not None:
+            await ws.close()
+        self._wake.set()  # between attempts: the next one starts now
 
     async def close(self) -> None:
         self.enabled = False
@@ -310,7 +370,9 @@ class Link:
         if ws is None:
             return
         log.debug("-> %s", frame)
-        asyncio.ensure_future(self._safe_send(ws, frame))
+        sent = asyncio.ensure_future(self._safe_send(ws, frame))
+        self._replies.add(sent)
+        sent.add_done_callback(self._replies.discard)
 
     async def _safe_send(self, ws, frame: str) -> None:
         try:
@@ -318,52 +380,124 @@ class Link:
         except websockets.ConnectionClosed:
             pass
 
-    def _ssl(self) -> ssl.SSLContext | None:
-        if not self.url.startswith("wss://"):
-            return None
-        ctx = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
-        return ctx  # server certificate and host name verified (security profile 2)
+    async def _next_attempt(self) -> Attempt:
+        attempt = self.plan()
+        if inspect.isawaitable(attempt):
+            attempt = await attempt
+        return attempt
 
-    def _headers(self) -> dict:
-        if not self.password:
-            return {}
-        # OCPP security profile 1: HTTP Basic, user = chargePointId.
-        token = base64.b64encode(f"{self.charge_point_id}:{self.password}".encode()).decode()
-        return {"Authorization": f"Basic {token}"}
+    async def _changed_plan(self, failed: Attempt, generation: int) -> tuple[int, Attempt] | None:
+        """After a fallback: the next plan, when it differs from the one that just failed
+        (then it is tried at once); None to back off: never twice in a row without backoff
+        with the same plan (a fallback that changed nothing, an attempt without network)."""
+        if generation != self._generation:
+            return None  # a reconnect() was asked for meanwhile: it plans (and sets _now) itself
+        try:
+            nxt = await self._next_attempt()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the next turn plans again and reports it
+            log.warning("planning the fallback attempt failed: %s: %s", type(e).__name__, e)
+            return None
+        if nxt.plan_key == failed.plan_key:
+            log.warning("the fallback left the connection plan to %s unchanged: backing off", nxt.url)
+            return None
+        return generation, nxt
+
+    def _warn_clear_text(self, attempt: Attempt) -> None:
+        if not attempt.url.startswith("ws://") or attempt.url in self._warned_clear:
+            return
+        if attempt.basic_auth or _url_password(attempt.url):
+            # Security profile 1 allows Basic auth without TLS (A00.FR.201: trusted networks
+            # only), but then anyone on the path reads the password.
+            self._warned_clear.add(attempt.url)
+            log.warning("HTTP Basic auth over unencrypted ws://: the password to %s travels in clear "
+                        "(use wss://, security profile 2, where the network is not trusted)", attempt.url)
+
+    async def _outcome(self, callback: Callable[..., Any] | None, *args: Any) -> Any:
+        """Run an outcome callback (sync or async); its failure must not stop the link."""
+        if callback is None:
+            return None
+        try:
+            result = callback(*args)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001
+            log.exception("connection outcome callback failed")
+            return None
 
     async def _run(self) -> None:
         failures = 0
+        planned: tuple[int, Attempt] | None = None  # (generation, attempt) planned after a fallback
         while True:
             if not self.enabled:
                 self._wake.clear()
                 await self._wake.wait()
                 failures = 0
+                planned = None
                 continue
+            self._now = False
+            attempt: Attempt | None = None
+            up = stale = False
             try:
+                if planned is not None and planned[0] == self._generation:
+                    generation, attempt = planned
+                else:
+                    generation = self._generation
+                    attempt = await self._next_attempt()
+                planned = None
+                self.attempt, self.url = attempt, attempt.url
+                if attempt.problem is not None:
+                    raise AttemptImpossible(attempt.problem)
+                self._warn_clear_text(attempt)
                 # websockets' own keepalive is off (ping_interval=None): _keepalive pings
                 # instead, also when WebSocketPingInterval is 0, and aborts a dead
                 # connection without a closing handshake that could only time out.
-                async with connect(self.url, subprotocols=["ocpp1.6"], additional_headers=self._headers(),
-                                   ssl=self._ssl(), ping_interval=None, compression=None,
+                async with connect(attempt.url, subprotocols=["ocpp1.6"], additional_headers=dict(attempt.headers),
+                                   ssl=attempt.ssl, ping_interval=None, compression=None,
                                    open_timeout=10, close_timeout=2, proxy=None, max_size=4 * 2**20,
                                    logger=ws_log) as ws:
                     if ws.subprotocol != "ocpp1.6":
                         raise ConnectionError(f"CSMS did not accept subprotocol ocpp1.6 (got {ws.subprotocol!r})")
+                    up = True
                     failures = 0
                     self.last_error = None
-                    await self._session(ws)
+                    if generation != self._generation:
+                        # reconnect() came during the handshake: this connection uses the old
+                        # settings. Nothing is committed or sent on it; leaving the block closes it.
+                        stale = True
+                    else:
+                        # Awaited: a pending profile or key is committed before anything is sent on it.
+                        await self._outcome(self.on_connected, attempt)
+                        await self._session(ws)
+                if stale:
+                    log.info("settings changed during the handshake with %s: closed, planning again", self.url)
+                    continue
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - any failure means: back off and retry
                 self.last_error = f"{type(e).__name__}: {e}"
                 log.warning("link to %s failed: %s", self.url, self.last_error)
+                if not up and attempt is not None:
+                    # A connect error: the station maps it to a security event, and a failed
+                    # pending setting falls back to the committed one, tried at once (A05.FR.08).
+                    generation = self._generation
+                    if await self._outcome(self.on_connect_failed, attempt, e):
+                        planned = await self._changed_plan(attempt, generation)
+                        if planned is not None:
+                            self._now = True
+            if self._now and self.enabled:
+                continue
             failures += 1
             # Capped exponential backoff with jitter, so a fleet does not reconnect in lockstep.
             delay = min(self.backoff_cap, 0.5 * 2 ** min(failures, 10)) * random.uniform(0.5, 1.0)
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
-                failures = 0  # network switched back on: try at once
+                failures = 0  # network switched back on, or a reconnect asked for: try at once
             except asyncio.TimeoutError:
                 pass
 
@@ -439,10 +573,12 @@ class Link:
                 self._deliver(e.unique_id, fut, ("error", e.unique_id, e.code, e.description))
             else:
                 self.reply_error(e.unique_id, e.code, e.description)
+                self._invalid(f"{e.code}: {e.description}")
             return
         except Exception as e:  # noqa: BLE001 - one bad frame must never drop the session
             log.exception("unexpected error parsing a CSMS frame: %.200s", redact_frame(frame))
             self.reply_error("-1", "GenericError", f"cannot process frame: {type(e).__name__}")
+            self._invalid(f"GenericError: cannot process frame: {type(e).__name__}")
             return
         if msg[0] == "call":
             _, uid, action, payload = msg
@@ -453,6 +589,16 @@ class Link:
                 self._deliver(msg[1], fut, msg)
             else:
                 log.warning("response to an unknown or expired call %s ignored", msg[1])
+
+    def _invalid(self, description: str) -> None:
+        """A CSMS frame refused with a CALLERROR: the station may raise InvalidMessages.
+        The description is redacted: a schema message may quote a URL with a password."""
+        if self.on_invalid is None:
+            return
+        try:
+            self.on_invalid(redact_text(description)[:255])
+        except Exception:  # noqa: BLE001 - a callback bug must not drop the session
+            log.exception("on_invalid callback failed")
 
     def _deliver(self, uid: str, fut: asyncio.Future, msg: tuple) -> None:
         """Hand an answer to the station here, in the order frames arrived: a CALLRESULT

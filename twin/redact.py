@@ -46,12 +46,39 @@ _VALUE_MEMBER = re.compile(
     r"(\\?[\"']value\\?[\"']\s*:\s*)(?:(?P<q>\\?[\"']).*?(?P=q)(?=\s*[,}])|[^,}\s]+)", re.DOTALL)
 
 
+# The repr of a store op that holds the key: ('kv_put', 'config', 'AuthorizationKey', '...')
+# or ('kv_put', 'security', 'pending_key', '...') (twin.core.security).
+_SECRET_OP = re.compile(r"(?i)([\"']kv_put[\"']\s*,\s*[\"'][^\"']*[\"']\s*,\s*[\"'](?:authorizationkey|pending_key)[\"']\s*,\s*)"
+                        r"([\"']).*?\2")
+# Store namespaces / keys whose values are secrets (twin.core.ops NS.SECURITY, AuthorizationKey).
+_SECRET_OP_NAMESPACES = frozenset({"security"})
+
+
 def redact_text(text: str) -> str:
     """``text`` with URL passwords, AuthorizationKey values and Authorization header values
     replaced by ``***``. Never raises for any str."""
     text = _redact_urls(text)
     text = _AUTH_HEADER.sub(lambda m: f"{m.group(1)}{m.group(2) + ' ' if m.group(2) else ''}{REDACTED}", text)
+    text = _SECRET_OP.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}{m.group(2)}", text)
     return _redact_secret_values(text)
+
+
+def redact_op(op: tuple) -> tuple:
+    """A store op fit for a log line: the value of a secret (the AuthorizationKey, in the
+    ``config`` namespace or pending in ``security``) replaced by ``***``."""
+    if (len(op) == 4 and op[0] == "kv_put"
+            and (op[1] in _SECRET_OP_NAMESPACES or str(op[2]).casefold() == "authorizationkey")):
+        return (*op[:3], REDACTED)
+    return op
+
+
+def redact_ops(batches: object) -> object:
+    """:func:`redact_op` over an op list, or a list of op lists (the actor's held batches)."""
+    if isinstance(batches, tuple):
+        return redact_op(batches)
+    if isinstance(batches, list):
+        return [redact_ops(b) for b in batches]
+    return batches
 
 
 def redact_frame(frame: str | bytes) -> str:

@@ -8,6 +8,7 @@ effects on the hardware and the link (it is the actor's :class:`~twin.actor.Effe
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -24,10 +25,16 @@ from twin.core.smart_charging import SmartCharging
 from twin.core.station import Station, StationSpec
 from twin.firmware.launcher import RESTART_EXIT_CODE
 from twin.link import Link
+from twin.redact import RedactingFilter, redact_ops
 from twin.sim.ev import EvModel, SimulatedEv
 from twin.store import Store
 
 log = logging.getLogger("twin.runtime")
+log.addFilter(RedactingFilter())  # its lines quote CSMS payloads and store ops
+
+# CSMS calls the certificate service answers (the rest of the Delegates go to the firmware service).
+SECURITY_DELEGATES = frozenset({"InstallCertificate", "GetInstalledCertificateIds", "DeleteCertificate",
+                                "CertificateSigned"})
 
 BOOT_METER_READ_S = 3.0  # how long boot waits for a meter register before it stops interrupted sessions
 FIRMWARE_REPORT_RETRY_S = 2.0  # how often an install's outcome is offered again until it is sent
@@ -36,6 +43,27 @@ STOP_ALL_S = 15.0  # a graceful stop waits this long for the core to stop the se
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+RESTART_MARKER = "restarted-on-purpose"
+
+
+def _put_restart_marker(data_dir: Path) -> None:
+    try:
+        (data_dir / RESTART_MARKER).touch()
+    except OSError as e:  # a full disk: the next boot reports StartupOfTheDevice instead
+        log.warning("cannot write the restart marker: %s", e)
+
+
+def _take_restart_marker(data_dir: Path) -> bool:
+    marker = data_dir / RESTART_MARKER
+    try:
+        marker.unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        log.warning("cannot remove the restart marker: %s", e)
+    return True
 
 
 class Runtime:
@@ -57,6 +85,10 @@ class Runtime:
         self.link: Link | None = None
         self.api = None
         self.firmware = None
+        self.certs = None  # twin.security.certs.CertificateStore
+        self.security_log = None  # twin.security.log.SecurityLog
+        self.security = None  # the certificate service (twin.security.service)
+        self._security_log_write: asyncio.Future | None = None
         self.notifier = None
         self.last_status_text = ""
         self.started_monotonic = time.monotonic()
@@ -86,6 +118,11 @@ class Runtime:
             station_max_amps=spec.max_current_a,
             composite_start_schedule=cfg.profile.quirks.composite_start_schedule)
         self.station = st = Station(spec, keys, smart, state)
+        from twin.security.certs import CertificateStore
+        from twin.security.log import SecurityLog
+
+        self.certs = CertificateStore(data_dir)
+        self.security_log = SecurityLog(data_dir)
         self.actor = CoreActor(st, self.store, self, clock=self.clock, detect_clock_steps=self.clock is utcnow,
                                after_step=self._after_step)
         # The simulated cars: only the sim meter asks them what they draw; a real meter measures.
@@ -110,7 +147,8 @@ class Runtime:
         # The registers at boot are the energy of sessions a power loss interrupted.
         await self._read_meters(timeout=BOOT_METER_READ_S)
         # Boot: interrupted transactions are stopped (PowerLoss / HardReset) and queued.
-        await self.actor.call(st.boot)
+        restarted = await asyncio.to_thread(_take_restart_marker, data_dir)
+        await self.actor.call(functools.partial(st.boot, restarted=restarted))
         if self.api_enabled():
             from twin.control_api import ControlApi
 
@@ -119,9 +157,33 @@ class Runtime:
             log.info("control API on %s", self.api.url)
         else:
             log.info("control API off ([control] enabled = false, or the drivers name real hardware)")
-        post = self.actor.post
+        # The certificate service before the link: the core knows what the store holds
+        # (A05.FR.03/04) before the first CSMS call can ask.
+        await self._security_start()
+        self._start_link(keys)
+        for coro, name in ((self._meter_loop(), "meters"), (self._watchdog_loop(), "watchdog")):
+            self.tasks.append(asyncio.create_task(coro, name=name))
+        self.notifier.ready(self._status_text())
+        log.info("station %s up: %d connectors, firmware %s, CSMS %s", cfg.charge_point_id, cfg.connectors,
+                 spec.identity["firmwareVersion"], self.link.url)
+
+    def _start_link(self, keys: ConfigKeys) -> None:
+        """The websocket to the CSMS (twin.link), on the station's security profile: every
+        attempt's URL, Basic header and TLS context come from twin.security.transport.plan,
+        and each outcome commits or drops a pending profile or key (A05.FR.07-09, A01)."""
+        from twin.security import transport
+
+        cfg, st, post = self.cfg, self.station, self.actor.post
+        self._link_endpoints = transport.Endpoints(cfg.csms_url, dict(getattr(cfg, "profile_urls", None) or {}))
+        self._link_monitor = transport.Monitor()
+        self._link_provision()
+        # The URL of the committed profile, for the start-up log line; every attempt asks the plan.
+        base = self._link_endpoints.base(st.security.connection().profile) or cfg.csms_url
         self.link = Link(
-            cfg.csms_url, cfg.charge_point_id, password=cfg.password, ca_file=cfg.ca_file,
+            base, cfg.charge_point_id, plan=self._link_plan,
+            on_connected=self._link_connected, on_connect_failed=self._link_connect_failed,
+            # A CSMS CALL refused with a CALLERROR: InvalidMessages (WP3 §8, rate-limited by the core).
+            on_invalid=lambda description: post(st.invalid_message, description),
             ping_interval=keys.get_int("WebSocketPingInterval"),
             on_up=lambda: post(self._core_link_up, self.link.session),
             on_down=lambda: post(self._core_link_down),
@@ -131,11 +193,156 @@ class Runtime:
             # No answer on a link that still answers pings (a dead one ends in on_down instead).
             on_timeout=lambda ref: post(st.call_timed_out, ref))
         self.link.start()
-        for coro, name in ((self._meter_loop(), "meters"), (self._watchdog_loop(), "watchdog")):
-            self.tasks.append(asyncio.create_task(coro, name=name))
-        self.notifier.ready(self._status_text())
-        log.info("station %s up: %d connectors, firmware %s, CSMS %s", cfg.charge_point_id, cfg.connectors,
-                 spec.identity["firmwareVersion"], self.link.url)
+
+    def _link_store(self):
+        """The certificate store the TLS profiles take their anchors and client pair from."""
+        if self.certs is None:
+            from twin.security.certs import CertificateStore
+
+            self.certs = CertificateStore(Path(self.cfg.data_dir))
+        return self.certs
+
+    def _link_provision(self) -> None:
+        """Factory provisioning from the config: ``[csms] ca_file`` roots become installed
+        CentralSystemRootCertificates and ``[csms] client_cert_file``/``client_key_file`` a
+        charge point pair, so a station can start on profile 2 or 3. The TLS profiles trust
+        the store only, never a file or the system's CAs.
+
+        Once per data dir: ``<data_dir>/csms-provisioned.json`` names the fingerprints
+        already provisioned, and they are never installed again. After that the store is
+        the CSMS's to manage: a DeleteCertificate (M04) stays deleted across restarts, and
+        the store does not fill up with the file's roots. A ca_file that names new roots
+        provisions those, once."""
+        from cryptography.hazmat.primitives import serialization
+
+        from twin.security import pki
+        from twin.security.certs import CertificateError
+
+        cfg, store, now = self.cfg, self._link_store(), self.clock()
+        marker = Path(cfg.data_dir) / "csms-provisioned.json"
+        done = self._link_read_provisioned(marker)
+        changed = recorded = False
+        if getattr(cfg, "ca_file", None):
+            try:
+                roots = pki.load_certificates(Path(cfg.ca_file).read_bytes())
+            except (OSError, CertificateError) as e:
+                roots = []
+                log.error("csms.ca_file %s: %s", cfg.ca_file, e)
+            limit = self.station.settings.get_int("CertificateStoreMaxLength") or 20
+            for cert in roots:
+                fp = pki.fingerprint(cert)
+                if fp in done["ca_file"]:
+                    continue  # provisioned before: installed, or deleted by the CSMS since
+                text = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+                outcome = store.install_root(pki.CENTRAL_SYSTEM_ROOT, text, now, limit)
+                if outcome.status != "Accepted":
+                    # Not recorded: not installed, so the next start tries again.
+                    log.error("csms.ca_file %s: %s not installed: %s", cfg.ca_file, cert.subject.rfc4514_string(),
+                              outcome.reason)
+                    continue
+                done["ca_file"].append(fp)
+                recorded = True
+                changed = changed or outcome.reason != "already installed"
+        chain_file, key_file = getattr(cfg, "client_cert_file", None), getattr(cfg, "client_key_file", None)
+        if chain_file and key_file:
+            try:
+                chain = pki.load_certificates(Path(chain_file).read_bytes())
+                fp = pki.fingerprint(chain[0])
+                if fp not in done["client"]:
+                    known = {c.id for c in store.all_charge_point_credentials()}
+                    if fp not in known:
+                        store.import_charge_point_credentials(Path(chain_file).read_bytes(),
+                                                              Path(key_file).read_bytes())
+                        changed = True
+                    done["client"].append(fp)
+                    recorded = True
+            except (OSError, CertificateError) as e:
+                log.error("csms.client_cert_file %s: not installed: %s", chain_file, e)
+        if recorded:
+            try:
+                self._link_write_provisioned(marker, done)
+            except OSError as e:  # the next start provisions again ("already installed"): no harm
+                log.error("cannot record the provisioned certificates in %s: %s", marker, e)
+        if changed:
+            from twin.core.security import SecurityFacts
+
+            def valid(use: str) -> int:
+                return sum(pki.validity_problem(cert, now) is None for cert in store.roots(use))
+
+            # What ChangeConfiguration(SecurityProfile) checks (A05.FR.03/04) now includes these.
+            facts = SecurityFacts(valid(pki.CENTRAL_SYSTEM_ROOT), valid(pki.MANUFACTURER_ROOT),
+                                  store.charge_point_credentials(now) is not None)
+            self.actor.post(self.station.security_facts, facts)
+            if self.security is not None:
+                self.security.store_changed()  # its inventory (GET /api/state) sees them too
+
+    @staticmethod
+    def _link_read_provisioned(marker: Path) -> dict[str, list[str]]:
+        """The fingerprints ``_link_provision`` installed before (none when the file is
+        missing; an unreadable one is reported and read as none: provisioning again only
+        finds the roots "already installed", unless the CSMS deleted them)."""
+        import json
+
+        done: dict[str, list[str]] = {"ca_file": [], "client": []}
+        try:
+            data = json.loads(marker.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return done
+        except (OSError, ValueError) as e:
+            log.error("%s is unreadable (%s): provisioning from the config again", marker, e)
+            return done
+        for name in done:
+            values = data.get(name) if isinstance(data, dict) else None
+            if isinstance(values, list):
+                done[name] = [v for v in values if isinstance(v, str)]
+        return done
+
+    @staticmethod
+    def _link_write_provisioned(marker: Path, done: dict[str, list[str]]) -> None:
+        import json
+
+        from twin.security.certs import fsync_dir, write_atomic
+
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(marker, (json.dumps(done, indent=1, sort_keys=True) + "\n").encode(), 0o644)
+        fsync_dir(marker.parent)
+
+    async def _link_plan(self):
+        """The next connection attempt: read between actor steps, the files off the loop."""
+        from twin.security import transport
+
+        connection = self.station.security.connection()
+        return await asyncio.to_thread(transport.plan, connection, self._link_endpoints, self.cfg.charge_point_id,
+                                       self._link_store(), self.clock())
+
+    async def _link_connected(self, attempt) -> None:
+        """The CSMS accepted the websocket: what the attempt tried is committed, before
+        anything is sent on it (A05.FR.09: the lower profile is never used again)."""
+        profile, used_pending_key = self._link_monitor.connected(attempt)
+        await self.actor.call(self.station.connection_established, profile, used_pending_key)
+
+    async def _link_connect_failed(self, attempt, exc: BaseException) -> bool:
+        """A failed connection attempt: its security event, once per run of failures; a
+        pending profile or key falls back to the committed one (A05.FR.08), and True asks
+        the link to connect again at once."""
+        failure = self._link_monitor.failed(attempt, exc)
+        st = self.station
+        if failure.fallbacks:
+            log.warning("connecting with the new %s failed (%s): back to the previous settings",
+                        " and ".join(failure.fallbacks), failure.tech_info)
+            before = st.security.connection()
+            event, ran = failure.event, True
+            for kind in failure.fallbacks:
+                # None: the actor is closed (shutting down) or the core failed; the step did not run.
+                done = await self.actor.call(st.connection_fallback, kind, event, failure.tech_info if event else None)
+                ran = ran and done is not None
+                event = None
+            # At once only when the fallback really changed what the next attempt uses: else
+            # the same plan again, and an attempt that touches no network would spin.
+            return ran and st.security.connection() != before
+        if failure.event is not None:
+            await self.actor.call(st.security_event, failure.event, failure.tech_info)
+        return False
 
     def _spec(self) -> StationSpec:
         cfg = self.cfg
@@ -211,6 +418,9 @@ class Runtime:
             t.cancel()
         if actor is not None:
             await actor.close()  # finishes what is queued; from here on nothing steps the core
+        await self._security_close()
+        if self._security_log_write is not None:
+            await asyncio.wait([self._security_log_write], timeout=5)  # the last entries reach the file
         if self.link:
             await self.link.close()
         if self.api:
@@ -221,8 +431,12 @@ class Runtime:
             await self.drivers.close()  # opens every contactor
         if self.store:
             if actor is not None and not await actor.flush():
-                log.critical("store still failing at shutdown; NOT saved: %r", actor.unsaved)
+                log.critical("store still failing at shutdown; NOT saved: %r", redact_ops(actor.unsaved))
             await self.store.close()
+        if self.cfg is not None and self.store is not None:
+            # Gone down on purpose (a Reset, a firmware restart, a service stop): the next boot is
+            # ResetOrReboot, not StartupOfTheDevice (WP3 §8). A power cut or kill -9 leaves none.
+            await asyncio.to_thread(_put_restart_marker, Path(self.cfg.data_dir))
 
     # ------------------------------------------------------------------ events into the core
     def _core_link_up(self, session: int, now: datetime) -> Effects:
@@ -234,9 +448,11 @@ class Runtime:
         return self.station.link_down(now)
 
     def _on_csms_call(self, uid: str, action: str, payload: dict) -> None:
-        if self.firmware is not None:  # TriggerMessage reports the transfers' live status
-            self.actor.post(self.station.transfer_status, self.firmware.firmware_status,
-                            self.firmware.diagnostics_status)
+        if self.firmware is not None:  # (Extended)TriggerMessage reports the transfers' live status
+            fw = self.firmware
+            self.actor.post(functools.partial(self.station.transfer_status, fw.firmware_status, fw.diagnostics_status,
+                                              signed_firmware=getattr(fw, "signed_firmware_state", None),
+                                              log=getattr(fw, "log_state", None)))
         self.actor.post(self._answer_call, uid, action, payload)
 
     def _answer_call(self, uid: str, action: str, payload: dict, now: datetime) -> Effects:
@@ -275,13 +491,24 @@ class Runtime:
         Accepted and the send must not lose it (§4.5)."""
         from twin.firmware import slots
 
-        report = await asyncio.to_thread(slots.pending_report, data_dir, consume=False)
-        if not report:
+        owed = await asyncio.to_thread(slots.pending_outcome, data_dir, consume=False)
+        if owed is None:
             return True
-        fx = await self.actor.call(self.station.send_firmware_status, report)
+        if owed.signed:  # L01.FR.10: the SignedUpdateFirmware's requestId, also after the restart
+            fx = await self.actor.call(self.station.send_signed_firmware_status, owed.status, owed.request_id)
+        else:
+            fx = await self.actor.call(self.station.send_firmware_status, owed.status)
         if fx is None or not fx.sends or self.link is None or self.core_session != self.link.session:
             return False
-        log.info("firmware: reported %s after the restart", report)
+        log.info("firmware: reported %s after the restart%s", owed.status,
+                 f" (SignedUpdateFirmware {owed.request_id})" if owed.signed else "")
+        if owed.signed and self.firmware is not None:
+            self.firmware.signed_status_sent(owed.status, owed.request_id)
+        if owed.status == slots.REPORT_INSTALLED:
+            # Critical (WP3 section 8): new firmware is installed and running. The core
+            # queues it durably, so once is enough.
+            await self.actor.call(self.station.security_event, "FirmwareUpdated",
+                                  f"firmware {owed.version} installed and running")
         await asyncio.to_thread(slots.pending_report, data_dir)
         return True
 
@@ -308,37 +535,169 @@ class Runtime:
         if self.link is not None and self.core_session == self.link.session:
             self.link.send_call(call.ref, call.action, call.payload, call.timeout)
 
-    def control(self, request: A.Restart | A.LinkSetting) -> None:
+    def control(self, request: A.Control) -> None:
         if isinstance(request, A.Restart):
             asyncio.ensure_future(self._restart(request.kind))
-        elif self.link:
-            self.link.ping_interval = request.ping_interval
+        elif isinstance(request, A.LinkSetting):
+            if self.link:
+                self.link.ping_interval = request.ping_interval
+        elif isinstance(request, A.SecurityLogEntry):
+            self._write_security_log(request)
+        elif isinstance(request, A.Reconnect):
+            self._reconnect(request.reason)
+        elif isinstance(request, A.SecurityTask):
+            if self.security is not None:
+                self.security.task(request.kind)
+            else:
+                log.warning("security task %s: certificate management unavailable", request.kind)
+
+    def _write_security_log(self, entry: A.SecurityLogEntry) -> None:
+        """The rolling security log (A04.FR.04): written off the loop, in order."""
+        if self.security_log is None:
+            return
+        previous = self._security_log_write
+
+        async def write() -> None:
+            if previous is not None:
+                # Entries stay in order; one that failed does not stop those after it.
+                await asyncio.wait([previous])
+            secrets = [key] if (key := self.station.security.connection().authorization_key) else []
+            try:
+                dropped = await asyncio.to_thread(self.security_log.append, entry.name, entry.timestamp,
+                                                  entry.tech_info, secrets)
+            except Exception as e:  # noqa: BLE001 - a full disk, or anything: the station carries on
+                log.error("security log: cannot write %s: %s", entry.name, e)
+                return
+            if dropped and entry.name != "SecurityLogWasCleared" and not self.actor.closed:
+                self.actor.post(self.station.security_event, "SecurityLogWasCleared",
+                                "the rolling security log dropped its oldest entries")
+
+        self._security_log_write = asyncio.ensure_future(write())
 
     async def _delegate(self, act: A.Delegate) -> None:
-        """Firmware and diagnostics calls, answered by the firmware service."""
+        """A CSMS call the core hands over: certificates to the security service, firmware,
+        diagnostics and logs to the firmware service. Each adapter replies itself."""
+        try:
+            if act.action in SECURITY_DELEGATES:
+                await self._security_call(act)
+            else:
+                await self._firmware_call(act)
+        except Exception as e:  # noqa: BLE001 - an adapter bug must still answer the CALL (§4.1.3)
+            log.exception("%s failed", act.action)
+            self.link.reply_error(act.unique_id, "InternalError", str(e)[:200])
+
+    async def _security_call(self, act: A.Delegate) -> None:
+        """InstallCertificate, GetInstalledCertificateIds, DeleteCertificate, CertificateSigned:
+        the certificate service (twin.security.service) answers them itself."""
+        if self.security is None:
+            self.link.reply_error(act.unique_id, "NotSupported", "certificate management unavailable")
+            return
+        await self.security.handle(act)
+
+    async def _security_start(self) -> None:
+        """The certificate service on ``self.certs``. Called after the actor starts and
+        before the link does: the core learns what the store holds (A05.FR.03/04) before
+        the first CSMS call can ask."""
+        from twin.security.certs import CertificateStore
+        from twin.security.service import SecurityService, SecuritySettings
+
+        if self.certs is None:
+            self.certs = CertificateStore(Path(self.cfg.data_dir))
+        self.security = SecurityService(self, self.certs, SecuritySettings.from_config(self.cfg))
+        await self.security.start()
+
+    async def _security_close(self) -> None:
+        if self.security is not None:
+            await self.security.close()
+
+    def _security_snapshot(self) -> dict:
+        """The certificate store for GET /api/state (no key material)."""
+        return self.security.snapshot() if self.security is not None else {}
+
+    async def _firmware_call(self, act: A.Delegate) -> None:
+        """UpdateFirmware, GetDiagnostics, SignedUpdateFirmware, GetLog: the firmware service."""
         p = act.payload
         from twin.core.timeutil import parse_ts
 
         if self.firmware is None:
             self.link.reply_error(act.unique_id, "NotSupported", "firmware management unavailable")
             return
+        if act.action == "UpdateFirmware":
+            if self.firmware.settings.secure_update_only:
+                # WP3 L01.FR.20: a station that implements signed updates refuses plain ones.
+                self.link.reply_error(act.unique_id, "NotSupported",
+                                      "UpdateFirmware is disabled here; use SignedUpdateFirmware")
+                return
+            # Reply once the request is on disk: a confirmed update survives a power cut.
+            replied = asyncio.get_running_loop().create_future()
+            try:
+                await self.firmware.update_firmware(p["location"], parse_ts(p["retrieveDate"]) or self.clock(),
+                                                    p.get("retries"), p.get("retryInterval"), replied=replied)
+                self.link.reply(act.unique_id, {})
+            finally:
+                replied.set_result(None)  # the update's first status may go out now
+        elif act.action == "GetDiagnostics":
+            name = self.firmware.get_diagnostics(p["location"], p.get("retries"), p.get("retryInterval"),
+                                                 parse_ts(p.get("startTime")), parse_ts(p.get("stopTime")))
+            self.link.reply(act.unique_id, {"fileName": name} if name else {})
+        elif act.action == "SignedUpdateFirmware":
+            await self._firmware_signed_update(act)
+        elif act.action == "GetLog":
+            await self._firmware_get_log(act)
+        else:
+            self.link.reply_error(act.unique_id, "NotSupported", f"{act.action} is not available")
+
+    async def _firmware_signed_update(self, act: A.Delegate) -> None:
+        """SignedUpdateFirmware (L01): the signing certificate is checked against the
+        installed ManufacturerRootCertificates before the answer (L01.FR.23); an accepted
+        request is on disk before the answer, like UpdateFirmware."""
+        from twin.core.timeutil import parse_ts
+
+        from twin.security.certs import CertificateStore
+
+        p, fw = act.payload, act.payload["firmware"]
+        store = self.certs if self.certs is not None else CertificateStore(Path(self.cfg.data_dir))
+        roots = await asyncio.to_thread(store.roots, "ManufacturerRootCertificate")
+        replied = asyncio.get_running_loop().create_future()
         try:
-            if act.action == "UpdateFirmware":
-                # Reply once the request is on disk: a confirmed update survives a power cut.
-                replied = asyncio.get_running_loop().create_future()
-                try:
-                    await self.firmware.update_firmware(p["location"], parse_ts(p["retrieveDate"]) or self.clock(),
-                                                        p.get("retries"), p.get("retryInterval"), replied=replied)
-                    self.link.reply(act.unique_id, {})
-                finally:
-                    replied.set_result(None)  # the update's first status may go out now
-            elif act.action == "GetDiagnostics":
-                name = self.firmware.get_diagnostics(p["location"], p.get("retries"), p.get("retryInterval"),
-                                                     parse_ts(p.get("startTime")), parse_ts(p.get("stopTime")))
-                self.link.reply(act.unique_id, {"fileName": name} if name else {})
-        except Exception as e:  # noqa: BLE001
-            log.exception("%s failed", act.action)
-            self.link.reply_error(act.unique_id, "InternalError", str(e)[:200])
+            status = await self.firmware.signed_update_firmware(
+                p["requestId"], fw["location"], parse_ts(fw["retrieveDateTime"]) or self.clock(),
+                parse_ts(fw.get("installDateTime")), fw["signingCertificate"], fw["signature"],
+                p.get("retries"), p.get("retryInterval"), manufacturer_roots=roots, replied=replied)
+            self.link.reply(act.unique_id, {"status": status})
+        finally:
+            replied.set_result(None)  # statuses and the security event may go out now
+
+    async def _firmware_get_log(self, act: A.Delegate) -> None:
+        """GetLog (N01): Accepted with the filename when there is something to upload."""
+        p, target = act.payload, act.payload["log"]
+        replied = asyncio.get_running_loop().create_future()
+        try:
+            status, name = await self.firmware.get_log(
+                p["logType"], p["requestId"], target["remoteLocation"], p.get("retries"), p.get("retryInterval"),
+                target.get("oldestTimestamp"), target.get("latestTimestamp"),
+                security_log=self.security_log, replied=replied)
+            self.link.reply(act.unique_id, {"status": status, **({"filename": name} if name else {})})
+        finally:
+            replied.set_result(None)  # LogStatusNotification Uploading may go out now
+
+    def _reconnect(self, reason: str) -> None:
+        """Security settings changed (SecurityProfile, AuthorizationKey, the charge point
+        certificate): close the websocket once the reply that caused it is written (the
+        core emits this after its reply, A05.FR.06) and connect again at once, no backoff,
+        with the new plan (A05.FR.07)."""
+        log.info("reconnecting: %s", reason)
+        if self.link is not None:
+            asyncio.ensure_future(self._link_reconnect(reason))
+
+    async def _link_reconnect(self, reason: str) -> None:
+        # A reply held while the store cannot write (twin.actor) goes out once the data is
+        # on disk: wait a little for it, so the .conf is not lost to the close.
+        for _ in range(50):
+            if self.actor is None or not self.actor.held_replies:
+                break
+            await asyncio.sleep(0.1)
+        await self.link.reconnect(reason)
 
     async def _restart(self, kind: str) -> None:
         log.warning("%s reset: restarting the station", kind)
@@ -461,6 +820,8 @@ class Runtime:
         if self.link is not None:
             snap["linkError"] = self.link.last_error
             snap["csmsUrl"] = self.link.url
+        if self.security is not None:
+            snap["security"].update(self.security.snapshot())
         return snap
 
     def _simulated_meter(self) -> bool:
@@ -505,6 +866,12 @@ class Runtime:
         self.link.set_enabled(online)
         return {"online": online}
 
+    async def tamper(self, info: str | None) -> dict:
+        """The bench's tamper switch (WP3 §8 TamperDetectionActivated): critical, so it is
+        queued on disk before this answers and sent after the next Accepted boot."""
+        await self.actor.call(self.station.security_event, "TamperDetectionActivated", info or "tamper switch")
+        return self.state()
+
     async def debug_block(self, seconds: float) -> dict:
         log.warning("debug: blocking the event loop for %.1f s", seconds)
         time.sleep(seconds)  # deliberately blocking: proves the watchdog pings come from the loop
@@ -522,6 +889,15 @@ class _FirmwareHooks:
 
     async def send_diagnostics_status(self, status: str) -> None:
         await self.rt.actor.call(self.rt.station.send_diagnostics_status, status)
+
+    async def send_signed_firmware_status(self, status: str, request_id: int | None) -> None:
+        await self.rt.actor.call(self.rt.station.send_signed_firmware_status, status, request_id)
+
+    async def send_log_status(self, status: str, request_id: int | None) -> None:
+        await self.rt.actor.call(self.rt.station.send_log_status, status, request_id)
+
+    async def security_event(self, name: str, tech_info: str | None) -> None:
+        await self.rt.actor.call(self.rt.station.security_event, name, tech_info)
 
     async def wait_until_idle(self) -> None:
         st = self.rt.station

@@ -64,16 +64,90 @@ def test_raising_the_profile_is_pending_until_a_connection_proves_it():
     assert change(h, "SecurityProfile", "1") == "Rejected"  # A05.FR.09: never back down
 
 
-def test_a_failed_switch_falls_back_to_the_committed_profile():
+def security_state(h: Harness, since: dict | None = None) -> dict:
+    """The NS.SECURITY values the ops persisted (replayed in order): what a restart reads."""
+    values = dict(since or {})
+    for op in h.ops:
+        if op[0] == "kv_put" and op[1] == NS.SECURITY:
+            values[op[2]] = op[3]
+        elif op[0] == "kv_del" and op[1] == NS.SECURITY:
+            values.pop(op[2], None)
+    return values
+
+
+def restart(h: Harness, since: dict | None = None) -> Harness:
+    """A new process on the same data: the persisted security values, the same keys."""
+    state = {"kv": {NS.SECURITY: security_state(h, since), NS.CONFIG: {}}}
+    again = Harness({"SecurityProfile": "1", "AuthorizationKey": KEY}, state=state).boot()
+    again.run(again.st.security_facts(ROOT, again.now))
+    return again
+
+
+def test_a_failed_switch_falls_back_for_this_run_and_is_tried_again_at_the_next_start():
     h = on_profile(1)
     h.run(h.st.security_facts(ROOT, h.now))
     assert change(h, "SecurityProfile", "2") == "Accepted"
     h.run(h.st.connection_fallback("profile", "InvalidCentralSystemCertificate", "unknown issuer", h.now))
+    # A05.FR.08: the committed settings for the rest of this run ...
     assert h.st.security.connection().pending_profile is None and conf(h, "SecurityProfile") == "1"
-    assert ("kv_del", NS.SECURITY, "pending_profile") in h.ops
     assert "InvalidCentralSystemCertificate" in h.security_log()
     # Sent (TC_078), after the reconnect on the old profile.
     assert [s.payload["type"] for s in h.calls("SecurityEventNotification")][-1] == "InvalidCentralSystemCertificate"
+    # ... but the accepted raise is kept: TC_083 may serve only SP1 at the first try, then Reset(Hard).
+    assert ("kv_del", NS.SECURITY, "pending_profile") not in h.ops
+    assert security_state(h) == {"pending_profile": 2, "pending_profile_failed_starts": 1}
+    # Not again in this run: every reconnect would otherwise try the new profile first.
+    mark = len(h.ops)
+    assert h.st.security.fallback("profile") == [] and h.ops[mark:] == []
+    assert h.st.security.connection().pending_profile is None
+    again = restart(h)
+    assert again.st.security.connection().pending_profile == 2
+    again.run(again.st.connection_established(2, False, again.now))
+    assert again.st.security.pending_profile is None
+    assert ("kv_del", NS.SECURITY, "pending_profile") in again.ops
+    assert ("kv_del", NS.SECURITY, "pending_profile_failed_starts") in again.ops
+
+
+def test_a_pending_profile_is_given_up_after_five_failed_starts(caplog):
+    h = on_profile(1)
+    h.run(h.st.security_facts(ROOT, h.now))
+    change(h, "SecurityProfile", "2")
+    state: dict = {}
+    for start in range(1, 6):
+        assert h.st.security.connection().pending_profile == 2, start
+        h.run(h.st.connection_fallback("profile", None, None, h.now))
+        assert h.st.security.connection().pending_profile is None
+        state = security_state(h, state)
+        if start < 5:
+            assert state == {"pending_profile": 2, "pending_profile_failed_starts": start}
+            h = restart(h, state)
+            state = security_state(h, state)
+    assert state == {} and h.st.security.pending_profile is None
+    assert "giving it up" in caplog.text
+    assert restart(h, state).st.security.connection().pending_profile is None
+    assert conf(h, "SecurityProfile") == "1"
+
+
+def test_a_new_raise_while_deferred_is_tried_at_once_with_a_fresh_count():
+    h = on_profile(1)
+    h.run(h.st.security_facts(ROOT_AND_CERT, h.now))
+    change(h, "SecurityProfile", "2")
+    h.run(h.st.connection_fallback("profile", None, None, h.now))
+    assert change(h, "SecurityProfile", "3") == "Accepted"
+    assert h.st.security.connection().pending_profile == 3
+    assert security_state(h) == {"pending_profile": 3}
+
+
+def test_a_new_key_while_the_profile_is_deferred_is_pending_on_the_committed_profile():
+    h = on_profile(1)
+    h.run(h.st.security_facts(ROOT_AND_CERT, h.now))
+    change(h, "SecurityProfile", "3")
+    h.run(h.st.connection_fallback("profile", None, None, h.now))
+    # Profile 1 is what connects in this run: the key is used there, so it is pending.
+    assert change(h, "AuthorizationKey", KEY2) == "Accepted"
+    assert reconnects(h)[-1] == "AuthorizationKey changed"
+    conn = h.st.security.connection()
+    assert (conn.profile, conn.authorization_key, conn.pending_key) == (1, KEY, KEY2)
 
 
 @pytest.mark.parametrize(("profile", "facts", "key", "why"), [

@@ -38,7 +38,7 @@ def test_install_switch_boot_report(bundles: Bundles, tmp_path: Path) -> None:
     slots.switch_to_trial(tmp_path, "1.11")
     state = json.loads((tmp_path / "firmware/state.json").read_text())
     assert state | {"deadline": None} == {"active": "1.11", "previous": "base", "trial": "1.11", "deadline": None,
-                                          "report": None, "failed": None}
+                                          "report": None, "failed": None, "report_for": None}
 
     assert slots.mark_boot_ok(tmp_path, "1.10") is False  # not the version on trial
     assert slots.mark_boot_ok(tmp_path, "1.11") is True

@@ -432,7 +432,7 @@ async def test_changing_unsupported_measurand_is_rejected(station, csms):
     ('[2,"m2","RemoteStartTransaction",{"idTag":5}]', "TypeConstraintViolation"),
     ('[2,"m3","Reset",{"type":"Sideways"}]', "PropertyConstraintViolation"),
     ('[2,"m4","FlyToTheMoon",{}]', "NotImplemented"),
-    ('[2,"m5","InstallCertificate",{}]', "NotSupported"),
+    ('[2,"m5","InstallCertificate",{}]', "FormationViolation"),  # a security call, now schema-checked
     ('[2,"m6","Reset"]', "FormationViolation"),
 ])
 async def test_malformed_frames_get_the_right_callerror_and_station_carries_on(station, csms, frame, code):

@@ -393,3 +393,60 @@ def test_a_damaged_root_file_is_skipped(store: CertificateStore, caplog: pytest.
 def test_name_helper_subjects() -> None:
     assert pki.common_name(make_root("X").cert) == "X"
     assert name("a", "b").rfc4514_string() == "CN=a,O=b"
+
+
+def test_pending_key_records_when_it_was_requested_and_reads_the_first_layout(store: CertificateStore) -> None:
+    import json
+
+    assert store.pending_requested_at() is None
+    store.put_pending_key(ec_key(), {"commonName": "CP001", "organization": "TestCPO"}, requested_at=NOW)
+    assert store.pending_requested_at() == NOW
+    assert store.pending()[1] == {"commonName": "CP001", "organization": "TestCPO"}
+    # A pending.json written before the request time was kept: the subject alone.
+    (store.root / "chargepoint" / "pending.json").write_text(json.dumps({"commonName": "CP9", "organization": "O"}))
+    assert store.pending()[1] == {"commonName": "CP9", "organization": "O"}
+    assert store.pending_requested_at() is None
+
+
+def test_inventory_lists_certificates_and_never_reads_a_key(store: CertificateStore) -> None:
+    root = make_root()
+    store.install_root(CS, root.pem, NOW, 20)
+    key, leaf = root.leaf("CP001", CLIENT_AUTH)
+    store.import_charge_point_credentials(pem(leaf), key_pem(key))
+    inventory = store.inventory()
+    assert inventory.roots == {CS: [root.cert], MF: []}
+    assert inventory.charge_point == [leaf] and inventory.pending is False
+    # A damaged key file does not matter to the inventory: it lists certificates only.
+    next((store.root / "chargepoint").glob("*.key.pem")).write_text("garbage")
+    assert store.inventory().charge_point == [leaf]
+
+
+# ---------------------------------------------------------------- certificates that parse but cannot be used
+def _openssl_root(tmp_path, serial_hex: str) -> str:
+    """A self-signed EC root made by openssl, which (unlike ``cryptography``) writes any serial."""
+    import subprocess
+
+    key, cert = tmp_path / f"{serial_hex[:6]}.key", tmp_path / f"{serial_hex[:6]}.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "30", "-subj", "/CN=Serial Root",
+                    "-set_serial", "0x" + serial_hex, "-addext", "basicConstraints=critical,CA:TRUE"],
+                   check=True, capture_output=True)
+    return cert.read_text()
+
+
+def test_a_root_whose_serial_is_longer_than_20_octets_is_rejected_not_listed_out_of_schema(tmp_path):
+    """serialNumber is CiString40 in CertificateHashDataType: a 24-octet serial (48 hex digits)
+    would make every later GetInstalledCertificateIds.conf schema-invalid."""
+    from datetime import datetime, timezone
+
+    from twin.security.certs import CertificateStore
+
+    store = CertificateStore(tmp_path / "data")
+    now = datetime.now(timezone.utc)
+    outcome = store.install_root("CentralSystemRootCertificate", _openssl_root(tmp_path, "7f" * 24), now, 20)
+    assert outcome.status == "Rejected" and "20 octets" in (outcome.reason or "")
+    assert store.installed_ids_response("CentralSystemRootCertificate") == {"status": "NotFound"}
+    ok = store.install_root("CentralSystemRootCertificate", _openssl_root(tmp_path, "7f" + "ab" * 19), now, 20)
+    assert ok.status == "Accepted"
+    (entry,) = store.installed_ids_response("CentralSystemRootCertificate")["certificateHashData"]
+    assert len(entry["serialNumber"]) == 40

@@ -10,14 +10,25 @@ Two values per setting. The *committed* profile and key are the configuration ke
 SecurityProfile and AuthorizationKey: the last ones a connection succeeded with (or the
 configured ones before any). A ChangeConfiguration that raises the profile or replaces the
 key under profile 1/2 makes a *pending* value: the next connection tries it, and only a
-connection the CSMS accepts commits it (A05.FR.07-09; A01). A failed attempt drops it and
-the station connects with the committed settings again (A05.FR.08). Both are persisted, so
-a restart in between (TC_083 sends a Hard Reset right after the change) tries the pending
-value again rather than forgetting it.
+connection the CSMS accepts commits it (A05.FR.07-09; A01). Both are persisted.
+
+A failed attempt on a pending value:
+
+- key: dropped only when the CSMS refused the credentials (HTTP 401/403 on the upgrade,
+  FailedToAuthenticationAtCentralSystem). Any other failure (refused TCP, timeout, a CSMS
+  restarting) keeps it: from the Accepted on, the CSMS may take the new key only
+  (A01.FR.03), so going back to the old one on a network glitch could lock the station out.
+- profile: the station falls back to the committed settings for the rest of this run
+  (A05.FR.08) but keeps the pending profile persisted and tries it again at the next start
+  of the process (TC_083: the CSMS may still serve only the old profile when the station
+  first tries, then sends Reset(Hard); the station must come back trying the new one). Not
+  on every reconnect of the run, or the link would alternate for ever. After
+  ``MAX_PROFILE_STARTS`` failed starts (counted, persisted) it is given up.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from twin.core.ops import NS, kv_del, kv_put
@@ -26,7 +37,11 @@ from twin.security.auth_key import is_valid_authorization_key
 
 PENDING_PROFILE = "pending_profile"  # NS.SECURITY keys
 PENDING_KEY = "pending_key"
+PENDING_PROFILE_FAILED_STARTS = "pending_profile_failed_starts"
 MAX_PROFILE = 3
+MAX_PROFILE_STARTS = 5  # failed starts after which a pending profile is given up
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,8 +72,12 @@ class Security:
         self.settings = settings
         self.pending_profile: int | None = state.get(PENDING_PROFILE)
         self.pending_key: str | None = state.get(PENDING_KEY)
+        self.profile_failed_starts: int = int(state.get(PENDING_PROFILE_FAILED_STARTS) or 0)
         if self.pending_profile is not None and not self._raises(self.pending_profile):
             self.pending_profile = None  # an old pending value the committed one has caught up with
+        # The pending profile failed in this run: not tried again before the next start
+        # (not persisted: a new process tries it again).
+        self.profile_deferred = False
         self.facts = SecurityFacts()
         # Live statuses of the adapters, for ExtendedTriggerMessage (L01.FR.28/29, N01.FR.12).
         self.signed_firmware: tuple[str, int | None] = ("Idle", None)
@@ -74,7 +93,11 @@ class Security:
         return self.settings.get_str("AuthorizationKey")
 
     def connection(self) -> SecurityConnection:
-        return SecurityConnection(self.profile, self.authorization_key, self.pending_profile, self.pending_key)
+        return SecurityConnection(self.profile, self.authorization_key, self._trying_profile(), self.pending_key)
+
+    def _trying_profile(self) -> int | None:
+        """The pending profile the next connection tries: none while deferred in this run."""
+        return None if self.profile_deferred else self.pending_profile
 
     def _raises(self, n: int) -> bool:
         return n > self.profile
@@ -103,14 +126,20 @@ class Security:
         return None
 
     def raise_profile(self, n: int) -> list[tuple]:
+        # A new Accepted change is tried now, with a fresh count of failed starts.
         self.pending_profile = n
-        return [kv_put(NS.SECURITY, PENDING_PROFILE, n)]
+        self.profile_deferred = False
+        self.profile_failed_starts = 0
+        return [kv_put(NS.SECURITY, PENDING_PROFILE, n), kv_del(NS.SECURITY, PENDING_PROFILE_FAILED_STARTS)]
 
     def change_key(self, value: str) -> tuple[bool, list[tuple]]:
         """A new AuthorizationKey (already validated). Returns (reconnect, ops): under
         profile 1/2 (or on the way to one) it is pending until the CSMS accepts it; under
         0/3 it is only stored (A01: the key is not used on those profiles)."""
-        target = self.pending_profile if self.pending_profile is not None else self.profile
+        # The profile the key will be used under next: the committed one while a pending
+        # profile is deferred in this run.
+        trying = self._trying_profile()
+        target = trying if trying is not None else self.profile
         if target in (1, 2):
             self.pending_key = value
             return True, [kv_put(NS.SECURITY, PENDING_KEY, value)]
@@ -132,18 +161,35 @@ class Security:
             ops += put
             changed.append(f"SecurityProfile {profile}")
         if self.pending_profile is not None and self.pending_profile <= self.profile:
-            self.pending_profile = None
-            ops.append(kv_del(NS.SECURITY, PENDING_PROFILE))
+            ops += self._drop_profile()
         if used_pending_key and self.pending_key is not None:
             ops += self._commit_key(self.pending_key)
             changed.append("AuthorizationKey")
         return changed, ops
 
+    def _drop_profile(self) -> list[tuple]:
+        self.pending_profile = None
+        self.profile_deferred = False
+        self.profile_failed_starts = 0
+        return [kv_del(NS.SECURITY, PENDING_PROFILE), kv_del(NS.SECURITY, PENDING_PROFILE_FAILED_STARTS)]
+
     def fallback(self, kind: str) -> list[tuple]:
-        """The pending ``kind`` ("profile" or "key") failed to connect: forget it (A05.FR.08)."""
-        if kind == "profile" and self.pending_profile is not None:
-            self.pending_profile = None
-            return [kv_del(NS.SECURITY, PENDING_PROFILE)]
+        """The pending ``kind`` ("profile" or "key") failed to connect: back to the committed
+        settings (A05.FR.08). The caller decides which failures count (a key only on a
+        refusal of the credentials). A profile is deferred to the next start, and given up
+        after MAX_PROFILE_STARTS failed starts; a key is dropped. No ops (and no change)
+        when there is nothing to fall back from."""
+        if kind == "profile" and self._trying_profile() is not None:
+            self.profile_failed_starts += 1
+            if self.profile_failed_starts >= MAX_PROFILE_STARTS:
+                log.warning("security profile %d failed to connect in %d starts: giving it up, staying on "
+                            "profile %d", self.pending_profile, self.profile_failed_starts, self.profile)
+                return self._drop_profile()
+            self.profile_deferred = True
+            log.warning("security profile %d failed to connect (start %d of %d): profile %d for the rest of this "
+                        "run, profile %d is tried again at the next start", self.pending_profile,
+                        self.profile_failed_starts, MAX_PROFILE_STARTS, self.profile, self.pending_profile)
+            return [kv_put(NS.SECURITY, PENDING_PROFILE_FAILED_STARTS, self.profile_failed_starts)]
         if kind == "key" and self.pending_key is not None:
             self.pending_key = None
             return [kv_del(NS.SECURITY, PENDING_KEY)]

@@ -698,7 +698,9 @@ class Station:
     @_event
     def connection_fallback(self, kind: str, event: str | None, tech_info: str | None,
                             now: datetime) -> list[Action]:
-        """The pending profile or key failed to connect: back to the committed settings (A05.FR.08)."""
+        """The pending profile or key failed to connect: back to the committed settings
+        (A05.FR.08). A profile is deferred to the next start (kept persisted), a key dropped;
+        the transport asks for the key only when the CSMS refused the credentials (A01.FR.03)."""
         acts: list[Action] = [Persist(self.security.fallback(kind))]
         if event is not None:
             acts += self._security_event(event, tech_info, now, now)

@@ -72,6 +72,10 @@ class DefaultReplies:
             "StatusNotification": _empty,
             "FirmwareStatusNotification": _empty,
             "DiagnosticsStatusNotification": _empty,
+            # Security whitepaper §5: the three notifications are answered with an empty .conf.
+            "SecurityEventNotification": _empty,
+            "LogStatusNotification": _empty,
+            "SignedFirmwareStatusNotification": _empty,
             # §4.3: a recipient with no implementation for the vendorId answers UnknownVendorId.
             "DataTransfer": lambda payload: {"status": "UnknownVendorId"},
         }

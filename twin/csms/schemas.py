@@ -42,3 +42,58 @@ def schema_problem(kind: str, action: str, payload: Any) -> str | None:
 def _describe(error: Any) -> str:
     where = "/".join(str(p) for p in error.absolute_path)
     return f"{where or '<payload>'}: {error.message}"
+
+
+# OCPP 2.0.1 names that some 1.6 stacks send for the whitepaper's events (libocpp sent
+# InvalidCsmsCertificate until its PR #680 and still sends FailedToAuthenticateAtCsms).
+_OCPP201_EVENT_NAMES = {
+    "FailedToAuthenticateAtCsms": "FailedToAuthenticationAtCentralSystem",
+    "CsmsFailedToAuthenticate": "CentralSystemFailedToAuthentication",
+    "InvalidCsmsCertificate": "InvalidCentralSystemCertificate",
+}
+
+
+def semantic_problem(kind: str, action: str, payload: Any) -> str | None:
+    """Whitepaper rules the JSON schemas cannot express; None if the payload keeps them.
+
+    Only called for payloads that passed the schema, so the fields have their types."""
+    if not isinstance(payload, dict):
+        return None
+    if kind == "call":
+        if action in ("LogStatusNotification", "SignedFirmwareStatusNotification"):
+            # N01.FR.07/12, L01.FR.21: requestId is optional in the schema, but may only be
+            # left out for Idle (the triggered "nothing running" answer).
+            if "requestId" not in payload and payload.get("status") != "Idle":
+                return f"requestId is missing with status {payload.get('status')!r} (only Idle may omit it)"
+        elif action == "SecurityEventNotification":
+            wp3 = _OCPP201_EVENT_NAMES.get(str(payload.get("type")))
+            if wp3 is not None:
+                return f"type {payload['type']!r} is the OCPP 2.0.1 name; OCPP 1.6 (WP3 §8) calls it {wp3!r}"
+        elif action == "SignCertificate":
+            return csr_problem(str(payload.get("csr", "")))
+    elif kind == "result" and action == "GetInstalledCertificateIds":
+        has_data = "certificateHashData" in payload
+        if payload.get("status") == "Accepted" and not has_data:
+            return "status Accepted without certificateHashData (M03.FR.02)"
+        if payload.get("status") == "NotFound" and has_data:
+            return "status NotFound with certificateHashData"
+    return None
+
+
+def csr_problem(csr_pem: str) -> str | None:
+    """Why a SignCertificate.req ``csr`` is not a usable PEM PKCS#10 request (A02.FR.03,
+    A02.FR.13, A00.FR.405), or None."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.replace("\r\n", "\n").encode("ascii", errors="replace"))
+    except ValueError as exc:
+        return f"csr is not a PEM PKCS#10 request: {exc}"
+    if not csr.is_signature_valid:
+        return "csr signature does not verify with its own key"
+    if len(csr.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)) != 1:
+        return "csr subject has no single O (CpoName, A02.FR.13)"
+    if len(csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)) != 1:
+        return "csr subject has no single CN (the serial number, A00.FR.405)"
+    return None

@@ -12,6 +12,14 @@ after the cursor that no earlier `wait_for` returned, and marks it consumed; so 
 messages that arrive in swapped order are still found. `mark()` moves the cursor to
 "from now on" and returns it. `wait_for(..., after=i)` ignores cursor and consumption
 and returns the first match at index >= i.
+
+Security (OCPP 1.6 security whitepaper, edition 3). Profile 1 is ``require_password``
+(HTTP Basic, the AuthorizationKey decoded as the station decodes it), profile 2 adds a
+TLS ``ssl_context``, profile 3 is an ``ssl_context`` that requires a client certificate
+(`twin.csms.tls.server_context`); `Csms.for_profile` builds each from a `CsmsPki`. Every
+handshake's facts (user, TLS version, cipher, client certificate subject) land in
+`Csms.handshakes` / `Csms.last_handshake`. With a ``pki`` the CSMS plays the CPO CA: an
+accepted SignCertificate is followed by CertificateSigned with the signed CSR.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import ssl
 import time
 import uuid
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Self, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -33,7 +42,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from twin.csms.basic_auth import check_basic_auth
+from twin.csms.basic_auth import basic_user, check_basic_auth
 from twin.csms.frames import (
     CALL_ERROR_CODES,
     NO_REPLY,
@@ -49,12 +58,46 @@ from twin.csms.frames import (
 )
 from twin.csms.matching import PayloadPattern, payload_matches
 from twin.csms.replies import CP_INITIATED_ACTIONS, DefaultReplies, Handler
-from twin.csms.schemas import schema_problem
+from twin.csms.pki import CsmsPki, CsrError
+from twin.csms.schemas import schema_problem, semantic_problem
+from twin.csms.tls import tls_facts
+from twin.redact import redact_text
 
 log = logging.getLogger("twin.csms")
 
 SUBPROTOCOL = Subprotocol("ocpp1.6")
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Handshake:
+    """What one websocket upgrade request showed, accepted or not.
+
+    ``auth_user`` is the Basic user name sent (None without a Basic header; the password
+    is never kept); ``client_subject`` the RFC 4514 subject of the TLS client certificate
+    (profile 3); ``refused`` the HTTP status and reason when the CSMS refused it."""
+
+    charge_point_id: str
+    auth_user: str | None
+    tls_version: str | None
+    cipher: str | None
+    client_subject: str | None
+    client_certificate: bytes | None
+    refused: str | None
+    t: float
+
+    @property
+    def profile(self) -> int:
+        """The security profile the station connected with (whitepaper §2)."""
+        if self.client_subject is not None:
+            return 3
+        if self.tls_version is not None:
+            return 2 if self.auth_user is not None else 0
+        return 1 if self.auth_user is not None else 0
+
+    def __repr__(self) -> str:
+        return (f"Handshake({self.charge_point_id!r}, profile {self.profile}, user={self.auth_user!r}, "
+                f"{self.tls_version}, {self.cipher}, client={self.client_subject!r}, refused={self.refused!r})")
 
 
 class Csms:
@@ -70,15 +113,33 @@ class Csms:
         require_password: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
         charge_point_id: str | None = None,
+        pki: CsmsPki | None = None,
+        url_host: str | None = None,
     ) -> None:
-        """``charge_point_id``, when set, is the only identity accepted (other paths get 404)."""
+        """``charge_point_id``, when set, is the only identity accepted (other paths get 404).
+
+        ``require_password`` is the AuthorizationKey of profiles 1 and 2 (see
+        `twin.csms.basic_auth`); ``pki`` makes the CSMS sign SignCertificate CSRs with its
+        root; ``url_host`` is the host name `url` shows (for TLS the name in the server
+        certificate, e.g. "localhost", while ``host`` is the address listened on)."""
         self.host = host
         self.port = port
         self.require_password = require_password
         self.ssl_context = ssl_context
         self.expected_charge_point_id = charge_point_id
+        self.pki = pki
+        self.url_host = url_host
+        # After an Accepted SignCertificate, send CertificateSigned with the signed CSR
+        # (needs ``pki``). Tests that script their own CertificateSigned turn it off.
+        self.auto_sign_certificates = True
+        # Every CertificateSigned the CSMS sent on its own: (chain, .conf payload or the exception).
+        self.certificate_signed_results: list[tuple[str, dict[str, Any] | Exception]] = []
+        self.handshakes: list[Handshake] = []
+        self.last_handshake: Handshake | None = None
+        self._request_ids = iter(range(1, 1 << 31))
+        self._signed_chains: dict[str, str] = {}
         self._replies = DefaultReplies(boot_status=boot_status, heartbeat_interval=heartbeat_interval)
-        self._handlers: dict[str, Handler] = self._replies.handlers()
+        self._handlers: dict[str, Handler] = self._default_handlers()
         # Tests fill this: csms.id_tags["TAG"] = {"status": "Blocked", "parentIdTag": "P"}.
         self.id_tags: dict[str, dict[str, Any]] = self._replies.id_tags
         self.messages: list[Msg] = []
@@ -129,7 +190,7 @@ class Csms:
         to stay silent, or raises `CsmsCallError(code, description)` to answer CALLERROR.
         """
         if handler is None:
-            default = self._replies.handlers().get(action)
+            default = self._default_handlers().get(action)
             if default is None:
                 self._handlers.pop(action, None)
             else:
@@ -137,11 +198,57 @@ class Csms:
         else:
             self._handlers[action] = handler
 
+    def _default_handlers(self) -> dict[str, Handler]:
+        handlers = self._replies.handlers()
+        handlers["SignCertificate"] = self._sign_certificate
+        return handlers
+
+    # ---------------------------------------------------------------- profiles
+    @classmethod
+    def for_profile(
+        cls,
+        profile: int,
+        *,
+        pki: CsmsPki | None = None,
+        authorization_key: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        **kwargs: Any,
+    ) -> Csms:
+        """A CSMS serving security ``profile`` (0-3): 1 = ws:// + Basic, 2 = wss:// + Basic,
+        3 = wss:// + client certificate issued by ``pki``'s root. Profiles 2 and 3 need
+        ``pki`` (made with `CsmsPki.ensure`); 1 and 2 need ``authorization_key``."""
+        from twin.csms.tls import server_context
+
+        if profile not in (0, 1, 2, 3):
+            raise ValueError(f"security profile {profile} is not 0, 1, 2 or 3")
+        if profile in (1, 2) and not authorization_key:
+            raise ValueError(f"security profile {profile} needs an AuthorizationKey")
+        ssl_context = None
+        url_host = kwargs.pop("url_host", None)
+        if profile in (2, 3):
+            if pki is None:
+                raise ValueError(f"security profile {profile} needs a PKI (server certificate)")
+            ssl_context = server_context(pki.server_pairs, client_ca=pki.csms_root if profile == 3 else None)
+            url_host = url_host or pki.host
+        return cls(host, port, require_password=authorization_key if profile in (1, 2) else None,
+                   ssl_context=ssl_context, pki=pki, url_host=url_host, **kwargs)
+
+    @property
+    def security_profile(self) -> int:
+        """The profile this CSMS serves, from its settings (TLS without any client
+        authentication is no whitepaper profile: 0, as `Handshake.profile` says)."""
+        if self.ssl_context is not None and self.ssl_context.verify_mode == ssl.CERT_REQUIRED:
+            return 3
+        if self.require_password is None:
+            return 0
+        return 2 if self.ssl_context is not None else 1
+
     # ---------------------------------------------------------------- lifecycle
     @property
     def url(self) -> str:
         scheme = "wss" if self.ssl_context is not None else "ws"
-        return f"{scheme}://{self.host}:{self.port}"
+        return f"{scheme}://{self.url_host or self.host}:{self.port}"
 
     @property
     def connected(self) -> bool:
@@ -178,7 +285,21 @@ class Csms:
         await self.stop()
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Reject a handshake before it upgrades: unknown identity, busy, bad credentials."""
+        """Reject a handshake before it upgrades, and record what it showed."""
+        response = self._check_request(connection, request)
+        ssl_object = connection.transport.get_extra_info("ssl_object")
+        version, cipher, subject, der = tls_facts(ssl_object)
+        handshake = Handshake(_charge_point_id(request.path), basic_user(request.headers.get("Authorization")),
+                              version, cipher, subject, der,
+                              None if response is None else f"{response.status_code} {response.reason_phrase}",
+                              time.monotonic())
+        self.handshakes.append(handshake)
+        self.last_handshake = handshake
+        log.info("CSMS: handshake %r", handshake)
+        return response
+
+    def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Unknown identity, busy, bad credentials: the response refusing the handshake, or None."""
         cp_id = _charge_point_id(request.path)
         if not cp_id:
             return _refuse(connection, HTTPStatus.NOT_FOUND, "the path must end with the charge point id")
@@ -285,13 +406,17 @@ class Csms:
                 future.set_result(msg)
 
     def _check_schema(self, kind: str, action: str, payload: Any) -> None:
+        label = action if kind == "call" else f"{action}.conf"
         problem = schema_problem(kind, action, payload)
         if problem is not None:
-            label = action if kind == "call" else f"{action}.conf"
             self._violation(f"{label} does not validate against the OCPP 1.6 schema: {problem}")
+            return
+        problem = semantic_problem(kind, action, payload)
+        if problem is not None:
+            self._violation(f"{label} breaks the security whitepaper: {problem}")
 
     def _violation(self, text: str) -> None:
-        log.warning("CSMS: %s", text)
+        log.warning("CSMS: %s", redact_text(text))
         self.schema_errors.append(text)
 
     async def _answer(self, ws: ServerConnection, call: Msg) -> None:
@@ -322,6 +447,8 @@ class Csms:
             return
         _warn_if_invalid("result", call.action, reply)
         await self._send(ws, "result", call.action, reply, call.unique_id, dump_result(call.unique_id, reply))
+        if call.action == "SignCertificate":
+            await self._after_sign_certificate(call.payload, reply)
 
     async def _send_error(
         self, ws: ServerConnection, call: Msg, code: str, description: str, details: dict[str, Any] | None = None
@@ -391,6 +518,111 @@ class Csms:
         msg = await self._send(ws, frame.kind, frame.action, frame.payload, frame.unique_id, text)
         assert msg is not None
         return msg
+
+    # ----------------------------------------------------------------- security
+    def _sign_certificate(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """SignCertificate.req: Accepted = the CSMS will process the CSR (A02.FR.11),
+        Rejected when it cannot: the CSR is unusable (A02.FR.12)."""
+        if self.pki is not None and self.auto_sign_certificates:
+            try:
+                self._signed_chains[str(payload.get("csr", ""))] = self.pki.sign_csr(str(payload.get("csr", "")))
+            except (CsrError, OSError) as exc:
+                log.warning("CSMS: not signing the CSR: %s", exc)
+                return {"status": "Rejected"}
+        return {"status": "Accepted"}
+
+    async def _after_sign_certificate(self, payload: dict[str, Any], reply: dict[str, Any]) -> None:
+        """After the .conf, as a CPO CA would: CertificateSigned with the signed CSR (A02)."""
+        csr = str(payload.get("csr", ""))
+        chain = self._signed_chains.pop(csr, None)
+        if reply.get("status") != "Accepted" or self.pki is None or not self.auto_sign_certificates:
+            return
+        if chain is None:  # a scripted SignCertificate handler answered Accepted
+            try:
+                chain = self.pki.sign_csr(csr)
+            except (CsrError, OSError) as exc:
+                log.warning("CSMS: cannot sign the CSR of an accepted SignCertificate: %s", exc)
+                return
+        try:
+            result: dict[str, Any] | Exception = await self.certificate_signed(chain)
+        except (CallErrorReceived, TimeoutError, ConnectionError) as exc:
+            result = exc
+        log.info("CSMS: CertificateSigned answered %s", result)
+        self.certificate_signed_results.append((chain, result))
+        self._notify()
+
+    def next_request_id(self) -> int:
+        """A fresh requestId for GetLog / SignedUpdateFirmware."""
+        return next(self._request_ids)
+
+    async def install_certificate(self, certificate_type: str, certificate: str, timeout: float = 10) -> dict[str, Any]:
+        """InstallCertificate (M05): ``certificate_type`` is CentralSystemRootCertificate
+        or ManufacturerRootCertificate, ``certificate`` one PEM certificate."""
+        return await self.call("InstallCertificate", {"certificateType": certificate_type,
+                                                      "certificate": certificate}, timeout)
+
+    async def get_installed_certificate_ids(self, certificate_type: str, timeout: float = 10) -> dict[str, Any]:
+        """GetInstalledCertificateIds (M03)."""
+        return await self.call("GetInstalledCertificateIds", {"certificateType": certificate_type}, timeout)
+
+    async def delete_certificate(self, certificate_hash_data: dict[str, Any], timeout: float = 10) -> dict[str, Any]:
+        """DeleteCertificate (M04) of the certificate ``certificate_hash_data`` names."""
+        return await self.call("DeleteCertificate", {"certificateHashData": certificate_hash_data}, timeout)
+
+    async def extended_trigger_message(self, requested_message: str, connector_id: int | None = None,
+                                       timeout: float = 10) -> dict[str, Any]:
+        """ExtendedTriggerMessage, e.g. "SignChargePointCertificate" to start A02."""
+        payload: dict[str, Any] = {"requestedMessage": requested_message}
+        if connector_id is not None:
+            payload["connectorId"] = connector_id
+        return await self.call("ExtendedTriggerMessage", payload, timeout)
+
+    async def get_log(self, remote_location: str, *, log_type: str = "SecurityLog", request_id: int | None = None,
+                      oldest_timestamp: str | None = None, latest_timestamp: str | None = None,
+                      retries: int | None = None, retry_interval: int | None = None,
+                      timeout: float = 10) -> dict[str, Any]:
+        """GetLog (N01): the station uploads ``log_type`` (SecurityLog or DiagnosticsLog) to
+        ``remote_location`` and reports LogStatusNotification with ``request_id``
+        (a fresh one when None; read it back from the sent frame or pass your own)."""
+        log_params: dict[str, Any] = {"remoteLocation": remote_location}
+        if oldest_timestamp is not None:
+            log_params["oldestTimestamp"] = oldest_timestamp
+        if latest_timestamp is not None:
+            log_params["latestTimestamp"] = latest_timestamp
+        payload: dict[str, Any] = {"logType": log_type,
+                                   "requestId": self.next_request_id() if request_id is None else request_id,
+                                   "log": log_params}
+        if retries is not None:
+            payload["retries"] = retries
+        if retry_interval is not None:
+            payload["retryInterval"] = retry_interval
+        return await self.call("GetLog", payload, timeout)
+
+    async def signed_update_firmware(self, location: str, retrieve_date_time: str, signing_certificate: str,
+                                     signature: str, *, request_id: int | None = None,
+                                     install_date_time: str | None = None, retries: int | None = None,
+                                     retry_interval: int | None = None, timeout: float = 10) -> dict[str, Any]:
+        """SignedUpdateFirmware (L01): ``signature`` is Base64 over the whole file,
+        ``signing_certificate`` PEM, issued by a ManufacturerRootCertificate."""
+        firmware: dict[str, Any] = {"location": location, "retrieveDateTime": retrieve_date_time,
+                                    "signingCertificate": signing_certificate, "signature": signature}
+        if install_date_time is not None:
+            firmware["installDateTime"] = install_date_time
+        payload: dict[str, Any] = {"requestId": self.next_request_id() if request_id is None else request_id,
+                                   "firmware": firmware}
+        if retries is not None:
+            payload["retries"] = retries
+        if retry_interval is not None:
+            payload["retryInterval"] = retry_interval
+        return await self.call("SignedUpdateFirmware", payload, timeout)
+
+    async def certificate_signed(self, certificate_chain: str, timeout: float = 10) -> dict[str, Any]:
+        """CertificateSigned (A02/A03): the PEM chain, leaf first."""
+        return await self.call("CertificateSigned", {"certificateChain": certificate_chain}, timeout)
+
+    async def change_configuration(self, key: str, value: str, timeout: float = 10) -> dict[str, Any]:
+        """ChangeConfiguration, e.g. ("SecurityProfile", "2") or ("AuthorizationKey", key)."""
+        return await self.call("ChangeConfiguration", {"key": key, "value": value}, timeout)
 
     # ------------------------------------------------------------------ waiting
     def _notify(self) -> None:
@@ -487,7 +719,8 @@ class Csms:
     ) -> Msg:
         msg = Msg(len(self.messages), direction, kind, action, payload, unique_id, time.monotonic(), raw)
         self.messages.append(msg)
-        log.info("%s", msg)
+        # The record keeps the frame as sent; the log hides AuthorizationKey values and URL passwords.
+        log.info("%s", redact_text(str(msg)))
         self._notify()
         return msg
 

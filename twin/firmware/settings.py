@@ -10,6 +10,8 @@
     default_retries = 2              # UpdateFirmware/GetDiagnostics without retries
     default_retry_interval_s = 30    # ... without retryInterval
     max_download_mib = 256           # a firmware download larger than this fails (DownloadFailed)
+    secure_update_only = false       # true: plain UpdateFirmware gets CALLERROR NotSupported (L01.FR.20)
+    revoked_signing_certificates = []  # SHA-256 fingerprints (hex) of revoked firmware signing certificates
 
 The launcher reads it straight from the TOML file named by ``--config`` because it runs
 before the station's own config loading; the runtime passes the parsed table to
@@ -46,6 +48,13 @@ class FirmwareSettings:
     #: Firmware downloads share the disk with the store (twin.db): one that could fill it
     #: would stop every session with a storage fault. A bundle is a few hundred kB.
     max_download_mib: int = 256
+    #: WP3 L01.FR.20: a station that implements signed updates SHALL refuse plain
+    #: UpdateFirmware. Off by default: the FirmwareManagement OCTT cases need UpdateFirmware.
+    secure_update_only: bool = False
+    #: OCPP 1.6 gives the station no revocation source (no CRL, no OCSP). These SHA-256
+    #: fingerprints (lower-case hex of the DER) are the signing certificates the operator
+    #: declares revoked: SignedUpdateFirmware with one is RevokedCertificate (L01.FR.25).
+    revoked_signing_certificates: tuple[str, ...] = ()
 
     @property
     def max_download_bytes(self) -> int:
@@ -75,6 +84,20 @@ class FirmwareSettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SettingsError(f"[firmware] max_download_mib must be a whole number of MiB >= 1, not {value!r}")
             values["max_download_mib"] = value
+        if "secure_update_only" in table:
+            if not isinstance(table["secure_update_only"], bool):
+                raise SettingsError("[firmware] secure_update_only must be true or false")
+            values["secure_update_only"] = table["secure_update_only"]
+        if "revoked_signing_certificates" in table:
+            listed = table["revoked_signing_certificates"]
+            if not isinstance(listed, list) or not all(isinstance(v, str) for v in listed):
+                raise SettingsError("[firmware] revoked_signing_certificates must be a list of SHA-256 fingerprints")
+            cleaned = tuple(v.replace(":", "").strip().lower() for v in listed)
+            bad = [v for v in cleaned if len(v) != 64 or any(c not in "0123456789abcdef" for c in v)]
+            if bad:
+                raise SettingsError(f"[firmware] revoked_signing_certificates: {bad[0]!r} is not a SHA-256 "
+                                    "fingerprint (64 hex digits)")
+            values["revoked_signing_certificates"] = cleaned
         if "ca_file" in table:
             if not isinstance(table["ca_file"], str) or not table["ca_file"]:
                 raise SettingsError("[firmware] ca_file must be a path")

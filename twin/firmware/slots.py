@@ -11,7 +11,14 @@ leaves the old or the new state, never half of one)::
 
     {"active": "1.11" | "base", "previous": "1.10" | "base" | null,
      "trial": "1.11" | null, "deadline": "<UTC ISO>" | null,
-     "report": "Installed" | "InstallationFailed" | null, "failed": {...} | null}
+     "report": "Installed" | "InstallationFailed" | null, "failed": {...} | null,
+     "report_for": {"signed": true, "requestId": 7} | null}
+
+``report_for`` names the request the report answers: a SignedUpdateFirmware is reported
+with SignedFirmwareStatusNotification and its requestId (L01.FR.10), a plain
+UpdateFirmware (null) with FirmwareStatusNotification. :func:`switch_to_trial` sets it;
+the launcher's rollback leaves it as it is, so InstallationFailed after a rollback goes
+to the same request.
 
 ``"base"`` is the version installed by the OS package / pip (what systemd starts); it
 is always there to fall back to. A new slot starts as a *trial*: the launcher
@@ -60,6 +67,8 @@ __all__ = [
     "firmware_dir",
     "install_slot",
     "mark_boot_ok",
+    "PendingReport",
+    "pending_outcome",
     "pending_report",
     "read_state",
     "rollback",
@@ -94,11 +103,13 @@ class SlotState:
     deadline: str | None = None
     report: str | None = None
     failed: dict[str, Any] | None = None
+    report_for: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> SlotState:
-        known = {k: doc[k] for k in ("active", "previous", "trial", "deadline", "report", "failed") if k in doc}
+        known = {k: doc[k] for k in ("active", "previous", "trial", "deadline", "report", "failed", "report_for")
+                 if k in doc}
         state = cls(**known)
         state.extra = {k: v for k, v in doc.items() if k not in known}
         if not isinstance(state.active, str) or not state.active:
@@ -281,8 +292,11 @@ def _import_test(slot: Path, version: str, python: str, timeout: float) -> None:
 # -- switching, trial, rollback ---------------------------------------------------------
 
 
-def switch_to_trial(data_dir: Path, version: str) -> None:
-    """Make the installed slot ``version`` the one to start next, on trial."""
+def switch_to_trial(data_dir: Path, version: str, *, signed_request_id: int | None = None) -> None:
+    """Make the installed slot ``version`` the one to start next, on trial.
+
+    ``signed_request_id``: the requestId of the SignedUpdateFirmware that installs it
+    (None for a plain UpdateFirmware or a manual install), kept for the report."""
     path = slot_path(data_dir, version)
     if path is None or not (path / "twin" / "__init__.py").is_file():
         raise SlotError(f"no installed slot for version {version}")
@@ -293,6 +307,8 @@ def switch_to_trial(data_dir: Path, version: str) -> None:
             if state.trial is None:
                 state.previous = state.active
             state.active, state.trial, state.deadline, state.report = version, version, None, None
+            state.report_for = None if signed_request_id is None else {"signed": True,
+                                                                       "requestId": int(signed_request_id)}
     except OSError as exc:
         raise SlotError(f"cannot switch to {version}: {_os_reason(exc)}") from exc
 
@@ -325,15 +341,36 @@ def mark_boot_ok(data_dir: Path, version: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class PendingReport:
+    """The install outcome owed to the CSMS after a restart, and to which request."""
+
+    status: str  # REPORT_INSTALLED or REPORT_FAILED
+    signed: bool = False  # SignedUpdateFirmware: SignedFirmwareStatusNotification with request_id
+    request_id: int | None = None
+    version: str | None = None  # the version that runs now
+
+
 def pending_report(data_dir: Path, *, consume: bool = True) -> str | None:
     """"Installed", "InstallationFailed" or None; consumed by the call unless ``consume`` is
     False (the caller consumes it once the notification is on the wire). Never raises."""
+    outcome = pending_outcome(data_dir, consume=consume)
+    return outcome.status if outcome is not None else None
+
+
+def pending_outcome(data_dir: Path, *, consume: bool = True) -> PendingReport | None:
+    """:func:`pending_report` with the request it belongs to. Never raises."""
     try:
         with _update(data_dir) as state:
-            report = state.report
+            if not state.report:
+                return None
+            owed = state.report_for if isinstance(state.report_for, dict) else {}
+            request_id = owed.get("requestId")
+            signed = bool(owed.get("signed")) and isinstance(request_id, int) and not isinstance(request_id, bool)
+            outcome = PendingReport(state.report, signed, request_id if signed else None, state.active)
             if consume:
-                state.report = None
-            return report
+                state.report, state.report_for = None, None
+            return outcome
     except OSError as exc:
         log.error("cannot read the pending firmware report: %s", _os_reason(exc))
         return None

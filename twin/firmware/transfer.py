@@ -56,7 +56,8 @@ from urllib.parse import SplitResult, unquote, urljoin, urlsplit, urlunsplit
 
 import twin
 
-__all__ = ["SCHEMES", "TransferError", "download", "redact_url", "upload"]
+__all__ = ["BAD_REQUEST", "FAILED", "PERMISSION", "SCHEMES", "UNSUPPORTED", "TransferError", "download", "redact_url",
+           "upload"]
 
 SCHEMES = ("ftp", "ftps", "http", "https")
 _CHUNK = 64 * 1024
@@ -69,8 +70,22 @@ log = logging.getLogger(__name__)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+#: TransferError.kind values. GetLog reports them as distinct LogStatusNotification
+#: statuses (N01.FR.10); UpdateFirmware and GetDiagnostics only tell failed from done.
+FAILED, PERMISSION, UNSUPPORTED, BAD_REQUEST = "failed", "permission", "unsupported", "bad-request"
+
+
 class TransferError(Exception):
-    """A download or upload failed; the message is meant for the log and the operator."""
+    """A download or upload failed; the message is meant for the log and the operator.
+
+    ``kind`` says what sort of failure: :data:`PERMISSION` (login refused, HTTP 401/403,
+    FTP 530/550 permission), :data:`UNSUPPORTED` (a scheme we do not speak),
+    :data:`BAD_REQUEST` (a malformed location) or :data:`FAILED` (everything else:
+    network, server, disk). Only FAILED can get better by trying again."""
+
+    def __init__(self, message: str, *, kind: str = FAILED) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def redact_url(url: str) -> str:
@@ -103,18 +118,18 @@ class _Target:
 
 def _parse(url: str) -> _Target:
     if not isinstance(url, str) or not url.strip():
-        raise TransferError("empty location URL")
+        raise TransferError("empty location URL", kind=BAD_REQUEST)
     try:
         parts = urlsplit(url.strip())
         port = parts.port
     except ValueError as exc:
-        raise TransferError(f"malformed URL {redact_url(url)!r}: {exc}") from exc
+        raise TransferError(f"malformed URL {redact_url(url)!r}: {exc}", kind=BAD_REQUEST) from exc
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         raise TransferError(f"unsupported scheme {scheme or '(none)'!r} in {redact_url(url)!r}; "
-                            f"supported: {', '.join(SCHEMES)}")
+                            f"supported: {', '.join(SCHEMES)}", kind=UNSUPPORTED)
     if not parts.hostname:
-        raise TransferError(f"no host in {redact_url(url)!r}")
+        raise TransferError(f"no host in {redact_url(url)!r}", kind=BAD_REQUEST)
     user = unquote(parts.username) if parts.username is not None else None
     password = unquote(parts.password) if parts.password is not None else None
     return _Target(scheme, parts.hostname, port, user, password, parts.path, redact_url(url))
@@ -144,7 +159,8 @@ def _network_error(exc: BaseException, target: _Target, timeout: float) -> Trans
             if target.user is not None and _origin(answered) != _origin(_http_url(target)):
                 hop += ", another origin, which is not sent the credentials"
             hop += ")"
-        return TransferError(f"{what}: HTTP {exc.code} {exc.reason} for {target.shown}{hop}")
+        return TransferError(f"{what}: HTTP {exc.code} {exc.reason} for {target.shown}{hop}",
+                             kind=PERMISSION if exc.code in (401, 403) else FAILED)
     if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, BaseException):
         return _network_error(exc.reason, target, timeout)
     if isinstance(exc, socket.gaierror):
@@ -158,7 +174,8 @@ def _network_error(exc: BaseException, target: _Target, timeout: float) -> Trans
     if isinstance(exc, ssl.SSLError):
         return TransferError(f"TLS error with {target.where}: {exc.reason or exc}")
     if isinstance(exc, ftplib.Error):
-        return TransferError(f"FTP server {target.where} answered: {str(exc).strip()} ({target.shown})")
+        return TransferError(f"FTP server {target.where} answered: {str(exc).strip()} ({target.shown})",
+                             kind=_ftp_kind(exc))
     if isinstance(exc, http.client.IncompleteRead):
         return TransferError(f"truncated download: got {len(exc.partial)} bytes, "
                              f"{exc.expected} more were announced ({target.shown})")
@@ -167,6 +184,18 @@ def _network_error(exc: BaseException, target: _Target, timeout: float) -> Trans
     if isinstance(exc, OSError):
         return TransferError(f"network error with {target.where}: {exc.strerror or exc} ({target.shown})")
     return TransferError(f"transfer from {target.shown} failed: {exc!r}")
+
+
+def _ftp_kind(exc: ftplib.Error) -> str:
+    """530/532: not logged in / no account; 550 and 553 with words of permission (pyftpdlib:
+    "Not enough privileges", vsftpd: "Permission denied"): the login may not write there."""
+    text = str(exc).strip()
+    code = text[:3]
+    if code in ("530", "532"):
+        return PERMISSION
+    if code in ("550", "553") and any(w in text.lower() for w in ("permission", "privilege", "denied")):
+        return PERMISSION
+    return FAILED
 
 
 class _Sink:
@@ -409,7 +438,7 @@ def _http_get(target: _Target, sink: _Sink, report: Progress, timeout: float, ca
 def _ftp_path(target: _Target) -> str:
     path = unquote(target.path.removeprefix("/"))
     if not path or path.endswith("/"):
-        raise TransferError(f"no file name in {target.shown}")
+        raise TransferError(f"no file name in {target.shown}", kind=BAD_REQUEST)
     return path
 
 
@@ -425,7 +454,7 @@ def _ftp_login(target: _Target, timeout: float, ca_file: Path | None) -> ftplib.
             ftp.login(target.user or "anonymous", target.password or ("" if target.user else "anonymous@"))
         except ftplib.error_perm as exc:
             raise TransferError(f"FTP login to {target.where} as {target.user or 'anonymous'!r} refused: "
-                                f"{str(exc).strip()}") from exc
+                                f"{str(exc).strip()}", kind=PERMISSION) from exc
         if isinstance(ftp, ftplib.FTP_TLS):
             ftp.prot_p()
         return ftp

@@ -78,6 +78,16 @@ class ChargePointCredentials:
         return f"ChargePointCredentials({self.id[:16]}..., {self.chain_file.name})"
 
 
+@dataclass(frozen=True)
+class Inventory:
+    """The certificates in the store (see :meth:`CertificateStore.inventory`)."""
+
+    roots: Mapping[str, list[x509.Certificate]]
+    charge_point: list[x509.Certificate]  # the leaf of each pair, newest notBefore first
+    pending: bool  # a CSR was sent and its certificate has not arrived
+    pending_requested_at: datetime | None = None
+
+
 def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -299,21 +309,43 @@ class CertificateStore:
 
     # -- the charge point's key pair ---------------------------------------------------------
 
-    def put_pending_key(self, key: object, subject: Mapping[str, str]) -> None:
+    def put_pending_key(self, key: object, subject: Mapping[str, str], requested_at: datetime | None = None) -> None:
         """Keep the key of a CSR just sent, with the subject it asked for, until the
         matching certificate arrives (a restart in between loses nothing). A new request
-        replaces it: every CSR gets a new key pair (A02.FR.02)."""
+        replaces it: every CSR gets a new key pair (A02.FR.02). ``requested_at`` is kept
+        beside it, so the renewal timer asks at most once a day, across restarts too."""
+        record: dict[str, object] = {"subject": dict(subject)}
+        if requested_at is not None:
+            record["requestedAt"] = requested_at.isoformat()
         with self._lock:
             directory = self._cp_dir()
             write_atomic(directory / "pending.key.pem", _key_pem(key), 0o600)
-            write_atomic(directory / "pending.json", json.dumps(dict(subject), sort_keys=True).encode(), 0o600)
+            write_atomic(directory / "pending.json", json.dumps(record, sort_keys=True).encode(), 0o600)
+
+    def _pending_record(self) -> dict:
+        record = json.loads((self.root / "chargepoint" / "pending.json").read_text(encoding="utf-8"))
+        if not isinstance(record, dict):
+            raise ValueError("pending.json is not an object")
+        if "subject" not in record:  # the first layout held the subject alone
+            record = {"subject": record}
+        if not isinstance(record["subject"], dict):
+            raise ValueError("pending.json has no subject object")
+        return record
+
+    def pending_requested_at(self) -> datetime | None:
+        """When the pending CSR was made, or None (no pending key, or not recorded)."""
+        try:
+            value = self._pending_record().get("requestedAt")
+            return datetime.fromisoformat(value) if isinstance(value, str) else None
+        except (OSError, ValueError, TypeError):
+            return None
 
     def pending(self) -> tuple[object, dict[str, str]] | None:
         """The pending (key, subject), or None."""
         directory = self.root / "chargepoint"
         try:
             key = serialization.load_pem_private_key((directory / "pending.key.pem").read_bytes(), password=None)
-            subject = json.loads((directory / "pending.json").read_text(encoding="utf-8"))
+            subject = self._pending_record()["subject"]
         except FileNotFoundError:
             return None
         except (OSError, ValueError, TypeError) as exc:
@@ -385,6 +417,15 @@ class CertificateStore:
         # Newest notBefore first; of equal ones the one stored last (a renewal within the second).
         found.sort(key=lambda entry: entry[:2], reverse=True)
         return [entry[2] for entry in found]
+
+    def inventory(self) -> Inventory:
+        """What the store holds, certificates only (no key is read): for the control API's
+        state and ``twin certs list``."""
+        with self._lock:
+            return Inventory(roots={use: self.roots(use) for use in CERTIFICATE_USES},
+                             charge_point=[c.certificate for c in self.all_charge_point_credentials()],
+                             pending=(self.root / "chargepoint" / "pending.key.pem").exists(),
+                             pending_requested_at=self.pending_requested_at())
 
     def charge_point_credentials(self, now: datetime) -> ChargePointCredentials | None:
         """The pair to present on the next connection: of those valid at ``now``, the one

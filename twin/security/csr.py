@@ -68,16 +68,17 @@ def build_csr(key: PrivateKey, common_name: str, organization: str) -> str:
 
 
 def request_certificate(store: CertificateStore, common_name: str, organization: str,
-                        algorithm: KeyAlgorithm = "ec", rsa_bits: int = 2048) -> str:
-    """The SignCertificate.req ``csr``: a new key pair, kept in the store as pending, and
-    its CSR. Raises ValueError without a CpoName (``organization``), so the trigger can be
-    answered Rejected as libocpp does, and OSError if the key cannot be stored."""
+                        algorithm: KeyAlgorithm = "ec", rsa_bits: int = 2048, now: datetime | None = None) -> str:
+    """The SignCertificate.req ``csr``: a new key pair, kept in the store as pending (with
+    ``now`` as the time of the request), and its CSR. Raises ValueError without a CpoName
+    (``organization``), so the trigger can be answered Rejected as libocpp does, and
+    OSError if the key cannot be stored."""
     subject = _subject(common_name, organization)
     key = generate_key(algorithm, rsa_bits)
     csr = build_csr(key, common_name, organization)
     if len(csr) > CERT_MAX_CHARS:  # not reached with the keys above; the schema's limit
         raise ValueError(f"the CSR is longer than {CERT_MAX_CHARS} characters")
-    store.put_pending_key(key, subject)
+    store.put_pending_key(key, subject, requested_at=now)
     return csr
 
 

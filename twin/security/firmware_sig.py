@@ -10,7 +10,7 @@ The signing certificate (L01.FR.12, .24, .25):
 - otherwise the answer is InvalidCertificate and InvalidFirmwareSigningCertificate is raised
   (L01.FR.02); a certificate listed as revoked is RevokedCertificate. OCPP 1.6 gives the
   station no revocation source (no CRL or OCSP), so the revoked list is what the caller
-  passes.
+  passes: the firmware service passes ``[firmware] revoked_signing_certificates``.
 
 The signature (L01.FR.04): over the entire file with SHA-256, Base64 in the request. The
 whitepaper names RSA-PSS or ECSchnorr; the tools in use produce ``openssl dgst -sha256

@@ -68,9 +68,34 @@ def load_certificates(text: str | bytes) -> list[x509.Certificate]:
     if _PEM_CERT.sub("", as_text).strip():
         raise CertificateError("the text holds something besides PEM certificates")
     try:
-        return x509.load_pem_x509_certificates(data)
+        certs = x509.load_pem_x509_certificates(data)
     except ValueError as exc:
         raise CertificateError(f"a certificate does not parse: {exc}") from exc
+    for n, cert in enumerate(certs, 1):
+        problem = _usable_problem(cert)
+        if problem:
+            raise CertificateError(f"certificate {n}: {problem}")
+    return certs
+
+
+SERIAL_MAX_OCTETS = 20  # RFC 5280 §4.1.2.2
+
+
+def _usable_problem(cert: x509.Certificate) -> str | None:
+    """What makes a certificate that parses unusable here, checked once where every PEM
+    enters, so no later step meets it as an exception: a public key ``cryptography``
+    cannot load (SM2, GOST ...), or a serial the CertificateHashData cannot carry
+    (serialNumber is CiString40: 20 octets as hex)."""
+    try:
+        cert.public_key()
+    except (UnsupportedAlgorithm, ValueError) as exc:
+        return f"its public key cannot be used ({exc})"
+    serial = cert.serial_number
+    if serial <= 0:
+        return "its serial number is not positive (RFC 5280 §4.1.2.2)"
+    if serial.bit_length() > 8 * SERIAL_MAX_OCTETS:
+        return f"its serial number is longer than {SERIAL_MAX_OCTETS} octets (RFC 5280 §4.1.2.2)"
+    return None
 
 
 def fingerprint(cert: x509.Certificate) -> str:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+
 import logging
 import logging.handlers
 import os
@@ -19,6 +20,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from twin.redact import RedactingFilter
 from twin.service.journald import (
     DEFAULT_JOURNAL_SOCKET,
     STRUCTURED_EXTRAS,
@@ -166,6 +168,9 @@ def setup_logging(level: str, data_dir: Path | None, *, max_bytes: int = 5_000_0
 
     for handler in handlers:
         setattr(handler, _OURS, True)
+        # Every logger's lines, not only the link's: a core error quotes the CSMS payload
+        # (ChangeConfiguration of AuthorizationKey), a store error its ops (twin.redact).
+        handler.addFilter(RedactingFilter())
         root.addHandler(handler)
     root.setLevel(number)
 
