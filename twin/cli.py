@@ -28,7 +28,7 @@ def _add_station_args(p: argparse.ArgumentParser) -> None:
 
 def _overrides(args) -> dict:
     out = {}
-    for name in ("csms_url", "charge_point_id", "data_dir", "control", "profile"):
+    for name in ("csms_url", "charge_point_id", "data_dir", "control", "profile", "trace"):
         value = getattr(args, name, None)
         if value is not None:
             out[name] = value
@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run one station in the foreground")
     _add_station_args(run)
+    run.add_argument("--trace", type=Path, metavar="FILE",
+                     help="append every OCPP-J frame, both directions, to FILE as JSON lines (secrets redacted)")
 
     demo = sub.add_parser("demo", help="start a built-in CSMS and a simulated station, and run a charging session")
     demo.add_argument("--control", default="127.0.0.1:8180", help="control API address (default 127.0.0.1:8180)")
@@ -83,10 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     from twin.security.cli import add_certs_subcommands
 
     add_certs_subcommands(sub)
+    from twin.trace_cli import add_trace_subcommands
+
+    add_trace_subcommands(sub)
     check = sub.add_parser("config", help="check a station TOML file without starting anything")
     check.add_argument("action", choices=["check"])
     check.add_argument("file", type=Path)
 
+    from twin.scenario.cli import add_scenario_subcommands
+
+    add_scenario_subcommands(sub)
     csms = sub.add_parser("csms", help="run a standalone CSMS that logs every message (security profiles 0-3)")
     from twin.csms.cli import add_csms_arguments
 
@@ -101,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         "run": lambda: cmd_run(args, argv), "demo": lambda: cmd_demo(args), "queue": lambda: cmd_queue(args),
         "drivers": lambda: cmd_drivers(args), "sim": lambda: _sim(args), "firmware": lambda: _firmware(args),
         "csms": lambda: cmd_csms(args), "config": lambda: cmd_config_check(args),
-        "certs": lambda: args.run_certs(args),
+        "certs": lambda: args.run_certs(args), "scenario": lambda: _scenario(args),
+        "trace": lambda: _trace(args),
     }
     try:
         return commands[args.command]()
@@ -109,10 +118,22 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _trace(args) -> int:
+    from twin.trace_cli import run_trace_command
+
+    return run_trace_command(args)
+
+
 def _sim(args) -> int:
     from twin.sim_client import run_sim_command
 
     return run_sim_command(args)
+
+
+def _scenario(args) -> int:
+    from twin.scenario.cli import run_scenario_command
+
+    return run_scenario_command(args)
 
 
 def _firmware(args) -> int:

@@ -127,6 +127,9 @@ class StationConfig:
     firmware: dict[str, Any] = field(default_factory=dict)
     security: dict[str, Any] = field(default_factory=dict)  # the certificate service (twin.security.service)
     force_sim: bool = False  # --sim: drivers.registry.build_drivers(..., force_sim=...)
+    # [[faults]]: fault rules installed at start (twin.faults; checked at load).
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    trace_file: Path | None = None  # [trace] file or --trace: every frame as JSON lines (twin.trace)
 
     @property
     def ws_url(self) -> str:
@@ -274,7 +277,7 @@ def _key_value(reader: _Reader, name: str, value: Any) -> str:
 
 SECTIONS = ("station", "csms", "control", "identity", "keys", "ev", "drivers", "firmware", "security")
 CLI_FLAGS = {"csms_url": "--csms", "charge_point_id": "--id", "data_dir": "--data-dir",
-             "control": "--control", "sim": "--sim", "profile": "--profile"}
+             "control": "--control", "sim": "--sim", "profile": "--profile", "trace": "--trace"}
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -311,6 +314,9 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None,
     tables: dict[str, _Reader] = {}
     for name in SECTIONS:
         tables[name] = _Reader(path, f"{name}.", top.take(name, dict, {}))
+    # The CSMS tester's tables (docs/faults-and-traces.md): [[faults]] and [trace].
+    faults = top.take("faults", list, [])
+    tables["trace"] = _Reader(path, "trace.", top.take("trace", dict, {}))
     top.done()
 
     cfg = StationConfig(config_file=path, charge_point_id=DEFAULT_CHARGE_POINT_ID, csms_url=DEFAULT_CSMS_URL,
@@ -323,11 +329,43 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None,
     cfg.drivers = tables["drivers"].table  # validated by drivers.registry
     cfg.firmware = tables["firmware"].table  # validated by twin.firmware
     cfg.security = _load_security_table(tables["security"])
+    cfg.faults = _load_faults(path, faults)
+    _load_trace(cfg, tables["trace"])
     _apply_cli(cfg, dict(overrides or {}))
     _settle_control(cfg, path, doc.get("control", {}), dict(overrides or {}))
     _load_keys(cfg, tables["keys"])
     _settle_security(cfg, path, doc.get("csms", {}), dict(overrides or {}))
     return cfg
+
+
+def _load_faults(path: Path | None, rules: list[Any]) -> list[dict[str, Any]]:
+    """``[[faults]]``: fault rules (twin.faults), each checked now, so a typo stops
+    ``twin config check`` rather than surprising a test run."""
+    from twin.faults import parse_rule
+
+    out: list[dict[str, Any]] = []
+    ids: set[str] = set()
+    for i, rule in enumerate(rules):
+        try:
+            parsed = parse_rule(rule)
+        except ValueError as e:
+            raise ConfigError(path, f"faults[{i}]", str(e)) from None
+        if isinstance(rule, dict) and rule.get("id") is not None:
+            if parsed.id in ids:
+                raise ConfigError(path, f"faults[{i}].id", f"{parsed.id!r} is given twice")
+            ids.add(parsed.id)
+        out.append(dict(rule))
+    return out
+
+
+def _load_trace(cfg: StationConfig, t: _Reader) -> None:
+    """``[trace] file``: the wire trace, JSON lines (twin.trace); relative to the config file."""
+    file = t.take("file", str)
+    t.done()
+    if file is not None:
+        if not file.strip():
+            raise t.error("file", "must not be empty")
+        cfg.trace_file = _path(t.file, file)
 
 
 def _load_security_table(t: _Reader) -> dict[str, Any]:
@@ -623,6 +661,10 @@ def _apply_cli(cfg: StationConfig, overrides: dict[str, Any]) -> None:
             cfg.force_sim = bool(value)
         elif name == "profile":
             pass  # read first, by _load_station: the profile gives the defaults the file overrides
+        elif name == "trace":
+            if not str(value).strip():
+                problem = "must not be empty"
+            cfg.trace_file = Path(value).expanduser()
         if problem:
             raise ConfigError(CLI, flag, problem)
 

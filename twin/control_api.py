@@ -1,57 +1,64 @@
-"""Bench control HTTP/JSON API: how the bench rig, the dashboard and test scripts
-drive the twin (plug, unplug, present a card, inject faults, steer the EV, cut the
-CSMS link). The routes are a public, stable interface (issue 2, "Bench control
-API"); they are documented in ``docs/control-api.md``.
+"""Bench control HTTP/JSON API: how the bench rig, the dashboard, test scripts and CSMS test
+suites drive the twin (plug, unplug, present a card, station faults, steer the EV, cut or
+impair the CSMS link, inject protocol faults, read the wire trace, follow the event stream).
+The routes are a public, stable interface; they are documented in ``docs/control-api.md`` and
+served as an OpenAPI 3.1 document at ``GET /api/openapi.json``.
 
-The HTTP/1.1 server is deliberately small and written on ``asyncio.start_server``
-so the station needs no web framework. It is built to survive whatever reaches
-it: head and body sizes are capped, every request must arrive within
-``request_timeout`` (a stalled client cannot hold a connection), the number of
-connections is capped, and every failure becomes a JSON ``{"error": "..."}``
-answer, never an exception that could take the station down.
+The HTTP/1.1 server is aiohttp (a maintained asyncio web framework): it owns the request
+parser. What the station adds on top is built to survive whatever reaches it: the request
+line, header fields, the whole head and the body are capped, every request must arrive within
+``request_timeout`` (a stalled or trickling client cannot hold a connection), the number of
+connections is capped, and every failure, parse errors included, becomes a JSON
+``{"error": "..."}`` answer, never an exception that could take the station down.
 
-It can switch a contactor and bill a card, so every request, on every route,
-passes four checks first, in this order:
+It can switch a contactor and bill a card, so every request, on every route, passes four
+checks first (one aiohttp middleware), in this order:
 
-1. ``Host`` names this server: the bind address, the address the connection
-   arrived at, or localhost, with the port the connection arrived at. Anything
-   else is a DNS-rebinding page or a misdirected client: 421.
-2. An ``Origin`` header (a browser always sends one on a cross-origin POST or
-   DELETE, RFC 6454 §7.3 and the Fetch standard) must be in ``allowed_origins``
-   (empty by default): 403 otherwise. Allowed origins get CORS answers.
+1. ``Host`` names this server: the bind address, the address the connection arrived at, or
+   localhost, with the port the connection arrived at. Anything else is a DNS-rebinding page
+   or a misdirected client: 421.
+2. An ``Origin`` header (a browser always sends one on a cross-origin POST or DELETE,
+   RFC 6454 §7.3 and the Fetch standard) must be in ``allowed_origins`` (empty by default):
+   403 otherwise. Allowed origins get CORS answers.
 3. With a token, ``Authorization: Bearer <token>`` (RFC 6750 §2.1): 401 otherwise.
-4. A body must be ``application/json`` (415), which a page cannot send
-   cross-origin without a preflight. A request without a body stays valid.
+4. A body must be ``application/json`` (415), which a page cannot send cross-origin without a
+   preflight. A request without a body stays valid.
 
-Validation lives here, before the backend is called, so the station runtime
-only ever sees well-formed values.
+Validation lives here, before the backend is called, so the station runtime only ever sees
+well-formed values.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
+import inspect
 import ipaddress
 import json
 import logging
 import math
 import re
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
 from ocpp.v16.enums import ChargePointErrorCode
 
 log = logging.getLogger(__name__)
 
-# Bodies here are a few dozen bytes; the caps only keep garbage from costing memory.
+# Bodies here are a few hundred bytes; the caps only keep garbage from costing memory.
 MAX_HEAD_BYTES = 8192
 MAX_HEADERS = 64
 MAX_BODY_BYTES = 8192
+# aiohttp's parser caps the request line and each header field separately; the field limit is
+# one byte less so that a LineTooLong says which of the two it was (414 or 431).
+_MAX_LINE = MAX_HEAD_BYTES
+_MAX_FIELD = MAX_HEAD_BYTES - 1
 
 # OCPP 1.6 §7.6/7.7: idTag is an IdToken = CiString20Type; StatusNotification.info
 # is CiString50Type.
@@ -62,10 +69,13 @@ FAULT_ERROR_CODES: tuple[str, ...] = tuple(
     code.value for code in ChargePointErrorCode if code is not ChargePointErrorCode.no_error
 )
 DEBUG_BLOCK_MAX_SECONDS = 600.0
-
-_REQUEST_LINE = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+) (\S+) HTTP/(\d)\.(\d)")
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_CONNECTOR_PATH = re.compile(r"/api/connectors/([^/]*)/(plug|unplug|fault|ev)")
+# POST /api/network impairment bounds (the contract of the fault-injection toolkit).
+NETWORK_MAX_DELAY_MS = 60000.0
+CLOSE_CODE_MIN, CLOSE_CODE_MAX = 1000, 4999  # RFC 6455 §7.4: the codes an endpoint may send
+SEED_MAX = 2**63 - 1
+FAULT_ID_MAX_LEN = 64
+# GET /api/events: a comment line this often keeps proxies and idle timers from cutting the stream.
+SSE_KEEPALIVE_S = 15.0
 
 # Host names a local client may use whatever the bind address (RFC 6761 §6.3: localhost is loopback).
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -78,24 +88,27 @@ CORS_HEADERS = "Authorization, Content-Type"
 CORS_MAX_AGE_S = 600
 # At most one "refused" log line per this many seconds: a page retrying in a loop must not flood the journal.
 REFUSAL_LOG_INTERVAL_S = 10.0
+_JSON = "application/json"
 
 
 class ApiError(Exception):
     """An answer other than 200. The backend may raise it too (e.g. 409 when the
     station cannot do what was asked in its current state)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, close: bool = False,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-class _CloseAfter(ApiError):
-    """An ApiError after which the connection cannot be reused (framing is lost)."""
+        self.close = close  # the byte stream is not reusable after this answer
+        self.headers = headers
 
 
 class ControlBackend(Protocol):
-    """Implemented by the station runtime. Arguments arrive already validated."""
+    """Implemented by the station runtime. Arguments arrive already validated. The toolkit
+    methods (``add_fault``, ``faults``, ``remove_fault``, ``clear_faults``, ``trace_since``, the
+    impairment keywords of ``network``) and ``events`` are optional: a route whose method is
+    missing answers 501. They raise ``ValueError`` for input they refuse (400)."""
 
     connector_count: int
 
@@ -111,125 +124,54 @@ class ControlBackend(Protocol):
     async def debug_block(self, seconds: float) -> dict: ...
 
 
-# ---------------------------------------------------------------- HTTP framing
+# ---------------------------------------------------------------- requests and raw answers
 
 
 @dataclass
 class _Request:
+    """What the checks and the validators look at, taken from the aiohttp request."""
+
     method: str
     path: str
-    version: tuple[int, int]
     headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
     body: bytes = b""
     has_length: bool = False  # a Content-Length header was sent
     # The authority of an absolute-form target; RFC 9112 §3.2.2: it then replaces Host.
     target_authority: str | None = None
+    query: dict[str, str] = field(default_factory=dict)
 
     @property
     def authority(self) -> str | None:
         return self.target_authority if self.target_authority is not None else self.headers.get("host")
 
-    def wants_close(self) -> bool:
-        tokens = {t.strip().lower() for t in self.headers.get("connection", "").split(",")}
-        if self.version >= (1, 1):
-            return "close" in tokens
-        return "keep-alive" not in tokens
-
 
 def _response(status: int, payload: Any, *, close: bool, extra: dict[str, str] | None = None) -> bytes:
-    # RFC 9110 §15.3.5: a 204 (the answer to a CORS preflight) has no content.
-    body = b"" if status == 204 else json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8")
-    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
-    if status != 204:
-        lines.append("Content-Type: application/json")
-    lines += [
-        f"Content-Length: {len(body)}",
-        "Cache-Control: no-store",
-        f"Connection: {'close' if close else 'keep-alive'}",
-    ]
+    """A whole HTTP/1.1 answer as bytes, for the few written on the raw transport (408, 503),
+    where no request (and so no aiohttp response) exists."""
+    body = json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", f"Content-Type: {_JSON}",
+             f"Content-Length: {len(body)}", "Cache-Control: no-store",
+             f"Connection: {'close' if close else 'keep-alive'}"]
     lines += [f"{name}: {value}" for name, value in (extra or {}).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-async def _read_line(reader: asyncio.StreamReader, budget: int, too_long: ApiError) -> bytes:
-    """One head line without its line ending. Bare LF is accepted (RFC 9112 §2.2)."""
-    try:
-        line = await reader.readuntil(b"\n")
-    except asyncio.LimitOverrunError:
-        raise too_long from None
-    if len(line) > budget:
-        raise too_long
-    return line.rstrip(b"\r\n") if line.endswith(b"\r\n") else line[:-1]
+def _json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> web.Response:
+    if status == 204:  # RFC 9110 §15.3.5: no content
+        return web.Response(status=204, headers=headers)
+    body = json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    return web.Response(status=status, body=body, content_type=_JSON, headers=headers)
 
 
-async def _read_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> _Request:
-    """Read and frame one request. Raises asyncio.IncompleteReadError on EOF and
-    _CloseAfter for anything that leaves the byte stream unusable."""
-    budget = MAX_HEAD_BYTES
-    uri_too_long = _CloseAfter(414, f"request line longer than {MAX_HEAD_BYTES} bytes")
-    line = b""
-    while not line:  # RFC 9112 §2.2: ignore empty lines before the request line
-        line = await _read_line(reader, budget, uri_too_long)
-        budget -= len(line) + 2
-        if budget < 0:
-            raise uri_too_long
-    try:
-        text = line.decode("ascii")
-    except UnicodeDecodeError:
-        raise _CloseAfter(400, "request line is not ASCII") from None
-    match = _REQUEST_LINE.fullmatch(text)
-    if match is None:
-        raise _CloseAfter(400, "malformed request line; expected 'METHOD /path HTTP/1.1'")
-    method, target, major, minor = match.groups()
-    if major != "1":
-        raise _CloseAfter(505, f"HTTP/{major}.{minor} is not supported; use HTTP/1.1")
+def _error(status: int, message: str, headers: dict[str, str] | None = None, *, close: bool = False) -> web.Response:
+    resp = _json_response(status, {"error": message}, headers)
+    if close:
+        resp.force_close()
+    return resp
 
-    headers: dict[str, str] = {}
-    head_too_big = _CloseAfter(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
-    count = 0
-    while True:
-        line = await _read_line(reader, budget, head_too_big)
-        budget -= len(line) + 2
-        if budget < 0:
-            raise head_too_big
-        if not line:
-            break
-        count += 1
-        if count > MAX_HEADERS:
-            raise _CloseAfter(431, f"more than {MAX_HEADERS} header fields")
-        name_bytes, sep, value_bytes = line.partition(b":")
-        name = name_bytes.decode("latin-1")
-        # RFC 9112 §5.1/§5.2: no whitespace before the colon, no obsolete line folding.
-        if not sep or not _HEADER_NAME.fullmatch(name):
-            raise _CloseAfter(400, f"malformed header line: {line[:60]!r}")
-        key, value = name.lower(), value_bytes.decode("latin-1").strip(" \t")
-        if key == "host" and key in headers:  # RFC 9112 §3.2
-            raise _CloseAfter(400, "more than one Host header field")
-        headers[key] = f"{headers[key]}, {value}" if key in headers else value
 
-    authority = None
-    if target.lower().startswith(("http://", "https://")):  # absolute-form, RFC 9112 §3.2.2
-        parts = target.split("/", 3)
-        authority = parts[2]
-        target = "/" + parts[3] if len(parts) > 3 else "/"
-    request = _Request(method, target.split("?", 1)[0], (1, int(minor)), headers, target_authority=authority)
-    expect = headers.get("expect", "").lower()
-    if expect and expect != "100-continue":
-        raise _CloseAfter(417, f"unsupported Expect: {headers['expect']!r}")
-    if "transfer-encoding" in headers:
-        raise _CloseAfter(411, "Transfer-Encoding is not supported; send the body with a Content-Length")
-    if "content-length" in headers:
-        request.has_length = True
-        values = {v.strip() for v in headers["content-length"].split(",")}
-        if len(values) != 1 or not (length_text := values.pop()).isdigit() or not length_text.isascii():
-            raise _CloseAfter(400, f"invalid Content-Length: {headers['content-length']!r}")
-        length = int(length_text)
-        if length > MAX_BODY_BYTES:
-            raise _CloseAfter(413, f"request body of {length} bytes exceeds the {MAX_BODY_BYTES}-byte limit")
-        if expect == "100-continue" and length:
-            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.body = await reader.readexactly(length)
-    return request
+# Where the middleware leaves the checked request for the handlers (RequestKey: aiohttp >= 3.12).
+_TWIN: Any = web.RequestKey("twin", _Request) if hasattr(web, "RequestKey") else "twin"
 
 
 # ---------------------------------------------------------------- body validation
@@ -248,8 +190,8 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _json_object(request: _Request, allowed: set[str], *, body_required: bool) -> dict[str, Any]:
-    """The request body as a JSON object holding only ``allowed`` fields."""
+def _json_object(request: _Request, allowed: set[str] | None, *, body_required: bool) -> dict[str, Any]:
+    """The request body as a JSON object holding only ``allowed`` fields (None: any)."""
     if body_required and not request.has_length:
         raise ApiError(411, "this route needs a JSON body sent with a Content-Length header")
     content_type = request.headers.get("content-type")
@@ -278,7 +220,7 @@ def _json_object(request: _Request, allowed: set[str], *, body_required: bool) -
         raise ApiError(400, f"malformed JSON body: {exc}") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"request body must be a JSON object, got {type(data).__name__}")
-    unknown = sorted(set(data) - allowed)
+    unknown = sorted(set(data) - allowed) if allowed is not None else []
     if unknown:
         known = ", ".join(sorted(allowed)) or "none"
         raise ApiError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; allowed: {known}")
@@ -384,10 +326,136 @@ def normalize_origin(text: str) -> str:
     return f"{parts.scheme}://{host}" + (f":{port}" if port is not None and port != default_port else "")
 
 
+
+def _integer(name: str, value: Any, *, minimum: int, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError(400, f"{name!r} must be an integer, got {json.dumps(value)}")
+    if not minimum <= value <= maximum:
+        raise ApiError(400, f"{name!r} must be >= {minimum} and <= {maximum}, got {value}")
+    return value
+
+
+# ---------------------------------------------------------------- the connection
+
+
+class _Protocol(web.RequestHandler):
+    """aiohttp's connection handler with the station's limits: a deadline for each request
+    (aiohttp has none for a head that never completes), a cap on connections, and parse
+    errors answered as JSON (aiohttp answers them in text/plain)."""
+
+    def __init__(self, manager: Any, api: ControlApi, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._api = api
+        self.deadline = 0.0  # loop time by which the current request must have fully arrived
+        self.busy = False  # a request is being handled (its own timeouts apply)
+        self._deadline_handle: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._api._protocols.add(self)
+        if len(self._api._protocols) > self._api.max_connections:
+            self._abort(503, "too many connections")
+            return
+        self._arm()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._api._protocols.discard(self)
+        if self._deadline_handle is not None:
+            self._deadline_handle.cancel()
+            self._deadline_handle = None
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.time() + self._api.request_timeout
+        self._deadline_handle = loop.call_at(self.deadline, self._expired)
+
+    def request_started(self) -> None:
+        self.busy = True
+        if self._deadline_handle is not None:
+            self._deadline_handle.cancel()
+            self._deadline_handle = None
+
+    def request_done(self) -> None:
+        self.busy = False
+        if self.transport is not None and not self.transport.is_closing():
+            self._arm()  # the next request on this connection gets its own deadline
+
+    def _expired(self) -> None:
+        self._deadline_handle = None
+        if self.busy or getattr(self, "_messages", None):
+            return  # a complete request is being (or about to be) handled
+        # RFC 9110 §15.5.9: 408 also tells an idle keep-alive client why we close.
+        self._abort(408, f"request not received within {self._api.request_timeout:g} s")
+
+    def _abort(self, status: int, message: str) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(_response(status, {"error": message}, close=True))
+        self.force_close()
+        transport.close()  # after the buffered answer is written
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """A request aiohttp could not parse (or an error that escaped the middleware): a JSON
+        answer, and the connection is closed since the byte stream cannot be trusted."""
+        text = (message or (str(exc) if exc else "") or HTTPStatus(status).phrase).splitlines()[0][:200]
+        if isinstance(exc, LineTooLong):
+            too_long_line = len(exc.args) > 1 and exc.args[1] == _MAX_LINE
+            status, text = ((414, f"request line longer than {MAX_HEAD_BYTES} bytes") if too_long_line else
+                            (431, f"a header field is longer than {_MAX_FIELD} bytes"))
+        elif "Too many headers" in text:
+            status, text = 431, f"more than {MAX_HEADERS} header fields"
+        elif "Missing 'Host'" in text:
+            text = "a Host header is required (RFC 9112 §3.2)"
+        elif "Duplicate 'Host'" in text:
+            text = "more than one Host header field (RFC 9112 §3.2)"
+        elif status == 500:
+            log.error("control API: unexpected error on a connection", exc_info=exc)
+            text = "internal error"
+        else:
+            text = f"malformed request: {text}"
+        if status != 500:
+            log.debug("control API: unparseable request: %d %s", status, text)
+        if request.writer.output_size > 0:  # an answer is already on its way: nothing to add
+            raise ConnectionError("the answer was already sent")
+        resp = _error(status, text, {"Connection": "close", "Cache-Control": "no-store"}, close=True)
+        return resp
+
+
+async def _no_expect(request: web.Request) -> None:
+    """Expect is handled in the middleware, after the size checks (so 100 Continue is never
+    sent for a body that would be refused) and with a JSON 417."""
+    return None
+
+
+# ---------------------------------------------------------------- the routes
+
+
+@dataclass(frozen=True)
+class _Route:
+    method: str
+    path: str  # as in the OpenAPI document: {id} for a path parameter
+    handler: Callable[[web.Request], Awaitable[Any]]
+    summary: str
+    body: dict | None = None  # JSON Schema of the request body
+    body_required: bool = False
+    status: int = 200
+    result: dict | None = None  # JSON Schema of the success answer (None: a 204 without content)
+    errors: tuple[int, ...] = ()
+    params: tuple[dict, ...] = ()
+    content: str = _JSON
+    tag: str = "station"
+
+
+_STATE_SCHEMA = {"type": "object", "description": "the station state, as GET /api/state answers it",
+                 "additionalProperties": True}
+_NETWORK_FIELDS = ("online", "latency_ms", "jitter_ms", "drop_rate", "half_open", "close_code", "seed")
+
+
 # ---------------------------------------------------------------- the server
 
-
-_Handler = Callable[[_Request, int], Awaitable[dict]]
 
 class ControlApi:
     """The bench control API server. ``port=0`` binds an ephemeral port; read
@@ -409,6 +477,7 @@ class ControlApi:
         request_timeout: float = 10.0,
         backend_timeout: float = 30.0,
         max_connections: int = 32,
+        sse_keepalive_s: float = SSE_KEEPALIVE_S,
     ) -> None:
         if token is not None and not BEARER_TOKEN_RE.fullmatch(token):
             raise ValueError("the token must be 1 or more of A-Z a-z 0-9 - . _ ~ + / then any '=' (RFC 6750 b64token)")
@@ -421,10 +490,15 @@ class ControlApi:
         self.request_timeout = request_timeout
         self.backend_timeout = backend_timeout
         self.max_connections = max_connections
+        self.sse_keepalive_s = sse_keepalive_s
+        self.app: web.Application | None = None
+        self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._protocols: set[_Protocol] = set()
+        self._streams: set[Any] = set()  # the open GET /api/events subscriptions
         self._refusal_logged_at = -math.inf
         self._refusals_not_logged = 0
+        self.routes = self._route_table()
 
     @classmethod
     def from_config(cls, backend: ControlBackend, cfg: Any) -> ControlApi:
@@ -444,15 +518,33 @@ class ControlApi:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
+    # -- lifecycle
+
+    def make_app(self) -> web.Application:
+        """The aiohttp application: every route of the table behind the checks."""
+        app = web.Application(middlewares=[self._middleware], client_max_size=MAX_BODY_BYTES)
+        for route in self.routes:
+            router_path = route.path.replace("/connectors/{id}/", "/connectors/{id:[^/]*}/")
+            app.router.add_route(route.method, router_path, route.handler, expect_handler=_no_expect)
+        app.on_response_prepare.append(self._on_prepare)
+        return app
+
     async def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("control API already started")
+        self.app = self.make_app()
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+        await runner.setup()
+        loop = asyncio.get_running_loop()
+        kwargs = dict(loop=loop, access_log=None, max_line_size=_MAX_LINE, max_field_size=_MAX_FIELD,
+                      max_headers=MAX_HEADERS, lingering_time=0, keepalive_timeout=self.request_timeout + 60)
         try:
-            self._server = await asyncio.start_server(
-                self._on_connection, self.host, self.port, limit=MAX_HEAD_BYTES
-            )
+            self._server = await loop.create_server(lambda: _Protocol(runner.server, self, **kwargs),
+                                                    self.host, self.port)
         except OSError as exc:
+            await runner.cleanup()
             raise OSError(exc.errno, f"control API cannot listen on {self.host}:{self.port}: {exc.strerror}") from exc
+        self._runner = runner
         # With a host that resolves to several addresses and port 0, each socket gets
         # its own port; the first one is the advertised one.
         self.port = self._server.sockets[0].getsockname()[1]
@@ -460,67 +552,242 @@ class ControlApi:
 
     async def stop(self) -> None:
         server, self._server = self._server, None
+        runner, self._runner = self._runner, None
         if server is None:
             return
         server.close()
-        # Python 3.11's wait_closed() does not wait for open connections: end them here.
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
+        for stream in list(self._streams):
+            stream.close()  # every event stream ends cleanly (its last chunk is written)
+        if runner is not None:
+            await runner.cleanup()
+        for proto in list(self._protocols):  # idle keep-alive connections
+            if proto.transport is not None:
+                proto.transport.close()
         await server.wait_closed()
 
-    # -- connections
+    # -- the route table: the router and the OpenAPI document are both made from it
 
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
+    def _route_table(self) -> list[_Route]:
+        obj = {"type": "object", "additionalProperties": False}
+        empty = {**obj, "properties": {}, "description": "no body, or an empty JSON object"}
+        conn = ({"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1},
+                 "description": "connector id, 1..connectors"},)
+        conn0 = ({"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0},
+                  "description": "connector id; 0 is the whole station"},)
+        info = {"type": "string", "maxLength": INFO_MAX_LEN}
+        delay = {"type": "number", "minimum": 0, "maximum": NETWORK_MAX_DELAY_MS}
+        rule = {"type": "object", "additionalProperties": True, "required": ["id"],
+                "properties": {"id": {"type": "string"}}, "description": "a fault rule, with its id"}
+        rule_in = {"type": "object", "required": ["on", "direction", "do"], "additionalProperties": False,
+                   "properties": {
+                       "on": {"type": "string", "description": "an OCPP action name, or \"*\""},
+                       "direction": {"enum": ["in", "out"]},
+                       "do": {"enum": ["reply", "callerror", "silence", "delay", "duplicate", "garble",
+                                       "invalid", "drop"]},
+                       "payload": {"type": "object"}, "code": {"type": "string"},
+                       "description": {"type": "string"}, "seconds": {"type": "number", "minimum": 0},
+                       "count": {"type": "integer", "minimum": 1},
+                       "probability": {"type": "number", "minimum": 0, "maximum": 1},
+                       "seed": {"type": "integer"}}}
+        routes = [
+            _Route("GET", "/api/state", self._state, "The station state", result=_STATE_SCHEMA),
+            _Route("POST", "/api/connectors/{id}/plug", self._plug, "Plug the EV in", body=empty,
+                   result=_STATE_SCHEMA, errors=(404,), params=conn),
+            _Route("POST", "/api/connectors/{id}/unplug", self._unplug, "Unplug the EV", body=empty,
+                   result=_STATE_SCHEMA, errors=(404,), params=conn),
+            _Route("POST", "/api/rfid", self._rfid, "Present a card", body_required=True, result=_STATE_SCHEMA,
+                   body={**obj, "required": ["idTag"],
+                         "properties": {"idTag": {"type": "string", "minLength": 1, "maxLength": ID_TAG_MAX_LEN}}}),
+            _Route("POST", "/api/connectors/{id}/fault", self._fault, "Raise a connector or station fault",
+                   body_required=True, result=_STATE_SCHEMA, errors=(404,), params=conn0,
+                   body={**obj, "required": ["errorCode"],
+                         "properties": {"errorCode": {"enum": list(FAULT_ERROR_CODES)}, "info": info}}),
+            _Route("DELETE", "/api/connectors/{id}/fault", self._clear_fault, "Clear the fault",
+                   result=_STATE_SCHEMA, errors=(404,), params=conn0),
+            _Route("POST", "/api/connectors/{id}/ev", self._ev, "Steer the simulated EV", body_required=True,
+                   result=_STATE_SCHEMA, errors=(404,), params=conn,
+                   body={**obj, "minProperties": 1, "properties": {"suspended": {"type": "boolean"},
+                                                                   "maxPowerW": {"type": "number", "minimum": 0}}}),
+            _Route("POST", "/api/network", self._network, "Cut, restore or impair the CSMS link", tag="link",
+                   body_required=True, errors=(501,),
+                   result={"type": "object", "additionalProperties": True},
+                   body={**obj, "minProperties": 1, "properties": {
+                       "online": {"type": "boolean"}, "latency_ms": delay, "jitter_ms": delay,
+                       "drop_rate": {"type": "number", "minimum": 0, "maximum": 1},
+                       "half_open": {"type": "boolean"},
+                       "close_code": {"type": "integer", "minimum": CLOSE_CODE_MIN, "maximum": CLOSE_CODE_MAX},
+                       "seed": {"type": "integer", "minimum": 0, "maximum": SEED_MAX}}}),
+            _Route("POST", "/api/tamper", self._tamper, "Trip the tamper switch (TamperDetectionActivated)",
+                   body={**obj, "properties": {"info": info}}, result=_STATE_SCHEMA),
+            _Route("POST", "/api/faults", self._add_fault, "Install a protocol fault rule", tag="faults",
+                   body=rule_in, body_required=True, status=201, result=rule, errors=(501,)),
+            _Route("GET", "/api/faults", self._list_faults, "The installed fault rules", tag="faults",
+                   result={"type": "array", "items": rule}, errors=(501,)),
+            _Route("DELETE", "/api/faults", self._clear_faults, "Remove every fault rule", tag="faults",
+                   status=204, errors=(501,)),
+            _Route("DELETE", "/api/faults/{id}", self._remove_fault, "Remove one fault rule", tag="faults",
+                   status=204, errors=(404, 501),
+                   params=({"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},)),
+            _Route("GET", "/api/trace", self._trace, "Recent wire frames from the trace ring buffer", tag="link",
+                   errors=(501,),
+                   params=({"name": "since", "in": "query", "required": False,
+                            "schema": {"type": "integer", "minimum": 0, "default": 0},
+                            "description": "the first frame number wanted (the previous answer's next)"},),
+                   result={"type": "object", "required": ["next", "frames"],
+                           "properties": {"next": {"type": "integer"},
+                                          "frames": {"type": "array", "items": {"type": "object"}}}}),
+            _Route("GET", "/api/events", self._events, "Server-Sent Events: state changes and wire frames",
+                   tag="events", content="text/event-stream", errors=(501,),
+                   result={"type": "string", "description": "event: <type>\\ndata: <json>\\n\\n per event; a "
+                           "comment line every 15 s; types: state, frame, overflow"}),
+            _Route("GET", "/api/openapi.json", self._openapi, "This document", tag="meta",
+                   result={"type": "object"}),
+        ]
+        if self.debug:
+            routes.append(_Route("POST", "/api/debug/block", self._debug_block,
+                                 "Block the event loop (watchdog test; [control] debug only)", tag="debug",
+                                 body_required=True, result={"type": "object"},
+                                 body={**obj, "required": ["seconds"], "properties": {
+                                     "seconds": {"type": "number", "exclusiveMinimum": 0,
+                                                 "maximum": DEBUG_BLOCK_MAX_SECONDS}}}))
+        return routes
+
+    def openapi(self) -> dict:
+        """The OpenAPI 3.1 document of this server's routes (the debug route only when enabled)."""
+        import twin
+
+        error = {"description": "an error", "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        common = {400: "invalid input", 401: "no or a wrong bearer token", 403: "a web page's Origin not allowed",
+                  404: "no such connector, rule or route", 405: "method not allowed", 408: "request too slow",
+                  411: "a body needs a Content-Length", 413: "body too large", 415: "not application/json",
+                  421: "Host is not this server", 501: "the station runtime lacks this feature",
+                  504: "the station did not answer in time"}
+        paths: dict[str, dict] = {}
+        for route in self.routes:
+            responses: dict[str, Any] = {}
+            if route.status == 204:
+                responses["204"] = {"description": "done"}
+            else:
+                responses[str(route.status)] = {"description": "success",
+                                                "content": {route.content: {"schema": route.result or {}}}}
+            for code in sorted({400, 401, 403, 421, *((415, 413) if route.body else ()), *route.errors}):
+                responses[str(code)] = {**error, "description": common.get(code, "error")}
+            op: dict[str, Any] = {"operationId": route.handler.__name__.strip("_").replace("_", "-"),
+                                  "summary": route.summary, "tags": [route.tag], "responses": responses}
+            if route.params:
+                op["parameters"] = list(route.params)
+            if route.body is not None:
+                op["requestBody"] = {"required": route.body_required,
+                                     "content": {_JSON: {"schema": route.body}}}
+            paths.setdefault(route.path, {})[route.method.lower()] = op
+        bearer = [{"bearerAuth": []}]
+        return {
+            "openapi": "3.1.0",
+            "info": {"title": "ocpp-twin bench control API", "version": twin.__version__,
+                     "description": "Drive a running OCPP 1.6J charge-point twin; see docs/control-api.md."},
+            "paths": paths,
+            "components": {
+                "schemas": {"Error": {"type": "object", "required": ["error"],
+                                      "properties": {"error": {"type": "string"}}}},
+                "securitySchemes": {"bearerAuth": {
+                    "type": "http", "scheme": "bearer",
+                    "description": "the token from [control] token_file (RFC 6750); needed on every route "
+                                   "when one is set"}},
+            },
+            # With a token every route needs it; without one, no credentials (the empty requirement).
+            "security": bearer if self._token is not None else [{}, *bearer],
+        }
+
+    # -- the middleware: framing limits, who may ask, then the route
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[Any]]) -> web.StreamResponse:
+        proto = request.protocol
+        if isinstance(proto, _Protocol):
+            proto.request_started()
         try:
-            if len(self._connections) > self.max_connections:
-                await self._send(writer, _response(503, {"error": "too many connections"}, close=True))
-                return
-            await self._serve(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
-            pass  # the peer went away or stopped reading; nothing to answer
-        except asyncio.CancelledError:
-            pass  # stop()
-        except Exception:
-            log.exception("control API: unexpected error on a connection")
-        finally:
-            self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        local = writer.get_extra_info("sockname")
-        peer = writer.get_extra_info("peername")
-        arrival = _Arrival(frozenset(_host_key(name) for name in (*LOOPBACK_NAMES, self.host, local[0])),
-                           int(local[1]), str(peer[0]) if peer else "?")
-        while True:
             try:
-                async with asyncio.timeout(self.request_timeout):
-                    request = await _read_request(reader, writer)
-            except TimeoutError:
-                # RFC 9110 §15.5.9: 408 also tells an idle keep-alive client why we close.
-                message = f"request not received within {self.request_timeout:g} s"
-                await self._send(writer, _response(408, {"error": message}, close=True))
-                return
-            except asyncio.IncompleteReadError:
-                return  # clean EOF between requests, or the client gave up mid-request
-            except _CloseAfter as exc:
-                await self._send(writer, _response(exc.status, {"error": exc.message}, close=True))
-                return
-            close = request.wants_close()
-            status, payload, extra = await self._dispatch(request, arrival)
-            await self._send(writer, _response(status, payload, close=close, extra=extra))
-            if close:
-                return
+                req = await self._frame(request, proto)
+            except ApiError as exc:
+                return _error(exc.status, exc.message, close=exc.close)
+            request[_TWIN] = req
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            local = request.transport.get_extra_info("sockname") if request.transport else None
+            arrival = _Arrival(frozenset(_host_key(name) for name in (*LOOPBACK_NAMES, self.host,
+                                                                      *(local[:1] if local else ()))),
+                               int(local[1]) if local else self.port, str(peer[0]) if peer else "?")
+            refusal = self._guard(req, arrival)
+            if refusal is not None:
+                status, payload, extra = refusal
+                return _json_response(status, payload, extra)
+            return await self._call(request, req, handler)
+        finally:
+            if isinstance(proto, _Protocol):
+                proto.request_done()
 
-    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
-        writer.write(data)
-        async with asyncio.timeout(self.request_timeout):
-            await writer.drain()
+    async def _frame(self, request: web.Request, proto: Any) -> _Request:
+        """The limits aiohttp's parser does not apply, and the body, read within the deadline."""
+        version = request.version
+        if version.major != 1:
+            if version.major == 0:  # HTTP/0.9: a request line without a version
+                raise ApiError(400, "malformed request line; expected 'METHOD /path HTTP/1.1'", close=True)
+            raise ApiError(505, f"HTTP/{version.major}.{version.minor} is not supported; use HTTP/1.1", close=True)
+        headers: dict[str, str] = {}
+        head_size = len(request.method) + len(request.raw_path) + 12
+        for raw_name, raw_value in request.raw_headers:
+            head_size += len(raw_name) + len(raw_value) + 4
+            key, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        if head_size > MAX_HEAD_BYTES:
+            raise ApiError(431, f"request head larger than {MAX_HEAD_BYTES} bytes", close=True)
+        target, authority = request.raw_path, None
+        if target.lower().startswith(("http://", "https://")):  # absolute-form, RFC 9112 §3.2.2
+            parts = target.split("/", 3)
+            authority = parts[2]
+        path = request.rel_url.raw_path
+        req = _Request(request.method, path, headers, target_authority=authority,
+                       query={k: v for k, v in request.rel_url.query.items()})
+        expect = headers.get("expect", "").lower()
+        if expect and expect != "100-continue":
+            raise ApiError(417, f"unsupported Expect: {headers['expect'][:100]!r}", close=True)
+        if "transfer-encoding" in headers:
+            raise ApiError(411, "Transfer-Encoding is not supported; send the body with a Content-Length", close=True)
+        if "content-length" in headers:
+            req.has_length = True
+            length = request.content_length or 0
+            if length > MAX_BODY_BYTES:
+                raise ApiError(413, f"request body of {length} bytes exceeds the {MAX_BODY_BYTES}-byte limit",
+                               close=True)
+            if length:
+                if expect == "100-continue":
+                    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                deadline = proto.deadline if isinstance(proto, _Protocol) else (
+                    asyncio.get_running_loop().time() + self.request_timeout)
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        req.body = await request.read()
+                except TimeoutError:
+                    raise ApiError(408, f"request not received within {self.request_timeout:g} s", close=True) from None
+                except Exception as exc:  # noqa: BLE001 - the client went away mid-body
+                    raise ApiError(400, f"the request body ended early ({type(exc).__name__})", close=True) from None
+        return req
+
+    async def _on_prepare(self, request: web.Request, resp: web.StreamResponse) -> None:
+        """Every answer: no caching, an explicit Connection, CORS for an allowed page, and JSON
+        even where aiohttp made the answer itself."""
+        resp.headers["Server"] = "ocpp-twin"
+        resp.headers.setdefault("Cache-Control", "no-store")
+        keep_alive = resp.keep_alive if resp.keep_alive is not None else request.keep_alive
+        resp.headers["Connection"] = "keep-alive" if keep_alive else "close"
+        origin = (request.headers.get("Origin") or "").lower()
+        if origin and origin in self.allowed_origins:
+            resp.headers["Access-Control-Allow-Origin"] = origin
+            resp.headers["Vary"] = "Origin"
+        if (isinstance(resp, web.Response) and resp.status >= 400 and resp.content_type != _JSON
+                and not resp.prepared):
+            resp.body = json.dumps({"error": resp.reason or HTTPStatus(resp.status).phrase}).encode()
+            resp.content_type = _JSON
+            resp.charset = None
 
     # -- who may ask
 
@@ -575,124 +842,235 @@ class ControlApi:
 
     # -- routing
 
-    async def _dispatch(self, request: _Request, arrival: _Arrival) -> tuple[int, Any, dict[str, str] | None]:
-        status, payload, extra = self._guard(request, arrival) or await self._call(request)
-        origin = (request.headers.get("origin") or "").lower()
-        if origin in self.allowed_origins:
-            extra = {**(extra or {}), "Access-Control-Allow-Origin": origin, "Vary": "Origin"}
-        return status, payload, extra
-
-    async def _call(self, request: _Request) -> tuple[int, Any, dict[str, str] | None]:
+    async def _call(self, request: web.Request, req: _Request,
+                    handler: Callable[[web.Request], Awaitable[Any]]) -> web.StreamResponse:
+        route_handler = getattr(request.match_info, "handler", None)
         try:
-            methods, connector_id = self._route(request.path)
-            handler = methods.get(request.method)
-            if handler is None:
-                allowed = ", ".join(sorted(methods))
-                return (
-                    405,
-                    {"error": f"method {request.method} not allowed on {request.path}; allowed: {allowed}"},
-                    {"Allow": allowed},
-                )
+            if route_handler == self._events:  # a stream: its own keepalive and write timeouts
+                return await handler(request)
             # The debug route blocks on purpose (the systemd watchdog test): give it its time.
-            extra_time = DEBUG_BLOCK_MAX_SECONDS if handler == self._debug_block else 0.0
+            extra_time = DEBUG_BLOCK_MAX_SECONDS if route_handler == self._debug_block else 0.0
             async with asyncio.timeout(self.backend_timeout + extra_time):
-                result = await handler(request, connector_id)
+                result = await handler(request)
+            if isinstance(result, web.StreamResponse):
+                return result
             if not isinstance(result, dict):
                 raise TypeError(f"backend returned {type(result).__name__}, not a dict")
-            json.dumps(result, allow_nan=False)  # fail here, as a 500, not half-way through a response
-            return 200, result, None
+            return _json_response(200, result)  # json.dumps fails here, as a 500, not mid-answer
+        except web.HTTPMethodNotAllowed as exc:
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            return _error(405, f"method {req.method} not allowed on {req.path}; allowed: {allowed}", {"Allow": allowed})
+        except web.HTTPNotFound:
+            return _error(404, f"no such route: {req.path}")
+        except web.HTTPException as exc:
+            return _error(exc.status, exc.reason)
         except ApiError as exc:
             status = exc.status if 400 <= exc.status <= 599 else 500
-            return status, {"error": exc.message}, None
+            return _error(status, exc.message, exc.headers, close=exc.close)
         except TimeoutError:
             message = f"the station did not answer within {self.backend_timeout:g} s"
-            log.error("control API: %s %s: %s", request.method, request.path, message)
-            return 504, {"error": message}, None
+            log.error("control API: %s %s: %s", req.method, req.path, message)
+            return _error(504, message)
         except Exception as exc:
-            log.exception("control API: %s %s failed", request.method, request.path)
-            return 500, {"error": f"internal error: {type(exc).__name__}: {exc}"}, None
+            log.exception("control API: %s %s failed", req.method, req.path)
+            return _error(500, f"internal error: {type(exc).__name__}: {exc}")
 
-    def _route(self, path: str) -> tuple[dict[str, _Handler], int]:
-        """The handlers by method for ``path``, and the connector id it names (0: none)."""
-        if path == "/api/state":
-            return {"GET": self._state}, 0
-        if path == "/api/rfid":
-            return {"POST": self._rfid}, 0
-        if path == "/api/network":
-            return {"POST": self._network}, 0
-        if path == "/api/tamper":
-            return {"POST": self._tamper}, 0
-        if path == "/api/debug/block" and self.debug:
-            return {"POST": self._debug_block}, 0
-        match = _CONNECTOR_PATH.fullmatch(path)
-        if match is None:
-            raise ApiError(404, f"no such route: {path}")
-        raw_id, action = match.groups()
+    async def _contract(self, name: str, what: str, *args: Any, **kwargs: Any) -> Any:
+        """Call a toolkit method of the backend: 501 while the runtime lacks it, 400 for the
+        ValueError it raises on input it refuses."""
+        method = getattr(self.backend, name, None)
+        if method is None:
+            raise ApiError(501, f"{what} is not available: the station runtime has no {name}()")
+        try:
+            result = method(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+        except ValueError as exc:
+            raise ApiError(400, str(exc) or f"{name}: invalid input") from None
+        return result
+
+    def _connector(self, request: web.Request, *, station_ok: bool = False) -> int:
+        """The connector id in the path, as sent (no percent-decoding: '%31' is not '1')."""
+        raw_id = request[_TWIN].path.split("/")[3]
         count = self.backend.connector_count
         # Connector 0 is the whole station: it can be faulted (OCTT SetChargePointFaulted), not plugged.
-        lowest = 0 if action == "fault" else 1
-        if not (raw_id.isdigit() and lowest <= int(raw_id) <= count):
+        lowest = 0 if station_ok else 1
+        if not (raw_id.isascii() and raw_id.isdigit() and lowest <= int(raw_id) <= count):
             raise ApiError(404, f"no connector {raw_id!r}: connector ids are integers {lowest}..{count}")
-        routes: dict[str, dict[str, _Handler]] = {
-            "plug": {"POST": self._plug},
-            "unplug": {"POST": self._unplug},
-            "fault": {"POST": self._fault, "DELETE": self._clear_fault},
-            "ev": {"POST": self._ev},
-        }
-        return routes[action], int(raw_id)
+        return int(raw_id)
 
     # -- handlers: validate, then call the backend
 
-    async def _state(self, request: _Request, _: int) -> dict:
-        _json_object(request, set(), body_required=False)
+    async def _state(self, request: web.Request) -> dict:
+        _json_object(request[_TWIN], set(), body_required=False)
         return self.backend.state()
 
-    async def _plug(self, request: _Request, connector_id: int) -> dict:
-        _json_object(request, set(), body_required=False)
+    async def _plug(self, request: web.Request) -> dict:
+        connector_id = self._connector(request)
+        _json_object(request[_TWIN], set(), body_required=False)
         return await self.backend.plug(connector_id)
 
-    async def _unplug(self, request: _Request, connector_id: int) -> dict:
-        _json_object(request, set(), body_required=False)
+    async def _unplug(self, request: web.Request) -> dict:
+        connector_id = self._connector(request)
+        _json_object(request[_TWIN], set(), body_required=False)
         return await self.backend.unplug(connector_id)
 
-    async def _clear_fault(self, request: _Request, connector_id: int) -> dict:
-        _json_object(request, set(), body_required=False)
+    async def _clear_fault(self, request: web.Request) -> dict:
+        connector_id = self._connector(request, station_ok=True)
+        _json_object(request[_TWIN], set(), body_required=False)
         return await self.backend.clear_fault(connector_id)
 
-    async def _rfid(self, request: _Request, _: int) -> dict:
-        data = _json_object(request, {"idTag"}, body_required=True)
+    async def _rfid(self, request: web.Request) -> dict:
+        data = _json_object(request[_TWIN], {"idTag"}, body_required=True)
         id_tag = _text("idTag", _required(data, "idTag"), ID_TAG_MAX_LEN, allow_empty=False)
         return await self.backend.rfid(id_tag)
 
-    async def _fault(self, request: _Request, connector_id: int) -> dict:
-        data = _json_object(request, {"errorCode", "info"}, body_required=True)
+    async def _fault(self, request: web.Request) -> dict:
+        connector_id = self._connector(request, station_ok=True)
+        data = _json_object(request[_TWIN], {"errorCode", "info"}, body_required=True)
         code = _required(data, "errorCode")
         if code not in FAULT_ERROR_CODES:  # also rejects non-strings: they are never in the tuple
             raise ApiError(400, f"'errorCode' must be one of {', '.join(FAULT_ERROR_CODES)}; got {json.dumps(code)}")
         info = _text("info", data["info"], INFO_MAX_LEN, allow_empty=True) if "info" in data else None
         return await self.backend.fault(connector_id, code, info)
 
-    async def _ev(self, request: _Request, connector_id: int) -> dict:
-        data = _json_object(request, {"suspended", "maxPowerW"}, body_required=True)
+    async def _ev(self, request: web.Request) -> dict:
+        connector_id = self._connector(request)
+        data = _json_object(request[_TWIN], {"suspended", "maxPowerW"}, body_required=True)
         if not data:
             raise ApiError(400, "give at least one of 'suspended' and 'maxPowerW'")
         suspended = _boolean("suspended", data["suspended"]) if "suspended" in data else None
         max_power = _number("maxPowerW", data["maxPowerW"], minimum=0.0) if "maxPowerW" in data else None
         return await self.backend.ev(connector_id, suspended, max_power)
 
-    async def _network(self, request: _Request, _: int) -> dict:
-        data = _json_object(request, {"online"}, body_required=True)
-        return await self.backend.network(_boolean("online", _required(data, "online")))
+    async def _network(self, request: web.Request) -> dict:
+        """The CSMS link: on/off (the original body), and impairment (latency, jitter, drops,
+        a half-open socket, a close with a code), seeded so a run can be repeated."""
+        data = _json_object(request[_TWIN], set(_NETWORK_FIELDS), body_required=True)
+        if not data:
+            raise ApiError(400, f"give at least one of {', '.join(map(repr, _NETWORK_FIELDS))}")
+        online = _boolean("online", data["online"]) if "online" in data else None
+        impair: dict[str, Any] = {}
+        for name in ("latency_ms", "jitter_ms"):
+            if name in data:
+                impair[name] = _number(name, data[name], minimum=0.0, maximum=NETWORK_MAX_DELAY_MS)
+        if "drop_rate" in data:
+            impair["drop_rate"] = _number("drop_rate", data["drop_rate"], minimum=0.0, maximum=1.0)
+        if "half_open" in data:
+            impair["half_open"] = _boolean("half_open", data["half_open"])
+        if "close_code" in data:
+            impair["close_code"] = _integer("close_code", data["close_code"], minimum=CLOSE_CODE_MIN,
+                                            maximum=CLOSE_CODE_MAX)
+        if "seed" in data:
+            impair["seed"] = _integer("seed", data["seed"], minimum=0, maximum=SEED_MAX)
+        if not impair:
+            return await self.backend.network(online)
+        try:
+            params = inspect.signature(self.backend.network).parameters
+        except (TypeError, ValueError):
+            params = {}
+        takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        missing = [name for name in impair if name not in params and not takes_all]
+        if missing:
+            raise ApiError(501, f"network impairment is not available: the station runtime's network() does not "
+                                f"take {', '.join(missing)}")
+        return await self._contract("network", "network impairment", online, **impair)
 
-    async def _tamper(self, request: _Request, _: int) -> dict:
+    async def _tamper(self, request: web.Request) -> dict:
         """The enclosure's tamper switch: TamperDetectionActivated, a critical security event."""
-        data = _json_object(request, {"info"}, body_required=False)
+        data = _json_object(request[_TWIN], {"info"}, body_required=False)
         info = _text("info", data["info"], INFO_MAX_LEN, allow_empty=True) if "info" in data else None
         return await self.backend.tamper(info)
 
-    async def _debug_block(self, request: _Request, _: int) -> dict:
-        data = _json_object(request, {"seconds"}, body_required=True)
+    async def _debug_block(self, request: web.Request) -> dict:
+        data = _json_object(request[_TWIN], {"seconds"}, body_required=True)
         seconds = _number(
             "seconds", _required(data, "seconds"), minimum=0.0, maximum=DEBUG_BLOCK_MAX_SECONDS, exclusive_min=True
         )
         return await self.backend.debug_block(seconds)
+
+    async def _add_fault(self, request: web.Request) -> web.Response:
+        # The rule's fields are the fault module's to validate (one parser for API, CLI and TOML).
+        data = _json_object(request[_TWIN], None, body_required=True)
+        rule = await self._contract("add_fault", "fault injection", data)
+        if not isinstance(rule, dict):
+            raise TypeError(f"add_fault returned {type(rule).__name__}, not a dict")
+        return _json_response(201, rule)
+
+    async def _list_faults(self, request: web.Request) -> web.Response:
+        _json_object(request[_TWIN], set(), body_required=False)
+        rules = await self._contract("faults", "fault injection")
+        if not isinstance(rules, list):
+            raise TypeError(f"faults returned {type(rules).__name__}, not a list")
+        return _json_response(200, rules)
+
+    async def _clear_faults(self, request: web.Request) -> web.Response:
+        _json_object(request[_TWIN], set(), body_required=False)
+        await self._contract("clear_faults", "fault injection")
+        return _json_response(204, None)
+
+    async def _remove_fault(self, request: web.Request) -> web.Response:
+        _json_object(request[_TWIN], set(), body_required=False)
+        rule_id = _text("id", request.match_info["id"], FAULT_ID_MAX_LEN, allow_empty=False)
+        if not await self._contract("remove_fault", "fault injection", rule_id):
+            raise ApiError(404, f"no fault rule {rule_id!r}")
+        return _json_response(204, None)
+
+    async def _trace(self, request: web.Request) -> dict:
+        req = request[_TWIN]
+        _json_object(req, set(), body_required=False)
+        unknown = sorted(set(req.query) - {"since"})
+        if unknown:
+            raise ApiError(400, f"unknown query parameter(s) {', '.join(map(repr, unknown))}; allowed: 'since'")
+        raw = req.query.get("since", "0")
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+            raise ApiError(400, f"'since' must be a frame number >= 0, got {raw[:40]!r}")
+        return await self._contract("trace_since", "the wire trace", int(raw))
+
+    async def _openapi(self, request: web.Request) -> dict:
+        _json_object(request[_TWIN], set(), body_required=False)
+        return self.openapi()
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        """Server-Sent Events (WHATWG HTML §9.2): ``event: <type>`` and ``data: <json>`` per event,
+        a comment line every ``sse_keepalive_s``; the stream ends when the server stops."""
+        req = request[_TWIN]
+        _json_object(req, set(), body_required=False)
+        hub = getattr(self.backend, "events", None)
+        if hub is None:
+            raise ApiError(501, "the event stream is not available: the station runtime has no event hub")
+        sub = hub.subscribe()
+        self._streams.add(sub)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
+                                           "X-Accel-Buffering": "no"})
+        try:
+            await resp.prepare(request)
+            # A first comment, so a client knows the stream is open before any event.
+            await self._sse_write(resp, b": ocpp-twin events\n\n")
+            while True:
+                try:
+                    async with asyncio.timeout(self.sse_keepalive_s):
+                        event = await sub.get()
+                except TimeoutError:
+                    await self._sse_write(resp, b": keepalive\n\n")
+                    continue
+                if event is None:
+                    break  # the server is stopping
+                kind = re.sub(r"[^A-Za-z0-9_.-]", "_", str(event.get("type", "message")))[:40]
+                try:
+                    data = json.dumps(event.get("data"), ensure_ascii=False, allow_nan=False, default=str)
+                except (TypeError, ValueError) as exc:
+                    log.warning("control API: event %r is not JSON (%s); skipped", kind, exc)
+                    continue
+                await self._sse_write(resp, f"event: {kind}\ndata: {data}\n\n".encode())
+            await resp.write_eof()
+        except (ConnectionError, TimeoutError):
+            pass  # the reader went away or stopped reading: its subscription ends here
+        finally:
+            sub.close()
+            self._streams.discard(sub)
+        return resp
+
+    async def _sse_write(self, resp: web.StreamResponse, data: bytes) -> None:
+        async with asyncio.timeout(self.request_timeout):  # a reader that stops reading is let go
+            await resp.write(data)

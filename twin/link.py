@@ -37,6 +37,13 @@ when the new plan differs from the one that just failed: a fallback that changed
 written, and connects again at once (A05.FR.06). Each reconnect request bumps a plan
 generation: an attempt planned before it (a handshake in progress when the settings
 changed) is closed as soon as it is up, and the link plans again.
+
+The CSMS tester's toolkit lives here too (docs/faults-and-traces.md): fault rules
+(twin.faults) applied to matching messages, network impairment (``impair``: latency and
+jitter on every frame, frames lost at ``drop_rate``, a half-open connection, a close with
+a given code) and the wire trace (twin.trace: every frame both ways, redacted, each
+injected fault marked with its rule id). Every frame goes through ``_transmit`` (out) and
+``_receive`` (in), so impairment and the trace see all of them.
 """
 
 from __future__ import annotations
@@ -285,6 +292,17 @@ class Link:
         self.connected = False
         self.session = 0  # one per websocket connection, so a call is sent only on the one the core knows
         self.last_error: str | None = None
+        from twin.faults import FaultSet
+        from twin.trace import Tracer
+
+        self.faults = FaultSet()
+        self.tracer = Tracer()
+        self.impairment = Impairment()
+        self._answer_faults: dict[str, tuple[Any, str]] = {}  # CSMS call id -> (rule, action) for its answer
+        self._half_open_ws = None  # the connection made half-open (stops reading and writing)
+        self._out_due = 0.0  # loop time the last delayed outgoing frame is due: frames keep their order
+        self._in_due = 0.0
+        self._in_handles: set[asyncio.TimerHandle] = set()
 
     @property
     def ping_interval(self) -> float:
@@ -346,6 +364,7 @@ class Link:
                 await self._task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
+        self.tracer.close()
 
     def set_enabled(self, enabled: bool) -> None:
         """The bench's network switch: cut or restore the link without a power loss."""
@@ -359,26 +378,169 @@ class Link:
             self._calls.put_nowait((ref, action, payload, timeout))
 
     def reply(self, unique_id: str, payload: dict) -> None:
+        faulted = self._answer_faults.pop(unique_id, None)
+        if faulted is not None:
+            self._faulty_answer(faulted[0], faulted[1], [3, unique_id, payload])
+            return
         self._send_now(json.dumps([3, unique_id, payload], separators=(",", ":")))
 
     def reply_error(self, unique_id: str, code: str, description: str, details: dict | None = None) -> None:
-        self._send_now(json.dumps([4, unique_id, code, description, details or {}], separators=(",", ":")))
+        frame = [4, unique_id, code, description, details or {}]
+        faulted = self._answer_faults.pop(unique_id, None)
+        if faulted is not None:
+            self._faulty_answer(faulted[0], faulted[1], frame)
+            return
+        self._send_now(json.dumps(frame, separators=(",", ":")))
+
+    # --------------------------------------------------------------- impairment (the bench)
+    def impair(self, *, latency_ms: float | None = None, jitter_ms: float | None = None,
+               drop_rate: float | None = None, seed: int | None = None) -> None:
+        """Network impairment on every frame, both directions, from now on (None: unchanged)."""
+        imp = self.impairment
+        if latency_ms is not None:
+            imp.latency_ms = float(latency_ms)
+        if jitter_ms is not None:
+            imp.jitter_ms = float(jitter_ms)
+        if drop_rate is not None:
+            imp.drop_rate = float(drop_rate)
+        if seed is not None:
+            imp.seed = int(seed)
+            imp.rng = random.Random(imp.seed)
+
+    @property
+    def half_open(self) -> bool:
+        return self._ws is not None and self._half_open_ws is self._ws
+
+    def set_half_open(self, on: bool) -> bool:
+        """Make the live connection half-open: nothing is read or written any more, yet the
+        socket stays open, the way a dead mobile link looks. Only the link's own ping check
+        (``_keepalive``, ``_after_timeout``) can find it; the next connection is healthy.
+        False on a half-open connection resumes it. Returns whether a connection was there."""
+        ws = self._ws
+        if ws is None:
+            return False
+        if on and self._half_open_ws is not ws:
+            self._half_open_ws = ws
+            ws.transport.pause_reading()  # unread: no frames, no pings answered, no pongs seen
+            log.warning("network impairment: the connection to %s is half-open now", self.url)
+        elif not on and self._half_open_ws is ws:
+            self._half_open_ws = None
+            ws.transport.resume_reading()
+        return True
+
+    def close_now(self, code: int, reason: str = "closed by the bench (network impairment)") -> bool:
+        """Close the websocket now with ``code`` (RFC 6455 §7.4); the link reconnects as after
+        any close. Returns whether a connection was there."""
+        ws = self._ws
+        if ws is None:
+            return False
+        self._half_open_ws = None
+        asyncio.ensure_future(self._close_with(ws, code, reason))
+        return True
+
+    @staticmethod
+    async def _close_with(ws, code: int, reason: str) -> None:
+        try:
+            await ws.close(code, reason)
+        except Exception as e:  # noqa: BLE001 - closing a dying connection may fail any way
+            log.warning("closing with code %s failed: %s", code, e)
 
     # --------------------------------------------------------------- internals
-    def _send_now(self, frame: str) -> None:
-        ws = self._ws
+    def _send_now(self, frame: str, *, fault: str | None = None, do: str | None = None, ws=None) -> None:
+        ws = ws or self._ws
         if ws is None:
             return
         log.debug("-> %s", frame)
-        sent = asyncio.ensure_future(self._safe_send(ws, frame))
+        sent = asyncio.ensure_future(self._safe_send(ws, frame, fault=fault, do=do))
         self._replies.add(sent)
         sent.add_done_callback(self._replies.discard)
 
-    async def _safe_send(self, ws, frame: str) -> None:
+    async def _safe_send(self, ws, frame: str, *, fault: str | None = None, do: str | None = None) -> None:
         try:
-            await ws.send(frame)
+            await self._transmit(ws, frame, fault=fault, do=do)
         except websockets.ConnectionClosed:
             pass
+
+    async def _transmit(self, ws, text: str, *, fault: str | None = None, do: str | None = None) -> None:
+        """Put one frame on the wire, through the impairment, and trace it."""
+        imp = self.impairment
+        conn = self.session
+        if self._half_open_ws is ws:
+            self.tracer.record("out", conn, text, fault=fault, do=do, lost=True)
+            return  # written into a connection that carries nothing any more
+        if imp.drop_rate and imp.rng.random() < imp.drop_rate:
+            self.tracer.record("out", conn, text, fault=fault, do=do, lost=True)
+            return
+        delay = imp.delay()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if delay > 0 or self._out_due > now:
+            # Due times strictly increase: a frame delayed less (jitter) never overtakes one
+            # before it, as on a TCP stream.
+            due = max(now + delay, self._out_due + 1e-6)
+            self._out_due = due
+            await asyncio.sleep(due - now)
+            if self._half_open_ws is ws:
+                self.tracer.record("out", conn, text, fault=fault, do=do, lost=True)
+                return
+        self.tracer.record("out", conn, text, fault=fault, do=do)
+        await ws.send(text)
+
+    def _receive(self, frame) -> None:
+        """One frame read from the socket, through the impairment, to ``_dispatch``."""
+        imp = self.impairment
+        if imp.drop_rate and imp.rng.random() < imp.drop_rate:
+            self.tracer.record("in", self.session, frame, lost=True)
+            return
+        delay = imp.delay()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if delay > 0 or self._in_due > now:
+            due = max(now + delay, self._in_due + 1e-6)
+            self._in_due = due
+            session = self.session
+            handle: asyncio.TimerHandle
+
+            def later() -> None:
+                self._in_handles.discard(handle)
+                if self.session == session and self._ws is not None:
+                    self._dispatch(frame)
+
+            handle = loop.call_at(due, later)
+            self._in_handles.add(handle)
+            return
+        self._dispatch(frame)
+
+    def _faulty_answer(self, rule, action: str, frame: list) -> None:
+        """The station's answer to a CSMS call, changed by an "in" fault rule."""
+        text = json.dumps(frame, separators=(",", ":"))
+        log.warning("fault %s: %s the answer to %s %s", rule.id, rule.do, action, frame[1],
+                    extra={"ocpp_action": action})
+        if rule.do == "delay":
+            ws = self._ws
+
+            async def later() -> None:
+                await asyncio.sleep(rule.seconds)
+                if ws is self._ws:  # the same connection: a late answer, never one on the next
+                    await self._safe_send(ws, text, fault=rule.id, do=rule.do)
+
+            asyncio.ensure_future(later())
+        elif rule.do == "duplicate":
+            self._send_now(text, fault=rule.id, do=rule.do)
+            self._send_now(text, fault=rule.id, do=rule.do)
+        elif rule.do == "garble":
+            self._send_now(_garble(text), fault=rule.id, do=rule.do)
+        elif rule.do == "invalid":
+            from twin.faults import invalid_payload
+
+            if frame[0] == 3:
+                payload = rule.payload if rule.payload is not None else invalid_payload("result", action, frame[2])
+                broken = [3, frame[1], payload]
+            else:  # a CALLERROR that breaks OCPP-J §4.2.3: an unknown code, a number as description
+                broken = [4, frame[1], "TwinInvalidErrorCode", 42, {}]
+            self._send_now(json.dumps(broken, separators=(",", ":")), fault=rule.id, do=rule.do)
+        else:
+            self._send_now(text)
 
     async def _next_attempt(self) -> Attempt:
         attempt = self.plan()
@@ -512,7 +674,7 @@ class Link:
                    asyncio.create_task(self._keepalive(ws), name="ocpp-keepalive")]
         try:
             async for frame in ws:
-                self._dispatch(frame)
+                self._receive(frame)
         except websockets.ConnectionClosed:
             pass
         finally:
@@ -520,6 +682,11 @@ class Link:
                 task.cancel()
             self._ws = None
             self.connected = False
+            self._half_open_ws = None
+            self._answer_faults.clear()
+            for handle in self._in_handles:
+                handle.cancel()  # frames still "on the wire" of a connection that is gone
+            self._in_handles.clear()
             for fut in self._waiting.values():
                 if not fut.done():
                     fut.cancel()
@@ -544,6 +711,9 @@ class Link:
 
     async def _pong_within(self, ws, seconds: float) -> bool:
         """Whether the peer answers a ping within ``seconds`` (RFC 6455 §5.5.2-3)."""
+        if self._half_open_ws is ws:
+            await asyncio.sleep(seconds)  # the ping is never written, a pong never read
+            return False
         try:
             async with asyncio.timeout(seconds):
                 pong = await ws.ping()
@@ -565,6 +735,7 @@ class Link:
         try:
             msg = parse_inbound(frame)
         except InboundError as e:
+            self.tracer.record("in", self.session, frame)
             # Redacted before it is cut: a password cut in half is no longer recognisable.
             log.warning("malformed frame from CSMS (%s: %s): %.200s", e.code, e.description, redact_frame(frame))
             fut = self._waiting.get(e.unique_id)
@@ -576,14 +747,37 @@ class Link:
                 self._invalid(f"{e.code}: {e.description}")
             return
         except Exception as e:  # noqa: BLE001 - one bad frame must never drop the session
+            self.tracer.record("in", self.session, frame)
             log.exception("unexpected error parsing a CSMS frame: %.200s", redact_frame(frame))
             self.reply_error("-1", "GenericError", f"cannot process frame: {type(e).__name__}")
             self._invalid(f"GenericError: cannot process frame: {type(e).__name__}")
             return
         if msg[0] == "call":
             _, uid, action, payload = msg
+            rule = self.faults.match("in", action)
+            if rule is not None and rule.do == "silence":
+                self.tracer.record("in", self.session, frame, fault=rule.id, do=rule.do)
+                log.warning("fault %s: %s %s left unanswered, and not handed to the station", rule.id, action, uid,
+                            extra={"ocpp_action": action})
+                return
+            self.tracer.record("in", self.session, frame)
+            if rule is not None and rule.do in ("reply", "callerror"):
+                # The canned answer replaces the station's decision: the core never sees the
+                # call, so the station acts as if it had answered this (a canned Rejected
+                # RemoteStartTransaction starts nothing). docs/faults-and-traces.md.
+                log.warning("fault %s: answering %s %s with a canned %s", rule.id, action, uid, rule.do,
+                            extra={"ocpp_action": action})
+                if rule.do == "reply":
+                    text = json.dumps([3, uid, rule.payload], separators=(",", ":"))
+                else:
+                    text = json.dumps([4, uid, rule.code, rule.description, {}], separators=(",", ":"))
+                self._send_now(text, fault=rule.id, do=rule.do)
+                return
+            if rule is not None:
+                self._answer_faults[uid] = (rule, action)  # applied to the answer the core gives
             self.on_call(uid, action, payload)
         else:
+            self.tracer.record("in", self.session, frame)
             fut = self._waiting.get(msg[1])
             if fut is not None and not fut.done():
                 self._deliver(msg[1], fut, msg)
@@ -623,10 +817,24 @@ class Link:
             self._call_of[uid] = (ref, action)
             try:
                 frame = json.dumps([2, uid, action, payload], separators=(",", ":"), allow_nan=False)
+                rule = self.faults.match("out", action)
+                if rule is not None:
+                    log.warning("fault %s: %s %s %s", rule.id, rule.do, action, uid, extra={"ocpp_action": action})
+                    if rule.do == "drop":
+                        # Never on the wire: the station learns it as it would of a lost frame,
+                        # when MessageTimeout runs out with no answer (a transaction message
+                        # stays queued and goes again, §3.7.1).
+                        self.tracer.record("out", self.session, frame, fault=rule.id, do=rule.do)
+                        await asyncio.sleep(timeout)
+                        self._timed_out(ref)
+                        continue
+                    if rule.do == "delay":
+                        await asyncio.sleep(rule.seconds)
                 log.debug("-> %s", frame)
                 try:
                     async with asyncio.timeout(timeout):
-                        await ws.send(frame)  # inside the timeout: on a half-open link the send can block
+                        # Inside the timeout: on a half-open link the send can block.
+                        await self._send_call_frame(ws, frame, uid, action, payload, rule)
                         msg = await asyncio.shield(fut)  # fut stays waiting through the link check
                 except TimeoutError:
                     msg = await self._after_timeout(ws, uid, fut, action, timeout)
@@ -643,6 +851,24 @@ class Link:
                 self._waiting.pop(uid, None)
                 self._call_of.pop(uid, None)
             # msg is _ANSWERED: _dispatch has already delivered the answer, in wire order.
+
+    async def _send_call_frame(self, ws, frame: str, uid: str, action: str, payload: dict, rule) -> None:
+        """Our CALL on the wire, as the fault rule (if any) wants it."""
+        if rule is None or rule.do == "delay":
+            await self._transmit(ws, frame, fault=rule.id if rule else None, do=rule.do if rule else None)
+        elif rule.do == "duplicate":  # the same message id twice: the CSMS must not act twice
+            await self._transmit(ws, frame, fault=rule.id, do=rule.do)
+            await self._transmit(ws, frame, fault=rule.id, do=rule.do)
+        elif rule.do == "garble":
+            await self._transmit(ws, _garble(frame), fault=rule.id, do=rule.do)
+        elif rule.do == "invalid":
+            from twin.faults import invalid_payload
+
+            broken = rule.payload if rule.payload is not None else invalid_payload("call", action, payload)
+            await self._transmit(ws, json.dumps([2, uid, action, broken], separators=(",", ":")),
+                                 fault=rule.id, do=rule.do)
+        else:
+            await self._transmit(ws, frame)
 
     async def _after_timeout(self, ws, uid: str, fut: asyncio.Future, action: str, timeout: float) -> tuple | None:
         """No answer to ``action`` in time: the answer if it came while the link was checked,
@@ -670,6 +896,31 @@ class Link:
             self.on_timeout(ref)
         else:
             self.on_failed(ref, "timeout")
+
+
+def _garble(text: str) -> str:
+    """A frame that is no JSON: cut before the array closes, so no parser can read it."""
+    return text[: max(1, len(text) // 2)] + "#garbled~"
+
+
+class Impairment:
+    """Network impairment of the bench (POST /api/network), seeded so a run repeats."""
+
+    def __init__(self) -> None:
+        self.latency_ms = 0.0
+        self.jitter_ms = 0.0
+        self.drop_rate = 0.0
+        self.seed: int | None = None
+        self.rng = random.Random()
+
+    def delay(self) -> float:
+        """This frame's extra delay in seconds: latency plus a uniform 0..jitter."""
+        ms = self.latency_ms + (self.rng.uniform(0.0, self.jitter_ms) if self.jitter_ms else 0.0)
+        return ms / 1000.0
+
+    def to_dict(self) -> dict:
+        return {"latency_ms": self.latency_ms, "jitter_ms": self.jitter_ms, "drop_rate": self.drop_rate,
+                "seed": self.seed}
 
 
 _ANSWERED = ("answered",)  # what a waiting call's future holds once _dispatch delivered its answer

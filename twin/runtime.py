@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import twin
+from twin.events import EventHub
 from twin.actor import CoreActor
 from twin.core import actions as A
 from twin.core.effects import Effects
@@ -95,6 +96,7 @@ class Runtime:
         self.registered_once = False
         self.core_session: int | None = None
         self.shutdown_done: asyncio.Event | None = None
+        self.events = EventHub()  # GET /api/events: "state" after core steps, "frame" per wire frame
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -192,6 +194,7 @@ class Runtime:
             on_failed=lambda ref, reason: post(st.call_failed, ref, reason),
             # No answer on a link that still answers pings (a dead one ends in on_down instead).
             on_timeout=lambda ref: post(st.call_timed_out, ref))
+        self._wire_start()  # the [[faults]], the trace file and the event hub, before it connects
         self.link.start()
 
     def _link_store(self):
@@ -470,6 +473,13 @@ class Runtime:
         if not self.registered_once and self.station.registration == "Accepted":
             self.registered_once = True
             asyncio.ensure_future(self._after_first_accept())
+        self._events_state()
+
+    def _events_state(self) -> None:
+        """Publish the /api/state dict as a "state" event, at most every 100 ms: the calls in
+        between coalesce into one trailing publish of the newest state, so a busy station does
+        not flood the stream (and nobody listening costs no snapshot)."""
+        self.events.publish_latest("state", self.state, interval_s=0.1)
 
     async def _after_first_accept(self) -> None:
         """BootNotification Accepted: end a firmware trial, report its outcome, resume jobs."""
@@ -862,14 +872,111 @@ class Runtime:
         await self._read_meters(timeout=float(getattr(self.cfg, "meter_timeout_s", 3.0)))
         return self.state()
 
-    async def network(self, online: bool) -> dict:
-        self.link.set_enabled(online)
-        return {"online": online}
+    async def network(self, online: bool | None = None, *, latency_ms: float | None = None,
+                      jitter_ms: float | None = None, drop_rate: float | None = None,
+                      half_open: bool | None = None, close_code: int | None = None,
+                      seed: int | None = None) -> dict:
+        """The bench's network: the switch (``online``) and impairment of the link
+        (twin.link.Link.impair, docs/faults-and-traces.md). Any subset; ValueError for a
+        value out of range. Returns the network state."""
+        self._wire_check_network(online, latency_ms, jitter_ms, drop_rate, half_open, close_code, seed)
+        link = self.link
+        if link is None:
+            raise ValueError("the station's link is not running")
+        if online is not None:
+            link.set_enabled(online)
+        link.impair(latency_ms=latency_ms, jitter_ms=jitter_ms, drop_rate=drop_rate, seed=seed)
+        if half_open is not None:
+            link.set_half_open(half_open)
+        if close_code is not None:
+            link.close_now(close_code)
+        return {"online": link.enabled, "connected": link.connected, "half_open": link.half_open,
+                **link.impairment.to_dict()}
+
+    @staticmethod
+    def _wire_check_network(online, latency_ms, jitter_ms, drop_rate, half_open, close_code, seed) -> None:
+        from websockets.frames import EXTERNAL_CLOSE_CODES
+
+        def number(name: str, value, low: float, high: float) -> None:
+            if value is None:
+                return
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise ValueError(f"{name}: a number from {low:g} to {high:g}")
+
+        for name, value in (("online", online), ("half_open", half_open)):
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"{name}: true or false")
+        number("latency_ms", latency_ms, 0, 60000)
+        number("jitter_ms", jitter_ms, 0, 60000)
+        number("drop_rate", drop_rate, 0, 1)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError("seed: an integer")
+        if close_code is not None:
+            # RFC 6455 §7.4: 1004-1006 and 1015 are never sent; 3000-4999 are for applications.
+            if (isinstance(close_code, bool) or not isinstance(close_code, int) or not 1000 <= close_code <= 4999
+                    or not (close_code in EXTERNAL_CLOSE_CODES or close_code >= 3000)):
+                raise ValueError("close_code: 1000-1003, 1007-1014 or 3000-4999 (RFC 6455 §7.4)")
+
+    # -------------------------------------------------------------- faults and traces
+    def add_fault(self, rule: dict) -> dict:
+        """Install a fault rule (twin.faults.parse_rule checks it; ValueError says why not)."""
+        from twin.faults import parse_rule
+
+        parsed = parse_rule(rule)
+        return self._wire_link().faults.add(parsed).to_dict()
+
+    def faults(self) -> list[dict]:
+        return self.link.faults.list() if self.link is not None else []
+
+    def remove_fault(self, rule_id: str) -> bool:
+        return self.link.faults.remove(rule_id) if self.link is not None else False
+
+    def clear_faults(self) -> None:
+        if self.link is not None:
+            self.link.faults.clear()
+
+    def trace_since(self, since: int) -> dict:
+        if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+            raise ValueError("since: a non-negative integer")
+        if self.link is None:
+            return {"next": since, "frames": []}
+        return self.link.tracer.since(since)
+
+    def _wire_link(self) -> Link:
+        if self.link is None:
+            raise ValueError("the station's link is not running")
+        return self.link
+
+    def _wire_start(self) -> None:
+        """The trace file ([trace] file, ``twin run --trace``), the event hub and the
+        ``[[faults]]`` of the station TOML, on the link before it connects."""
+        from twin.faults import parse_rule
+
+        link, cfg = self.link, self.cfg
+        trace_file = getattr(cfg, "trace_file", None)
+        if trace_file:
+            try:
+                link.tracer.open(trace_file)
+                log.info("tracing every frame to %s", trace_file)
+            except OSError as e:  # the station runs without its trace rather than not at all
+                log.error("cannot open the trace file %s: %s", trace_file, e)
+        link.tracer.publish = self._wire_publish
+        for rule in getattr(cfg, "faults", None) or []:
+            installed = link.faults.add(parse_rule(rule))  # checked at load (twin.config)
+            log.warning("fault rule %s installed from the configuration: %s %s %s", installed.id,
+                        installed.direction, installed.on, installed.do)
+
+    def _wire_publish(self, record: dict) -> None:
+        hub = getattr(self, "events", None)
+        if hub is not None:
+            hub.publish("frame", record)
 
     async def tamper(self, info: str | None) -> dict:
         """The bench's tamper switch (WP3 §8 TamperDetectionActivated): critical, so it is
         queued on disk before this answers and sent after the next Accepted boot."""
         await self.actor.call(self.station.security_event, "TamperDetectionActivated", info or "tamper switch")
+        if self._security_log_write is not None:  # and in the security log, before the bench hears back
+            await asyncio.wait([self._security_log_write], timeout=5)
         return self.state()
 
     async def debug_block(self, seconds: float) -> dict:
