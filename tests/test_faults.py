@@ -93,6 +93,27 @@ async def test_canned_rejected_remote_start_starts_nothing(make_station, csms):
     assert [a["frame"][2] for a in answers] == [{"status": "Rejected"}] and answers[0]["dir"] == "out"
 
 
+async def test_a_canned_acceptance_is_acted_on_and_its_payload_replaces_the_answer(make_station, csms):
+    """The issue's "answer this canned payload instead, and act on it": a canned Accepted to a
+    ChangeConfiguration the station would refuse (a read-only key) is what the CSMS gets, and
+    a canned Accepted RemoteStartTransaction starts the session."""
+    s = await make_station()
+    rule = s.rt.add_fault({"on": "ChangeConfiguration", "direction": "in", "do": "reply",
+                           "payload": {"status": "Accepted"}, "count": 1})
+    before = s.st.settings.get_int("GetConfigurationMaxKeys")
+    assert await csms.call("ChangeConfiguration", {"key": "GetConfigurationMaxKeys", "value": "3"}) == {
+        "status": "Accepted"}
+    assert s.st.settings.get_int("GetConfigurationMaxKeys") == before  # the core refused it: read-only
+    s.rt.add_fault({"on": "RemoteStartTransaction", "direction": "in", "do": "reply",
+                    "payload": {"status": "Accepted"}, "count": 1})
+    await s.plug(1)
+    mark = csms.mark()
+    assert await csms.call("RemoteStartTransaction", {"idTag": "TAG1", "connectorId": 1}) == {"status": "Accepted"}
+    await csms.wait_for("StartTransaction", {"connectorId": 1}, timeout=10, after=mark)
+    sent = [r for r in s.rt.trace_since(0)["frames"] if r["fault"] == rule["id"]]
+    assert len(sent) == 1 and sent[0]["dir"] == "out" and sent[0]["frame"][2] == {"status": "Accepted"}
+
+
 async def test_callerror_and_silence_never_reach_the_core(make_station, csms):
     s = await make_station()
     s.rt.add_fault({"on": "ChangeConfiguration", "direction": "in", "do": "callerror", "code": "InternalError",
@@ -252,3 +273,9 @@ async def test_faults_from_the_station_toml(tmp_path, csms):
         assert await csms.call("RemoteStartTransaction", {"idTag": "T"}) == {"status": "Rejected"}
     finally:
         await rt.shutdown(graceful=False)
+
+
+@pytest.mark.parametrize("bad", [{"x": 1}, True, 0, "", "a/b", " x", "\n"])
+def test_a_rule_id_must_be_a_printable_string_usable_in_a_url(bad):
+    with pytest.raises(ValueError, match="fault id"):
+        parse_rule({"id": bad, "on": "*", "direction": "out", "do": "drop"})

@@ -172,3 +172,39 @@ async def test_twin_run_trace_flag_writes_the_session(csms, tmp_path):
     assert ("in", "TriggerMessage") in calls and ("out", "Heartbeat") in calls
     uids = {m.unique_id for m in csms.messages}
     assert {r["frame"][1] for r in records} <= uids  # the frames the CSMS saw, as sent
+
+
+# ------------------------------------------------------------------ hostile frames (a review)
+def test_a_lone_surrogate_or_an_escaped_secret_cannot_break_or_leak_the_trace(tmp_path):
+    import json as _json
+
+    from twin.trace import Tracer
+
+    tracer = Tracer(file=tmp_path / "t.jsonl")
+    tracer.record("in", 1, '[2,"a","DataTransfer",{"vendorId":"\\ud800x"}]')
+    tracer.record("in", 1, '[2,"b","ChangeConfiguration",{"key":"Authorization\\u004bey","value":"s3cret-value-16c"}]')
+    tracer.record("in", 1, '[2,"c","UpdateFirmware",{"location":"ftp\\u003a//user:pw1234@host/fw",'
+                           '"retrieveDate":"2026-01-01T00:00:00Z"}]')
+    tracer.record("out", 1, "not json \ud800")
+    text = (tmp_path / "t.jsonl").read_text(encoding="utf-8")
+    assert len(text.splitlines()) == 4  # the file survived all four
+    assert "s3cret-value-16c" not in text and "pw1234" not in text
+    served = _json.dumps(tracer.since(0), ensure_ascii=False).encode("utf-8")  # what /api/trace sends
+    assert b"s3cret" not in served and b"pw1234" not in served
+    tracer.close()
+
+
+def test_the_ring_is_bounded_by_size_and_answers_in_pages():
+    from twin import trace
+
+    tracer = trace.Tracer(ring=10_000)
+    big = '[2,"x","DataTransfer",{"vendorId":"v","data":"' + "z" * (2**20) + '"}]'
+    for _ in range(40):
+        tracer.record("in", 1, big)
+    assert sum(size for size, _ in tracer.ring) <= trace.RING_MAX_CHARS
+    for _ in range(2500):
+        tracer.record("out", 1, '[3,"x",{}]')
+    page = tracer.since(0)
+    assert len(page["frames"]) == trace.SINCE_MAX
+    rest = tracer.since(page["next"])
+    assert rest["frames"][0]["n"] == page["frames"][-1]["n"] + 1

@@ -449,6 +449,15 @@ class _Route:
     tag: str = "station"
 
 
+def _metrics_content_type() -> str:
+    """The media type GET /metrics answers with (prometheus_client's text format)."""
+    try:
+        from prometheus_client import CONTENT_TYPE_LATEST
+    except ImportError:  # the route answers 503 then; the document still names the format
+        return "text/plain; version=1.0.0; charset=utf-8"
+    return CONTENT_TYPE_LATEST
+
+
 _STATE_SCHEMA = {"type": "object", "description": "the station state, as GET /api/state answers it",
                  "additionalProperties": True}
 _NETWORK_FIELDS = ("online", "latency_ms", "jitter_ms", "drop_rate", "half_open", "close_code", "seed")
@@ -642,6 +651,10 @@ class ControlApi:
                            "comment line every 15 s; types: state, frame, overflow"}),
             _Route("GET", "/api/openapi.json", self._openapi, "This document", tag="meta",
                    result={"type": "object"}),
+            _Route("GET", "/metrics", self._metrics, "Prometheus metrics (text exposition format)", tag="metrics",
+                   content=_metrics_content_type(), errors=(501, 503),
+                   result={"type": "string", "description": "the Prometheus text format; the metric names are in "
+                           "docs/control-api.md"}),
         ]
         if self.debug:
             routes.append(_Route("POST", "/api/debug/block", self._debug_block,
@@ -661,6 +674,7 @@ class ControlApi:
                   404: "no such connector, rule or route", 405: "method not allowed", 408: "request too slow",
                   411: "a body needs a Content-Length", 413: "body too large", 415: "not application/json",
                   421: "Host is not this server", 501: "the station runtime lacks this feature",
+                  503: "not ready: ask again shortly",
                   504: "the station did not answer in time"}
         paths: dict[str, dict] = {}
         for route in self.routes:
@@ -1030,6 +1044,19 @@ class ControlApi:
     async def _openapi(self, request: web.Request) -> dict:
         _json_object(request[_TWIN], set(), body_required=False)
         return self.openapi()
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        """Prometheus scrapes this (twin.metrics): the registry in its text format. The checks
+        of every route apply: a scrape config sends the token (``authorization`` /
+        ``credentials_file``) and the Host of the address it scrapes."""
+        _json_object(request[_TWIN], set(), body_required=False)
+        if not hasattr(self.backend, "metrics"):
+            raise ApiError(501, "metrics are not available: the station runtime has no metrics")
+        metrics = self.backend.metrics
+        if metrics is None:
+            raise ApiError(503, "the station's metrics are not running (starting up, or prometheus-client is "
+                                "not installed)", headers={"Retry-After": "1"})
+        return web.Response(status=200, body=metrics.exposition(), headers={"Content-Type": metrics.content_type})
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         """Server-Sent Events (WHATWG HTML §9.2): ``event: <type>`` and ``data: <json>`` per event,

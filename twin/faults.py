@@ -145,7 +145,12 @@ def parse_rule(data: Any, *, rule_id: str | None = None) -> Rule:
     if on != "*" and on not in actions:
         who = "the CSMS sends" if direction == "in" else "the station sends"
         raise ValueError(f"fault on: {on!r} is not an OCPP 1.6 action {who} (direction {direction!r}), nor '*'")
-    rule = Rule(id=str(data.get("id") or rule_id or _next_id()), on=on, direction=direction, do=do)
+    given = data.get("id")
+    if given is not None and (not isinstance(given, str) or not given or not given.isprintable()
+                              or "/" in given or given != given.strip()):
+        # It names the rule in DELETE /api/faults/{id}: a printable string without "/".
+        raise ValueError("fault id: a non-empty printable string without '/' or surrounding spaces")
+    rule = Rule(id=given or rule_id or _next_id(), on=on, direction=direction, do=do)
     if len(rule.id) > 64:
         raise ValueError("fault id: at most 64 characters")
 

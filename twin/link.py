@@ -253,12 +253,15 @@ class Link:
                  on_connected: Callable[[Attempt], Any] | None = None,
                  on_connect_failed: Callable[[Attempt, BaseException], Any] | None = None,
                  on_invalid: Callable[[str], None] | None = None,
+                 on_round_trip: Callable[[str, float, str], None] | None = None,
                  password: str | bytes | None = None, ca_file: Path | None = None, ping_interval: float = 10,
                  keepalive_s: float = 30.0, pong_timeout_s: float = 10.0, backoff_cap: float = 30.0):
         """``plan`` gives each attempt's URL, headers and TLS context; without it the link
         connects to ``<url>/<charge_point_id>`` with ``password`` (an AuthorizationKey:
         hex is decoded, twin.security.auth_key) and, for wss://, ``ca_file``.
-        ``on_invalid(description)`` is told of every CSMS CALL refused with a CALLERROR."""
+        ``on_invalid(description)`` is told of every CSMS CALL refused with a CALLERROR.
+        ``on_round_trip(action, seconds, outcome)`` is told of every CALL of ours answered:
+        the time from its send to the answer, and "result" (CALLRESULT) or "error" (CALLERROR)."""
         if keepalive_s <= 0 or pong_timeout_s <= 0:
             raise ValueError("keepalive_s and pong_timeout_s must be positive")
         self.url = f"{url.rstrip('/')}/{charge_point_id}"  # the URL of the last attempt
@@ -268,6 +271,8 @@ class Link:
             plan = lambda: fixed  # noqa: E731
         self.plan = plan
         self.on_connected, self.on_connect_failed, self.on_invalid = on_connected, on_connect_failed, on_invalid
+        self.on_round_trip = on_round_trip
+        self._sent_at: dict[str, float] = {}  # message id -> loop time its CALL went out (for on_round_trip)
         self.attempt: Attempt | None = None  # the attempt of the live connection (or the last one)
         self._warned_clear: set[str] = set()
         self._replies: set[asyncio.Future] = set()  # replies handed over and not yet written
@@ -298,6 +303,7 @@ class Link:
         self.faults = FaultSet()
         self.tracer = Tracer()
         self.impairment = Impairment()
+        self._background: set[asyncio.Future] = set()
         self._answer_faults: dict[str, tuple[Any, str]] = {}  # CSMS call id -> (rule, action) for its answer
         self._half_open_ws = None  # the connection made half-open (stops reading and writing)
         self._out_due = 0.0  # loop time the last delayed outgoing frame is due: frames keep their order
@@ -365,6 +371,23 @@ class Link:
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
         self.tracer.close()
+
+    async def abort(self) -> None:
+        """Stop as a power cut does: the TCP connection dies without a close frame and the
+        link task ends. For the scenario runner's ``restart = "power"``."""
+        self.enabled = False
+        ws = self._ws
+        if ws is not None:
+            try:
+                ws.transport.abort()
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
 
     def set_enabled(self, enabled: bool) -> None:
         """The bench's network switch: cut or restore the link without a power loss."""
@@ -435,8 +458,14 @@ class Link:
         if ws is None:
             return False
         self._half_open_ws = None
-        asyncio.ensure_future(self._close_with(ws, code, reason))
+        self._keep(asyncio.ensure_future(self._close_with(ws, code, reason)))
         return True
+
+    def _keep(self, task: asyncio.Future) -> None:
+        """Hold a fire-and-forget task until it ends: the loop keeps only weak references,
+        and a delayed answer collected half-way would look like silence."""
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     @staticmethod
     async def _close_with(ws, code: int, reason: str) -> None:
@@ -525,6 +554,9 @@ class Link:
                     await self._safe_send(ws, text, fault=rule.id, do=rule.do)
 
             asyncio.ensure_future(later())
+        elif rule.do == "reply":  # a canned acceptance, after the station acted on the call
+            canned = [3, frame[1], rule.payload]
+            self._send_now(json.dumps(canned, separators=(",", ":")), fault=rule.id, do=rule.do)
         elif rule.do == "duplicate":
             self._send_now(text, fault=rule.id, do=rule.do)
             self._send_now(text, fault=rule.id, do=rule.do)
@@ -761,9 +793,18 @@ class Link:
                             extra={"ocpp_action": action})
                 return
             self.tracer.record("in", self.session, frame)
+            if rule is not None and rule.do == "reply" and _acts_on(rule.payload):
+                # A canned acceptance: the station acts on the call as it would (a canned
+                # Accepted RemoteStartTransaction starts the session if it can) and the CSMS
+                # gets the canned payload instead of the station's own answer.
+                log.warning("fault %s: %s %s goes to the station; its answer is replaced by the canned one",
+                            rule.id, action, uid, extra={"ocpp_action": action})
+                self._answer_faults[uid] = (rule, action)
+                self.on_call(uid, action, payload)
+                return
             if rule is not None and rule.do in ("reply", "callerror"):
-                # The canned answer replaces the station's decision: the core never sees the
-                # call, so the station acts as if it had answered this (a canned Rejected
+                # A canned refusal or error replaces the station's decision: the core never
+                # sees the call, so the station acts as if it had refused it (a canned Rejected
                 # RemoteStartTransaction starts nothing). docs/faults-and-traces.md.
                 log.warning("fault %s: answering %s %s with a canned %s", rule.id, action, uid, rule.do,
                             extra={"ocpp_action": action})
@@ -802,11 +843,22 @@ class Link:
         if uid in self._checking:
             log.info("the response to %s came late, during the link check; accepted", action)
         fut.set_result(_ANSWERED)
+        self._round_trip(uid, action, msg[0])
         if msg[0] == "result":
             self.on_result(ref, msg[2])
         else:
             log.warning("CALLERROR %s for %s: %s", msg[2], action, msg[3], extra={"ocpp_action": action})
             self.on_failed(ref, f"CALLERROR {msg[2]}: {msg[3]}")
+
+    def _round_trip(self, uid: str, action: str, outcome: str) -> None:
+        """Report an answered CALL's round trip (the metrics' histogram, twin.metrics)."""
+        sent = self._sent_at.pop(uid, None)
+        if sent is None or self.on_round_trip is None:
+            return
+        try:
+            self.on_round_trip(action, asyncio.get_running_loop().time() - sent, outcome)
+        except Exception:  # noqa: BLE001 - a metrics bug must not drop the answer or the session
+            log.exception("on_round_trip callback failed")
 
     async def _sender(self, ws) -> None:
         while True:
@@ -831,6 +883,8 @@ class Link:
                     if rule.do == "delay":
                         await asyncio.sleep(rule.seconds)
                 log.debug("-> %s", frame)
+                if self.on_round_trip is not None:
+                    self._sent_at[uid] = asyncio.get_running_loop().time()
                 try:
                     async with asyncio.timeout(timeout):
                         # Inside the timeout: on a half-open link the send can block.
@@ -850,6 +904,7 @@ class Link:
             finally:
                 self._waiting.pop(uid, None)
                 self._call_of.pop(uid, None)
+                self._sent_at.pop(uid, None)
             # msg is _ANSWERED: _dispatch has already delivered the answer, in wire order.
 
     async def _send_call_frame(self, ws, frame: str, uid: str, action: str, payload: dict, rule) -> None:
@@ -921,6 +976,15 @@ class Impairment:
     def to_dict(self) -> dict:
         return {"latency_ms": self.latency_ms, "jitter_ms": self.jitter_ms, "drop_rate": self.drop_rate,
                 "seed": self.seed}
+
+
+# Answer statuses after which the station acts on a CSMS call: a canned reply with one of
+# these lets the call through to the core (a canned refusal keeps it out).
+_ACTING_STATUSES = frozenset({"Accepted", "Scheduled", "RebootRequired", "Unlocked", "AcceptedCanceled"})
+
+
+def _acts_on(payload: Any) -> bool:
+    return isinstance(payload, dict) and payload.get("status") in _ACTING_STATUSES
 
 
 _ANSWERED = ("answered",)  # what a waiting call's future holds once _dispatch delivered its answer

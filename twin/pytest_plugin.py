@@ -8,8 +8,8 @@ Installed with ocpp-twin (the ``pytest11`` entry point ``ocpp_twin``), or loaded
         cp.wait_for_status(1, "Available")
         cp.plug(1)
         cp.tap("04A2B3C4")
-        conf = cp.wait_for_frame("StartTransaction", "in")   # the CSMS's answer (a CALLRESULT) ...
-        start = cp.wait_for_frame("StartTransaction", "out", {"connectorId": 1})   # ... or the call itself
+        start = cp.wait_for_frame("StartTransaction", "out", {"connectorId": 1})   # the station's CALL
+        conf = cp.answer(start)                    # and the CSMS's answer to it (the CALLRESULT)
 
 Each call starts ``python -m twin run --sim --csms URL --id ID --control 127.0.0.1:<free
 port> --data-dir <tmp>`` and returns a :class:`TwinClient` on its bench API (HTTP, through

@@ -97,6 +97,7 @@ class Runtime:
         self.core_session: int | None = None
         self.shutdown_done: asyncio.Event | None = None
         self.events = EventHub()  # GET /api/events: "state" after core steps, "frame" per wire frame
+        self.metrics = None  # GET /metrics: a twin.metrics.Metrics, made with the link (_metrics_start)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -181,11 +182,13 @@ class Runtime:
         self._link_provision()
         # The URL of the committed profile, for the start-up log line; every attempt asks the plan.
         base = self._link_endpoints.base(st.security.connection().profile) or cfg.csms_url
+        self.metrics = self._metrics_start()
         self.link = Link(
             base, cfg.charge_point_id, plan=self._link_plan,
             on_connected=self._link_connected, on_connect_failed=self._link_connect_failed,
             # A CSMS CALL refused with a CALLERROR: InvalidMessages (WP3 §8, rate-limited by the core).
             on_invalid=lambda description: post(st.invalid_message, description),
+            on_round_trip=self.metrics.round_trip_observer(cfg.charge_point_id) if self.metrics else None,
             ping_interval=keys.get_int("WebSocketPingInterval"),
             on_up=lambda: post(self._core_link_up, self.link.session),
             on_down=lambda: post(self._core_link_down),
@@ -196,6 +199,35 @@ class Runtime:
             on_timeout=lambda ref: post(st.call_timed_out, ref))
         self._wire_start()  # the [[faults]], the trace file and the event hub, before it connects
         self.link.start()
+
+    def _metrics_start(self):
+        """The process's metrics (twin.metrics) with this station in them, or None when
+        prometheus_client is missing: the station runs without ``GET /metrics`` then."""
+        try:
+            from twin.metrics import Metrics
+        except ImportError as e:
+            log.warning("metrics off: %s (install prometheus-client)", e)
+            return None
+        metrics = Metrics()
+        metrics.add_station(self.cfg.charge_point_id, self._metrics_reading)
+        return metrics
+
+    def _metrics_reading(self):
+        """What the metrics read at each scrape: a few attributes of the core and the link,
+        read between actor steps (as state() does), never a whole snapshot."""
+        from twin.core.timeutil import parse_ts
+        from twin.metrics import Reading
+
+        st, link = self.station, self.link
+        oldest = st.queue.oldest_created_at()
+        created = parse_ts(oldest) if oldest else None
+        return Reading(
+            connected=bool(link is not None and link.connected), registered=st.registration == "Accepted",
+            queue_depth=len(st.queue),
+            oldest_queued_age_s=(self.clock() - created).total_seconds() if created else None,
+            discarded=st.discarded_count, connections=link.session if link is not None else 0,
+            transactions_begun=st.txlog.next_local_id, transactions_running=st.active_transactions(),
+            registers_wh={cid: st.evse.energy(cid) for cid in st.connectors})
 
     def _link_store(self):
         """The certificate store the TLS profiles take their anchors and client pair from."""
@@ -400,6 +432,40 @@ class Runtime:
             await self._shutdown(reason, graceful, drain_s)
         finally:
             self.shutdown_done.set()
+
+    async def power_cut(self) -> None:
+        """Stop the way a power cut does: no StopTransaction, no flush, no restart marker, no
+        close handshake; the CSMS sees the TCP connection die. What the store committed is on
+        disk (synchronous=FULL); what it was about to commit may or may not be, as on a real
+        cut. The scenario runner's ``restart = "power"``; a new Runtime on the same data dir
+        then boots as after power-up."""
+        actor = self.actor
+        if actor is not None:
+            actor.closed = True  # nothing steps the core any more
+        if self.link is not None:
+            await self.link.abort()
+        tasks = [t for t in [*self.tasks, getattr(actor, "task", None)] if t is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        for closer in (self._security_close, getattr(self.firmware, "close", None),
+                       getattr(self.api, "stop", None), getattr(self.drivers, "close", None)):
+            if closer is not None:
+                try:
+                    await closer()
+                except Exception:  # noqa: BLE001 - a cut does not wait for anything
+                    pass
+        if self.link is not None:
+            self.link.tracer.close()
+        if self.store is not None:
+            try:
+                await self.store.close()  # the handle; a real cut leaves the WAL, which recovers the same
+            except Exception:  # noqa: BLE001
+                pass
 
     async def _shutdown(self, reason: str, graceful: bool, drain_s: float) -> None:
         if self.notifier:

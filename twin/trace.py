@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from twin.redact import redact_text
+from twin.redact import REDACTED, redact_text
 
 log = logging.getLogger("twin.trace")
 
@@ -37,20 +37,54 @@ RING_SIZE = 5000
 
 def redacted_frame(text: str | bytes) -> Any:
     """The frame as a trace holds it: the parsed OCPP-J array with secrets replaced by
-    ``***``, or the redacted text when it is not JSON."""
+    ``***``, or the redacted text when it is not JSON.
+
+    Parsed first, redacted after: JSON may spell a secret with escapes
+    (``"Authorization\\u004bey"``, ``"ftp\\u003a//user:pw@..."``) that no rule on the raw text
+    sees. Every string is made valid Unicode too: a CSMS may send ``"\\ud800"`` (legal JSON
+    text, no Unicode), and one such record must not break the file, /api/trace or the SSE
+    stream."""
     if isinstance(text, (bytes, bytearray, memoryview)):
         text = bytes(text).decode("utf-8", errors="replace")
-    clean = redact_text(text)
     try:
-        return json.loads(clean)
+        parsed = json.loads(text)
     except (ValueError, RecursionError):
-        return clean
+        return _safe(redact_text(text))
+    try:
+        return _clean(parsed)
+    except RecursionError:  # absurdly deep nesting: keep the text, redacted
+        return _safe(redact_text(text))
+
+
+def _safe(text: str) -> str:
+    return text.encode("utf-8", errors="replace").decode("utf-8")
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return _safe(redact_text(value))
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    if isinstance(value, dict):
+        out = {_safe(str(k)): _clean(v) for k, v in value.items()}
+        key = value.get("key")
+        if isinstance(key, str) and key.casefold() in SECRET_KEYS and "value" in out:
+            out["value"] = REDACTED  # ChangeConfiguration / GetConfiguration of AuthorizationKey
+        return out
+    return value
+
+
+SECRET_KEYS = frozenset({"authorizationkey"})
+RING_MAX_CHARS = 16 * 2**20  # the ring also stays under ~16 MiB of frame text
+SINCE_MAX = 1000  # records per trace_since answer; a reader asks again from ``next``
+FILE_MAX_BYTES = 64 * 2**20  # then the file rotates to <file>.1 (one older file kept)
 
 
 class Tracer:
     def __init__(self, *, ring: int = RING_SIZE, file: Path | str | None = None,
                  publish: Callable[[dict], None] | None = None):
-        self.ring: collections.deque[dict] = collections.deque(maxlen=ring)
+        self.ring: collections.deque[tuple[int, dict]] = collections.deque(maxlen=ring)  # (frame chars, record)
+        self._ring_chars = 0
         self.next_n = 1
         self.publish = publish
         self.path: Path | None = None
@@ -85,12 +119,21 @@ class Tracer:
         if lost:
             rec["lost"] = True
         self.next_n += 1
-        self.ring.append(rec)
+        size = len(text) if isinstance(text, str) else len(bytes(text))
+        if len(self.ring) == self.ring.maxlen:
+            self._ring_chars -= self.ring[0][0]
+        self.ring.append((size, rec))
+        self._ring_chars += size
+        while self._ring_chars > RING_MAX_CHARS and len(self.ring) > 1:
+            self._ring_chars -= self.ring.popleft()[0]
         if self._file is not None:
             try:
-                self._file.write(json.dumps(rec, separators=(",", ":"), ensure_ascii=False) + "\n")
+                line = json.dumps(rec, separators=(",", ":"), ensure_ascii=False) + "\n"
+                self._file.write(line)
                 self._file.flush()
-            except (OSError, ValueError) as e:  # a full disk: the station carries on without its trace
+                if self._file.tell() > FILE_MAX_BYTES:
+                    self._rotate()
+            except OSError as e:  # a full disk: the station carries on without its trace
                 log.error("trace file %s: cannot write (%s); tracing to the file stops", self.path, e)
                 self.close()
         if self.publish is not None:
@@ -100,11 +143,22 @@ class Tracer:
                 log.exception("publishing a trace record failed")
         return rec
 
-    def since(self, since: int) -> dict:
-        """Records numbered ``since`` or later still in the ring; ``next`` is the number to
-        ask for next time (a reader that fell behind the ring sees a gap in ``n``)."""
+    def _rotate(self) -> None:
+        path = self.path
+        self.close()
+        path.replace(path.with_name(path.name + ".1"))
+        self.open(path)
+
+    def since(self, since: int, limit: int = SINCE_MAX) -> dict:
+        """Up to ``limit`` records numbered ``since`` or later still in the ring; ``next`` is
+        the number to ask for next time (a reader that fell behind the ring sees a gap in ``n``)."""
         since = max(0, int(since))
-        frames = [r for r in self.ring if r["n"] >= since]
+        frames = []
+        for _size, r in self.ring:
+            if r["n"] >= since:
+                frames.append(r)
+                if len(frames) >= limit:
+                    return {"next": frames[-1]["n"] + 1, "frames": frames}
         return {"next": max(since, self.next_n), "frames": frames}
 
 

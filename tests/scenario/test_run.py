@@ -204,3 +204,45 @@ async def test_an_unreachable_csms_fails_the_first_step_and_says_why():
     result = await run_scenario(parse(text, "u.toml"), f"ws://127.0.0.1:{free_port()}/ocpp")
     assert not result.passed and result.failed_step.number == 1
     assert "no frames at all" in result.instead and "the link:" in result.instead
+
+
+FAULT_ACROSS_POWER_CUT = """
+[scenario]
+name = "a dropped StopTransaction after a power cut"
+[scenario.keys]
+MeterValueSampleInterval = 0
+ClockAlignedDataInterval = 0
+MessageTimeout = 2
+TransactionMessageRetryInterval = 1
+[[step]]
+expect = "StatusNotification"
+match = {connectorId = 1, status = "Available"}
+[[step]]
+fault = {on = "StopTransaction", direction = "out", do = "drop", count = 1}
+[[step]]
+plug = 1
+[[step]]
+tap = "T1"
+[[step]]
+expect = "StartTransaction"
+reply = true
+[[step]]
+restart = "power"
+[[step]]
+expect = "BootNotification"
+[[step]]
+expect = "StopTransaction"
+match = {reason = "PowerLoss"}
+within_s = 90
+"""
+
+
+async def test_fault_rules_still_hold_after_a_restart(csms):
+    """Rules a scenario installed are carried to the runtime a restart builds: the PowerLoss
+    StopTransaction is dropped once on the new runtime, stays queued and comes again."""
+    result = await run_scenario(parse(FAULT_ACROSS_POWER_CUT, "carry.toml"), csms.url, "CP-CARRY")
+    assert result.passed, result.message
+    stops = csms.calls("StopTransaction")
+    assert len(stops) == 1  # the first copy never reached the wire
+    dropped = [f for f in result.frames if f.get("do") == "drop"]
+    assert dropped and dropped[0]["run"] == 2

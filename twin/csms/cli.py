@@ -143,7 +143,7 @@ def describe(csms: Csms, profile: int, pki: CsmsPki | None, key: str | None, gen
         lines.append(f"  client certificates must be issued by that root: `twin csms --pki {pki.directory if pki else ''} "
                      "--sign-csr station.csr`, or SignCertificate while on profile 2")
     if pki is not None:
-        lines.append(f"  SignCertificate CSRs are signed with that root and sent back in CertificateSigned")
+        lines.append("  SignCertificate CSRs are signed with that root and sent back in CertificateSigned")
         lines.append(f"  ManufacturerRootCertificate (signed firmware): {pki.manufacturer_root.resolve()}")
     return "\n".join(lines)
 

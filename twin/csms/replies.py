@@ -7,7 +7,7 @@ friendly central system answers so a station can boot and charge.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 

@@ -198,6 +198,10 @@ class Csms:
         else:
             self._handlers[action] = handler
 
+    def handler(self, action: str) -> Handler | None:
+        """The current answer to a CP->CSMS ``action`` (a scripted one, else the default)."""
+        return self._handlers.get(action)
+
     def _default_handlers(self) -> dict[str, Handler]:
         handlers = self._replies.handlers()
         handlers["SignCertificate"] = self._sign_certificate

@@ -46,7 +46,7 @@ def builtin_csms(scenario: Scenario, **kwargs):
     csms = Csms(**{"heartbeat_interval": 300, **wanted, **kwargs})
     if reject:
         for action in CP_INITIATED_ACTIONS:
-            default = csms._handlers.get(action)
+            default = csms.handler(action)
             if default is None:
                 continue
 

@@ -51,8 +51,14 @@ def write_junit(results: list[Result], path: Path | str) -> None:
 
 
 def _clean(text: str) -> str:
-    # XML 1.0 cannot carry most control characters; a garbled frame may hold them.
-    return "".join(ch if ch in "\t\n\r" or ord(ch) >= 0x20 else f"\\x{ord(ch):02x}" for ch in text)
+    # XML 1.0 (§2.2 Char) cannot carry most control characters, surrogates, U+FFFE or U+FFFF;
+    # a garbled or hostile frame may hold them, and a report a CI system cannot parse is no report.
+    return "".join(ch if _xml_char(ch) else f"\\x{{{ord(ch):x}}}" for ch in text)
+
+
+def _xml_char(ch: str) -> bool:
+    o = ord(ch)
+    return ch in "\t\n\r" or 0x20 <= o <= 0xD7FF or 0xE000 <= o <= 0xFFFD or 0x10000 <= o <= 0x10FFFF
 
 
 def summary(results: list[Result]) -> str:

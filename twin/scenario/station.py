@@ -32,6 +32,10 @@ class ScenarioStation:
         self._since = 0
         self._poller: asyncio.Task | None = None
         self._supervisor: asyncio.Task | None = None
+        # What the scenario installed: a restart (soft, hard, power, a Reset) builds a new
+        # Runtime, and the rules and impairment must still hold on it.
+        self._network: dict[str, Any] = {}
+        self._carried_rules: list[dict] = []
 
     # ------------------------------------------------------------------ lifecycle
     def _config(self):
@@ -56,6 +60,11 @@ class ScenarioStation:
         self.rt = rt
         if not callable(getattr(rt, "trace_since", None)):
             raise RuntimeError("this twin has no wire trace (Runtime.trace_since): cannot observe frames")
+        for rule in self._carried_rules:
+            rt.add_fault(rule)
+        self._carried_rules = []
+        if self._network:
+            await rt.network(None, **self._network)
         self._poller = asyncio.create_task(self._poll(rt), name="scenario-trace")
         self._supervisor = asyncio.create_task(self._supervise(rt), name="scenario-supervisor")
 
@@ -85,8 +94,21 @@ class ScenarioStation:
         code = await rt.wait()
         if code == RESTART_EXIT_CODE and self.rt is rt:
             log.info("the station restarted itself (Reset): starting it again")
+            self._carry_rules(rt)
             await self._stop_watchers(rt)
             await self.start()
+
+    def _carry_rules(self, rt) -> None:
+        """The rules still active on ``rt``, with the count they have left, for the next runtime."""
+        carried = []
+        for rule in rt.faults():
+            remaining = rule.get("remaining")
+            if remaining == 0:
+                continue
+            rule = {k: v for k, v in rule.items() if k not in ("fired", "remaining")}
+            rule["count"] = remaining  # None: until removed
+            carried.append(rule)
+        self._carried_rules = carried
 
     async def _stop_watchers(self, rt, *, supervisor: bool = False) -> None:
         self.collect(rt)
@@ -102,6 +124,7 @@ class ScenarioStation:
         §5.14); power: the power is cut (nothing flushed or closed politely, like kill -9)
         and the station boots again on the same data dir."""
         rt = self.rt
+        self._carry_rules(rt)
         await self._stop_watchers(rt, supervisor=True)
         self.rt = None
         if kind == "power":
@@ -145,6 +168,9 @@ class ScenarioStation:
         elif kind == "network":
             fields = dict(value)
             online = fields.pop("online", None)
+            # Impairment outlives a restart (the network is not the station); half-open and a
+            # close apply to the connection of the moment only.
+            self._network.update({k: v for k, v in fields.items() if k not in ("half_open", "close_code")})
             await rt.network(online, **fields) if fields else await rt.network(online)
         elif kind == "restart":
             await self.restart(value)
@@ -159,31 +185,5 @@ class ScenarioStation:
 
 
 async def power_cut(rt) -> None:
-    """Stop ``rt`` the way a power cut does: no StopTransaction, no flush, no restart marker,
-    no close handshake. What the store committed is on disk (synchronous=FULL); what it was
-    about to commit may or may not be, as on a real cut."""
-    actor = rt.actor
-    if actor is not None:
-        actor.closed = True  # nothing steps the core any more; the runtime's callback sees a shutdown
-    link = rt.link
-    ws = getattr(link, "_ws", None)
-    if ws is not None:
-        with contextlib.suppress(Exception):
-            ws.transport.abort()  # the CSMS sees the TCP connection die, no close frame
-    tasks = [t for t in list(rt.tasks) + [getattr(link, "_task", None), getattr(actor, "task", None)] if t]
-    for t in tasks:
-        t.cancel()
-    for t in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await t
-    for closer in (getattr(rt, "_security_close", None), getattr(rt.firmware, "close", None),
-                   getattr(rt.api, "stop", None), getattr(rt.drivers, "close", None)):
-        if closer is not None:
-            with contextlib.suppress(Exception):
-                await closer()
-    tracer = getattr(rt, "tracer", None)
-    if tracer is not None and hasattr(tracer, "close"):
-        tracer.close()
-    if rt.store is not None:
-        with contextlib.suppress(Exception):
-            await rt.store.close()  # the sqlite handle; a real cut leaves the WAL, which recovers the same
+    """Stop ``rt`` the way a power cut does (:meth:`twin.runtime.Runtime.power_cut`)."""
+    await rt.power_cut()
