@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     from twin.csms.cli import add_csms_arguments
 
     add_csms_arguments(csms)
+    from twin.fleet.cli import add_fleet_arguments
+
+    add_fleet_arguments(sub.add_parser("fleet", help="run N stations in one process against one CSMS (docs/fleet.md)"))
     return parser
 
 
@@ -110,12 +113,18 @@ def main(argv: list[str] | None = None) -> int:
         "drivers": lambda: cmd_drivers(args), "sim": lambda: _sim(args), "firmware": lambda: _firmware(args),
         "csms": lambda: cmd_csms(args), "config": lambda: cmd_config_check(args),
         "certs": lambda: args.run_certs(args), "scenario": lambda: _scenario(args),
-        "trace": lambda: _trace(args),
+        "trace": lambda: _trace(args), "fleet": lambda: _fleet(args),
     }
     try:
         return commands[args.command]()
     except KeyboardInterrupt:
         return 130
+
+
+def _fleet(args) -> int:
+    from twin.fleet.cli import run_fleet_command
+
+    return run_fleet_command(args)
 
 
 def _trace(args) -> int:

@@ -89,6 +89,19 @@ CORS_MAX_AGE_S = 600
 # At most one "refused" log line per this many seconds: a page retrying in a loop must not flood the journal.
 REFUSAL_LOG_INTERVAL_S = 10.0
 _JSON = "application/json"
+# The bench dashboard (twin/dashboard/): its files, served as they are (no build step, no CDN).
+DASHBOARD_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
+                   "style.css": "text/css; charset=utf-8"}
+# The page loads only its own files and talks only to this server; no frame may embed it (a
+# page that can switch a contactor must not be clickjacked), and no Referer carries a URL out.
+DASHBOARD_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
+}
+# GET /api/events only: EventSource cannot send an Authorization header (WHATWG HTML §9.2), so
+# the dashboard sends the token as this query parameter (RFC 6750 §2.3) on that read-only route.
+EVENTS_TOKEN_PARAM = "access_token"
 
 
 class ApiError(Exception):
@@ -326,6 +339,18 @@ def normalize_origin(text: str) -> str:
     return f"{parts.scheme}://{host}" + (f":{port}" if port is not None and port != default_port else "")
 
 
+def _same_origin(origin: str, authority: str) -> bool:
+    """The page's own origin: what a browser sends on a fetch POST from the dashboard this
+    server served (Fetch standard: Origin on every non-GET request). The server speaks plain
+    HTTP and ``authority`` is a Host already checked to name it (loopback, the bind or the
+    arrival address, our port), so ``http://<Host>`` is exactly our origin: a DNS-rebinding
+    page never gets this far (its Host is its own name: 421), and a page on another port or
+    scheme differs from it (RFC 6454 §5)."""
+    try:
+        return normalize_origin(origin) == normalize_origin(f"http://{authority}")
+    except ValueError:
+        return False
+
 
 def _integer(name: str, value: Any, *, minimum: int, maximum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
@@ -557,7 +582,7 @@ class ControlApi:
         # With a host that resolves to several addresses and port 0, each socket gets
         # its own port; the first one is the advertised one.
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("control API listening on %s", self.url)
+        log.info("control API listening on %s (dashboard: %s/)", self.url, self.url)
 
     async def stop(self) -> None:
         server, self._server = self._server, None
@@ -651,6 +676,13 @@ class ControlApi:
                            "comment line every 15 s; types: state, frame, overflow"}),
             _Route("GET", "/api/openapi.json", self._openapi, "This document", tag="meta",
                    result={"type": "object"}),
+            _Route("GET", "/", self._dashboard, "The bench dashboard (docs/dashboard.md)", tag="dashboard",
+                   content="text/html", result={"type": "string", "description": "the dashboard's HTML page"}),
+            _Route("GET", "/dashboard/{name}", self._dashboard_file, "A file of the dashboard (script, style)",
+                   tag="dashboard", content="text/*", errors=(404,),
+                   params=({"name": "name", "in": "path", "required": True,
+                            "schema": {"enum": sorted(DASHBOARD_FILES)}},),
+                   result={"type": "string", "description": "the file, as it ships in twin/dashboard/"}),
             _Route("GET", "/metrics", self._metrics, "Prometheus metrics (text exposition format)", tag="metrics",
                    content=_metrics_content_type(), errors=(501, 503),
                    result={"type": "string", "description": "the Prometheus text format; the metric names are in "
@@ -835,7 +867,7 @@ class ControlApi:
             return self._refuse(request, peer, 421, f"Host {authority[:100]!r} is not this control API; use "
                                                     f"localhost:{port} or the address it listens on")
         origin = request.headers.get("origin")
-        if origin is not None and origin.lower() not in self.allowed_origins:
+        if origin is not None and origin.lower() not in self.allowed_origins and not _same_origin(origin, authority):
             return self._refuse(request, peer, 403, f"requests from web pages are refused: Origin {origin[:100]!r} is "
                                                     "not in [control] allowed_origins")
         if origin is not None and request.method == "OPTIONS" and "access-control-request-method" in request.headers:
@@ -845,11 +877,17 @@ class ControlApi:
                                "Access-Control-Max-Age": str(CORS_MAX_AGE_S)}
         if self._token is not None:
             scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+            query_token = request.query.get(EVENTS_TOKEN_PARAM)
+            if (query_token is not None and not credentials.strip() and request.method == "GET"
+                    and request.path == "/api/events"):
+                # RFC 6750 §2.3 (URI query parameter), on the read-only event stream only: an
+                # EventSource cannot send headers. Everywhere else the parameter is ignored.
+                scheme, credentials = "bearer", query_token
             if scheme.lower() != "bearer" or not credentials.strip():
                 return self._refuse(request, peer, 401, "a bearer token is required: send 'Authorization: Bearer "
                                                         "<token>' with the token from [control] token_file",
                                     {"WWW-Authenticate": f'Bearer realm="{BEARER_REALM}"'})
-            if not hmac.compare_digest(credentials.strip().encode("latin-1"), self._token):
+            if not hmac.compare_digest(credentials.strip().encode("utf-8", "replace"), self._token):
                 return self._refuse(request, peer, 401, "the bearer token is wrong",
                                     {"WWW-Authenticate": f'Bearer realm="{BEARER_REALM}", error="invalid_token"'})
         return None
@@ -1044,6 +1082,25 @@ class ControlApi:
     async def _openapi(self, request: web.Request) -> dict:
         _json_object(request[_TWIN], set(), body_required=False)
         return self.openapi()
+
+    async def _dashboard(self, request: web.Request) -> web.Response:
+        return await self._dashboard_file(request, "index.html")
+
+    async def _dashboard_file(self, request: web.Request, name: str | None = None) -> web.Response:
+        """One of the dashboard's own files, by its exact name (no path is ever built from the
+        request beyond that lookup). Every check of the middleware has run: Host, Origin, token."""
+        _json_object(request[_TWIN], set(), body_required=False)
+        name = name if name is not None else request.match_info["name"]
+        content_type = DASHBOARD_FILES.get(name)
+        if content_type is None:
+            raise ApiError(404, f"no dashboard file {name[:64]!r}")
+        from importlib import resources
+
+        try:
+            body = await asyncio.to_thread(resources.files("twin").joinpath("dashboard", name).read_bytes)
+        except OSError as exc:
+            raise ApiError(404, f"dashboard file {name!r} is not installed ({exc.strerror or exc})") from None
+        return web.Response(status=200, body=body, headers={"Content-Type": content_type, **DASHBOARD_HEADERS})
 
     async def _metrics(self, request: web.Request) -> web.Response:
         """Prometheus scrapes this (twin.metrics): the registry in its text format. The checks

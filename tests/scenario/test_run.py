@@ -246,3 +246,30 @@ async def test_fault_rules_still_hold_after_a_restart(csms):
     assert len(stops) == 1  # the first copy never reached the wire
     dropped = [f for f in result.frames if f.get("do") == "drop"]
     assert dropped and dropped[0]["run"] == 2
+
+
+async def test_an_absent_call_that_comes_fails_the_step_and_one_that_does_not_passes():
+    text = """
+[scenario]
+name = "absent"
+csms = {boot_status = "Pending", heartbeat_interval = 1}
+[[step]]
+expect = "BootNotification"
+reply = true
+[[step]]
+expect = "Heartbeat"
+absent = true
+within_s = 1.5
+[[step]]
+expect = "BootNotification"
+absent = true
+within_s = 4
+"""
+    scenario = parse(text, "absent.toml")
+    csms = library.builtin_csms(scenario)
+    async with csms:
+        result = await run_scenario(scenario, csms.url, "CP-ABSENT")
+    assert not result.passed and result.failed_step.number == 3, result.message
+    assert "it came" in result.message
+    with pytest.raises(Exception, match="absent"):
+        parse(text.replace("absent = true\nwithin_s = 1.5", "absent = true\nreply = true"), "bad.toml")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 ACTIONS = ("plug", "unplug", "tap", "fault", "network", "restart", "wait_s")
-EXPECT_FIELDS = ("expect", "direction", "reply", "match", "capture", "within_s")
+EXPECT_FIELDS = ("expect", "direction", "reply", "match", "capture", "within_s", "absent")
 RESTARTS = ("soft", "hard", "power")
 NETWORK_FIELDS = {"online": bool, "latency_ms": (int, float), "jitter_ms": (int, float), "drop_rate": (int, float),
                   "half_open": bool, "close_code": int, "seed": int}
@@ -44,6 +44,7 @@ class Step:
     match: dict = field(default_factory=dict)  # expect: a subset of the payload ("${name}" = a captured value)
     capture: dict = field(default_factory=dict)  # expect: name -> dotted path into the matched payload
     within_s: float = DEFAULT_WITHIN_S
+    absent: bool = False  # expect: NO such call may come within within_s (e.g. nothing while Pending)
 
     def describe(self) -> str:
         """What the step does or expects, in the words a report uses."""
@@ -52,6 +53,8 @@ class Step:
         who = "the station" if self.direction == "out" else "the CSMS"
         what = (f"the answer to a {self.action} sent by {who}" if self.reply
                 else f"a {self.action} call sent by {who}")
+        if self.absent:
+            what = "no " + what.removeprefix("a ")
         return what + (f" matching {self.match}" if self.match else "") + f" within {self.within_s:g} s"
 
 
@@ -174,7 +177,12 @@ def _step(source: str, n: int, raw: Any) -> Step:
     within = raw.get("within_s", DEFAULT_WITHIN_S)
     if isinstance(within, bool) or not isinstance(within, (int, float)) or not 0 < within <= 3600:
         raise fail("must be a number of seconds, 0 < within_s <= 3600", "within_s")
-    return Step(n, "expect", None, action, direction, reply, match, dict(capture), float(within))
+    absent = raw.get("absent", False)
+    if not isinstance(absent, bool):
+        raise fail("must be true or false", "absent")
+    if absent and (reply or capture):
+        raise fail("an absent call has no answer and nothing to capture", "absent")
+    return Step(n, "expect", None, action, direction, reply, match, dict(capture), float(within), absent)
 
 
 def _action_value(kind: str, value: Any, fail) -> Any:

@@ -119,6 +119,9 @@ class _Runner:
             return
         self.focus = self.cursor
         deadline = time.monotonic() + step.within_s
+        if step.absent:
+            await self._absent(step, deadline)
+            return
         bound = self._bound_call(step)
         while True:
             self.station.collect()
@@ -130,6 +133,23 @@ class _Runner:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise StepFailed(step.describe(), self._instead(step, bound))
+            await self.station.wait_change(min(left, 0.25))
+
+    async def _absent(self, step: Step, deadline: float) -> None:
+        """``absent = true``: the whole window passes without a matching call. The frames seen
+        meanwhile stay for the next expectation (the cursor does not move)."""
+        want = _resolve(step.match, self.captured, step)
+        while True:
+            self.station.collect()
+            for rec in self.station.frames[self.cursor:]:
+                call = _call(rec)
+                if (call and _on_wire(rec) and rec["dir"] == step.direction and call[1] == step.action
+                        and subset_match(want, call[2])):
+                    self.focus = rec["i"] + 1
+                    raise StepFailed(step.describe(), f"it came: {rec['dir']} {_short(rec['frame'])}")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
             await self.station.wait_change(min(left, 0.25))
 
     def _bound_call(self, step: Step) -> tuple[str, int] | None:
@@ -177,8 +197,9 @@ class _Runner:
         return None
 
     def _capture(self, step: Step, payload: Any, rec: dict) -> None:
-        for name, path in step.capture.items():
-            self.captured[name] = _path(payload, path)
+        # All or nothing: a candidate that lacks one path must leave no value behind.
+        values = {name: _path(payload, path) for name, path in step.capture.items()}
+        self.captured.update(values)
 
     def _instead(self, step: Step, bound: tuple[str, int] | None) -> str:
         frames = self.station.frames[self.cursor:]

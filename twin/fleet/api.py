@@ -1,0 +1,128 @@
+"""The fleet's one control API: the single twin's server (twin.control_api.ControlApi: the
+same aiohttp app, the same middleware, limits, Host/Origin/token checks and JSON errors),
+with a fleet route table.
+
+- ``GET /api/stations``: every member, its registration, link and connector statuses;
+- ``/api/stations/{station}/...``: the single-station routes (state, plug, unplug, rfid,
+  connector faults, EV, network, tamper, fault rules, trace), answered by the single
+  twin's own handlers run against that member's Runtime, so the validation is the same;
+- ``POST /api/fleet/reboot`` (rolling, or all at once: a boot storm), ``POST /api/fleet/network``
+  (a blackout and the recovery);
+- ``GET /metrics``: every member in one registry; ``GET /api/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from aiohttp import web
+
+from twin.control_api import (
+    _TWIN, ApiError, ControlApi, _boolean, _integer, _json_object, _number, _required, _Route,
+)
+
+# The single-station routes a member serves under /api/stations/{station}. Not here: the
+# event stream (per member it would hold one subscription per member and client), the
+# debug route (it blocks the loop every member shares), /metrics and the OpenAPI document
+# (the fleet's own).
+MEMBER_PATHS = frozenset({
+    "/api/state", "/api/connectors/{id}/plug", "/api/connectors/{id}/unplug", "/api/rfid",
+    "/api/connectors/{id}/fault", "/api/connectors/{id}/ev", "/api/network", "/api/tamper",
+    "/api/faults", "/api/faults/{id}", "/api/trace",
+})
+STATION_PARAM = {"name": "station", "in": "path", "required": True, "schema": {"type": "string"},
+                 "description": "the member's chargePointId, e.g. P0001"}
+REBOOT_INTERVAL_MAX_S = 3600.0
+
+
+class _MemberView(ControlApi):
+    """The single twin's handlers bound to one member. Never started: the fleet's app routes
+    to its handlers after the fleet's middleware has checked the request."""
+
+    def _route_table(self) -> list[_Route]:
+        return []  # its routes are the fleet's; nothing to build per request
+
+    def _connector(self, request: web.Request, *, station_ok: bool = False) -> int:
+        # /api/stations/{station}/connectors/{id}/...: the connector id is the 6th segment.
+        raw_id = request[_TWIN].path.split("/")[5]
+        count = self.backend.connector_count
+        lowest = 0 if station_ok else 1
+        if not (raw_id.isascii() and raw_id.isdigit() and lowest <= int(raw_id) <= count):
+            raise ApiError(404, f"no connector {raw_id!r}: connector ids are integers {lowest}..{count}")
+        return int(raw_id)
+
+
+class FleetApi(ControlApi):
+    """``backend`` is a :class:`twin.fleet.fleet.Fleet`."""
+
+    @classmethod
+    def from_blueprint(cls, fleet: Any, cfg: Any, host: str | None = None, port: int | None = None) -> "FleetApi":
+        """The blueprint's [control] table (token, allowed origins, debug off) at ``host:port``."""
+        return cls(fleet, host or cfg.control_host, cfg.control_port if port is None else port,
+                   token=cfg.control_token, allowed_origins=cfg.control_allowed_origins)
+
+    def _route_table(self) -> list[_Route]:
+        obj = {"type": "object", "additionalProperties": False}
+        single = ControlApi._route_table(self)  # the single twin's table: paths, schemas, summaries
+        routes = [
+            _Route("GET", "/api/stations", self._stations, "Every member: registration, link, connector statuses",
+                   tag="fleet", result={"type": "object", "additionalProperties": True}),
+            _Route("POST", "/api/fleet/reboot", self._fleet_reboot,
+                   "Reboot every member: rolling (batch every interval_s) or all at once (a boot storm)",
+                   tag="fleet", body_required=True, errors=(409,), result={"type": "object"},
+                   body={**obj, "required": ["rolling"], "properties": {
+                       "rolling": {"type": "boolean"}, "batch": {"type": "integer", "minimum": 1},
+                       "interval_s": {"type": "number", "minimum": 0, "maximum": REBOOT_INTERVAL_MAX_S}}}),
+            _Route("POST", "/api/fleet/network", self._fleet_network, "Every member's CSMS link: blackout or recovery",
+                   tag="fleet", body_required=True, result={"type": "object"},
+                   body={**obj, "required": ["online"], "properties": {"online": {"type": "boolean"}}}),
+        ]
+        for route in single:
+            if route.path in MEMBER_PATHS:
+                routes.append(dataclasses.replace(
+                    route, path="/api/stations/{station}" + route.path[len("/api"):],
+                    handler=self._delegate(route.handler.__name__), params=(STATION_PARAM, *route.params)))
+            elif route.path in ("/metrics", "/api/openapi.json"):
+                routes.append(route)
+        return routes
+
+    def _delegate(self, name: str):
+        async def handler(request: web.Request) -> Any:
+            return await getattr(_MemberView(self._member(request)), name)(request)
+
+        handler.__name__ = "station" + name  # the OpenAPI operationId: station-plug, station-rfid...
+        return handler
+
+    def _member(self, request: web.Request) -> Any:
+        cp_id = request.match_info["station"]
+        rt = self.backend.member(cp_id)
+        if rt is not None:
+            return rt
+        if cp_id in self.backend.slots:
+            raise ApiError(503, f"station {cp_id!r} is starting or rebooting; ask again shortly",
+                           headers={"Retry-After": "1"})
+        raise ApiError(404, f"no station {cp_id[:40]!r} in this fleet")
+
+    # -- fleet handlers
+
+    async def _stations(self, request: web.Request) -> dict:
+        _json_object(request[_TWIN], set(), body_required=False)
+        return self.backend.stations()
+
+    async def _fleet_reboot(self, request: web.Request) -> dict:
+        data = _json_object(request[_TWIN], {"rolling", "batch", "interval_s"}, body_required=True)
+        rolling = _boolean("rolling", _required(data, "rolling"))
+        if not rolling and ("batch" in data or "interval_s" in data):
+            raise ApiError(400, "'batch' and 'interval_s' are for a rolling reboot; a boot storm reboots all at once")
+        batch = _integer("batch", data["batch"], minimum=1, maximum=len(self.backend.slots)) if "batch" in data else 1
+        interval = (_number("interval_s", data["interval_s"], minimum=0.0, maximum=REBOOT_INTERVAL_MAX_S)
+                    if "interval_s" in data else 0.0)
+        try:
+            return self.backend.reboot(rolling=rolling, batch=batch, interval_s=interval)
+        except RuntimeError as e:
+            raise ApiError(409, str(e)) from None
+
+    async def _fleet_network(self, request: web.Request) -> dict:
+        data = _json_object(request[_TWIN], {"online"}, body_required=True)
+        return self.backend.set_network(_boolean("online", _required(data, "online")))

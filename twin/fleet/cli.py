@@ -1,0 +1,83 @@
+"""``twin fleet``: N twins in one process against one CSMS (docs/fleet.md)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+log = logging.getLogger("twin.fleet")
+
+
+def add_fleet_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--count", type=int, required=True, help="how many stations (members) to run")
+    p.add_argument("--csms", dest="csms_url", required=True, help="CSMS websocket URL, e.g. ws://csms:9000/ocpp")
+    p.add_argument("--id-prefix", default="P", help="member ids are PREFIX0001...: default P")
+    p.add_argument("--config", type=Path, help="blueprint station TOML applied to every member (ids and data dirs "
+                                               "are the fleet's)")
+    p.add_argument("--data-dir", type=Path, help="the fleet's data dir; member ID keeps its store in DIR/ID/")
+    p.add_argument("--control", help="fleet control API address HOST:PORT (default: the blueprint's, 127.0.0.1:8180)")
+    p.add_argument("--boot-spread", type=float, default=0.0, metavar="S",
+                   help="start the members spread over S seconds (seeded; default 0: all at once)")
+    p.add_argument("--seed", type=int, help="seed of the boot spread (default: random)")
+    p.add_argument("--log-level", default="WARNING", help="log level of the fleet process (default WARNING: "
+                                                          "N stations at INFO is a flood)")
+
+
+def run_fleet_command(args) -> int:
+    from twin.config import ConfigError, load_config
+
+    overrides = {"csms_url": args.csms_url, "data_dir": args.data_dir, "control": args.control}
+    try:
+        if args.count < 1:
+            raise ConfigError(None, "--count", "at least 1")
+        if args.boot_spread < 0:
+            raise ConfigError(None, "--boot-spread", "0 or more seconds")
+        blueprint = load_config(args.config, overrides)
+    except ConfigError as e:
+        print(f"twin: configuration error: {e}", file=sys.stderr)
+        return 2
+    from twin.service.logs import setup_logging
+
+    try:
+        setup_logging(args.log_level, Path(blueprint.data_dir))
+    except ValueError as e:
+        print(f"twin: {e}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(run_fleet(blueprint, args))
+    except KeyboardInterrupt:
+        return 130
+
+
+async def run_fleet(blueprint, args) -> int:
+    from twin.config import ConfigError
+    from twin.fleet.api import FleetApi
+    from twin.fleet.fleet import Fleet
+
+    try:
+        fleet = Fleet(blueprint, args.count, id_prefix=args.id_prefix, data_dir=blueprint.data_dir,
+                      boot_spread_s=args.boot_spread, seed=args.seed)
+    except (ConfigError, ValueError) as e:
+        print(f"twin: configuration error: {e}", file=sys.stderr)
+        return 2
+    api = FleetApi.from_blueprint(fleet, blueprint)
+    try:
+        await api.start()
+    except OSError as e:
+        print(f"twin: {e}", file=sys.stderr)
+        return 4
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await fleet.start()
+    print(f"fleet of {args.count} stations -> {blueprint.csms_url}; control API {api.url}", file=sys.stderr, flush=True)
+    await stopping.wait()
+    log.warning("stopping the fleet: every member stops its transactions and flushes its store")
+    await fleet.stop()
+    await api.stop()
+    return 0
