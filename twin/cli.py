@@ -220,6 +220,8 @@ async def run_station(cfg) -> int:
         print(f"twin: station failed to start: {e}", file=sys.stderr)
         await rt.shutdown(graceful=False)
         return 4
+    if getattr(rt, "api", None) is not None:
+        print(f"twin: dashboard on {rt.api.url}/   (control API: {rt.api.url}/api)", flush=True)
     stop_task = asyncio.ensure_future(stopping.wait())
     done_task = asyncio.ensure_future(rt.wait())
     await asyncio.wait({stop_task, done_task}, return_when=asyncio.FIRST_COMPLETED)

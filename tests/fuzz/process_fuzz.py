@@ -431,6 +431,13 @@ class ProcessFuzz:
                 self.stats["slowest-poll-ms"] = max(self.stats["slowest-poll-ms"], round(took * 1000))
                 self.state = state
                 self._note_sessions(state)
+                if self.stats["polls"] % 8 == 0:
+                    # The wire trace holds every hostile frame the fuzzer sent (lone surrogates,
+                    # escaped secrets): it must still serve, and leak no AuthorizationKey.
+                    trace = await asyncio.to_thread(request, self.base, "GET", "/api/trace?since=0", None, 5)
+                    self.stats["trace-polls"] += 1
+                    if "sixteen-chars-ok" in json.dumps(trace):
+                        self.violation("secret", "the AuthorizationKey value is in GET /api/trace")
                 if took > API_DEADLINE_S and self.restart_until is None and self.runs == run and not self.expect_exit:
                     self.violation("api", f"GET /api/state took {took:.2f} s")
                 self.api_answered()

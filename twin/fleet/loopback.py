@@ -27,8 +27,11 @@ CALL, RESULT, ERROR = 2, 3, 4
 
 
 class LoopbackCsms:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, heartbeat_interval: int = 30):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, heartbeat_interval: int = 30,
+                 record: bool = False):
         self.host, self.port = host, port
+        # record: keep every CALL as (station, action, payload), for tests; the bench keeps counts only.
+        self.records: list[tuple[str, str, object]] | None = [] if record else None
         self.heartbeat_interval = heartbeat_interval
         self.boots: Counter[str] = Counter()  # BootNotifications answered Accepted, per station
         self.connections: Counter[str] = Counter()
@@ -101,6 +104,8 @@ class LoopbackCsms:
             return None  # a CALLRESULT/CALLERROR to a call we never make, or garbage
         uid, action, payload = msg[1], msg[2], msg[3]
         self.calls[cp_id][action] += 1
+        if self.records is not None:
+            self.records.append((cp_id, action, payload))
         now = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
         accepted = {"status": "Accepted"}
         if action == "BootNotification":

@@ -1,0 +1,172 @@
+"""twin fleet: 20 complete twins in one process against a loopback CSMS that serves many
+stations at once (twin.fleet.loopback), driven through the fleet's control API over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from twin.config import load_config
+from twin.fleet import Fleet, member_ids
+from twin.fleet.api import FleetApi
+from twin.fleet.loopback import LoopbackCsms
+from twin.security.log import SecurityLog
+
+N = 20
+IDS = [f"P{i:04d}" for i in range(1, N + 1)]
+
+
+class Env:
+    def __init__(self, csms: LoopbackCsms, fleet: Fleet, api: FleetApi, http: aiohttp.ClientSession):
+        self.csms, self.fleet, self.api, self.http = csms, fleet, api, http
+
+    async def get(self, path: str, **kw) -> tuple[int, object]:
+        async with self.http.get(self.api.url + path, **kw) as resp:
+            body = await resp.text()
+            return resp.status, (await resp.json() if resp.content_type == "application/json" else body)
+
+    async def post(self, path: str, body: dict | None = None) -> tuple[int, object]:
+        async with self.http.post(self.api.url + path, json=body if body is not None else {}) as resp:
+            return resp.status, await resp.json()
+
+    async def until(self, check, timeout: float = 20.0, what: str = "condition") -> None:
+        async with asyncio.timeout(timeout):
+            while not check():
+                await asyncio.sleep(0.05)
+
+    def all_registered(self) -> bool:
+        return self.fleet.registered() == N
+
+
+@pytest.fixture
+async def env(tmp_path):
+    async with LoopbackCsms(record=True) as csms:
+        blueprint = load_config(None, {"csms_url": csms.url, "data_dir": tmp_path / "fleet"})
+        fleet = Fleet(blueprint, N, data_dir=tmp_path / "fleet", boot_spread_s=0.5, seed=7)
+        api = FleetApi.from_blueprint(fleet, blueprint, port=0)
+        await api.start()
+        await fleet.start()
+        async with aiohttp.ClientSession() as http:
+            e = Env(csms, fleet, api, http)
+            try:
+                await e.until(e.all_registered, what="every member registered")
+                yield e
+            finally:
+                await fleet.stop()
+                await api.stop()
+
+
+def test_member_ids_are_zero_padded_to_four_digits_at_least():
+    assert member_ids("P", 3) == ["P0001", "P0002", "P0003"]
+    assert member_ids("CP-", 12000)[-1] == "CP-12000" and member_ids("CP-", 12000)[0] == "CP-00001"
+
+
+async def test_every_member_registers_and_is_listed(env):
+    assert sorted(env.csms.boots) == IDS and set(env.csms.boots.values()) == {1}
+    status, body = await env.get("/api/stations")
+    assert status == 200
+    assert body["count"] == N and body["registered"] == N
+    assert [s["id"] for s in body["stations"]] == IDS
+    for s in body["stations"]:
+        assert s["registration"] == "Accepted"
+        assert s["link"] == {"online": True, "connected": True}
+        assert [c["status"] for c in s["connectors"]] == ["Available", "Available"]
+    # Each member has its own data dir (its own store).
+    assert sorted(p.name for p in env.fleet.data_dir.iterdir() if (p / "twin.db").exists()) == IDS
+
+    status, state = await env.get("/api/stations/P0013/state")
+    assert status == 200 and state["chargePointId"] == "P0013" and state["registration"] == "Accepted"
+    assert (await env.get("/api/stations/Q9999/state"))[0] == 404
+    assert (await env.post("/api/stations/P0001/connectors/3/plug"))[0] == 404  # 2 connectors
+    # The single twin's hardening is the fleet's too: a rebinding Host is refused before routing.
+    status, body = await env.get("/api/stations", headers={"Host": "evil.example"})
+    assert status == 421, body
+
+
+async def test_a_session_on_one_member_through_its_routes(env):
+    status, state = await env.post("/api/stations/P0007/connectors/1/plug")
+    assert status == 200 and state["connectors"][0]["plugged"] is True
+    status, state = await env.post("/api/stations/P0007/rfid", {"idTag": "FLEETTAG"})
+    assert status == 200, state
+    starts = lambda: [r for r in env.csms.records if r[1] == "StartTransaction"]  # noqa: E731
+    await env.until(lambda: starts(), what="StartTransaction")
+    assert [(cp, p["connectorId"], p["idTag"]) for cp, _, p in starts()] == [("P0007", 1, "FLEETTAG")]
+    await env.until(lambda: env.fleet.member("P0007").state()["connectors"][0]["status"] == "Charging",
+                    what="Charging")
+    status, body = await env.get("/api/stations")
+    row = next(s for s in body["stations"] if s["id"] == "P0007")
+    assert row["connectors"][0]["status"] == "Charging"
+    assert all(c["status"] == "Available" for s in body["stations"] if s["id"] != "P0007" for c in s["connectors"])
+    await env.post("/api/stations/P0007/rfid", {"idTag": "FLEETTAG"})
+    await env.until(lambda: any(r[0] == "P0007" and r[1] == "StopTransaction" for r in env.csms.records),
+                    what="StopTransaction")
+    status, state = await env.post("/api/stations/P0007/connectors/1/unplug")
+    assert status == 200 and state["connectors"][0]["plugged"] is False
+    assert (await env.post("/api/stations/P0007/rfid", {"idTag": ""}))[0] == 400  # the single twin's validation
+
+
+async def test_rolling_reboot_then_a_boot_storm_re_register_everyone(env):
+    status, body = await env.post("/api/fleet/reboot", {"rolling": True, "batch": 5, "interval_s": 0.3})
+    assert status == 200 and body["batches"] == 4
+    # While it runs, a second reboot is refused.
+    assert (await env.post("/api/fleet/reboot", {"rolling": False}))[0] == 409
+    await env.until(lambda: env.fleet.reboot_progress.get("finished") and env.all_registered()
+                    and all(env.csms.boots[i] == 2 for i in IDS), what="every member booted twice")
+    assert all(s.runs == 2 for s in env.fleet.slots.values())
+
+    status, body = await env.post("/api/fleet/reboot", {"rolling": False})
+    assert status == 200 and body["batches"] == 1
+    await env.until(lambda: env.all_registered() and all(env.csms.boots[i] == 3 for i in IDS),
+                    what="every member booted three times")
+    status, body = await env.get("/api/stations")
+    assert body["registered"] == N and {s["runs"] for s in body["stations"]} == {3}
+    # A reboot is a graceful restart: the next boot is a ResetOrReboot, not a StartupOfTheDevice.
+    # (WP3 §8; the member's own security log in its own data dir.)
+    log = SecurityLog(env.fleet.data_dir / "P0001")
+    await env.until(lambda: len([e for e in log.entries() if e.get("type") == "ResetOrReboot"]) == 2,
+                    what="two ResetOrReboot entries")
+    kinds = [e.get("type") for e in log.entries()]
+    assert kinds.count("StartupOfTheDevice") == 1, kinds
+
+    assert (await env.post("/api/fleet/reboot", {"rolling": False, "batch": 2}))[0] == 400
+    assert (await env.post("/api/fleet/reboot", {"rolling": True, "batch": 0}))[0] == 400
+    assert (await env.post("/api/fleet/reboot", {}))[0] == 400
+
+
+async def test_blackout_and_recovery(env):
+    before = {i: env.csms.connections[i] for i in IDS}
+    status, body = await env.post("/api/fleet/network", {"online": False})
+    assert status == 200 and body == {"online": False, "members": N}
+    await env.until(lambda: not env.csms.connected and all(not env.fleet.member(i).link.connected for i in IDS),
+                    what="every link down")
+    status, body = await env.get("/api/stations")
+    assert body["online"] is False
+    assert all(s["link"] == {"online": False, "connected": False} for s in body["stations"])
+    # A session during the blackout is queued on the member, not lost.
+    await env.post("/api/stations/P0003/connectors/2/plug")
+    await env.post("/api/stations/P0003/rfid", {"idTag": "OFFLINE1"})
+    await env.until(lambda: env.fleet.member("P0003").state()["queue"]["length"] >= 1, what="queued offline")
+
+    assert (await env.post("/api/fleet/network", {"online": True}))[0] == 200
+    await env.until(lambda: all(env.csms.connections[i] == before[i] + 1 for i in IDS)
+                    and len(env.csms.connected) == N and env.all_registered(), what="every member back")
+    await env.until(lambda: any(cp == "P0003" and a == "StartTransaction" and p["idTag"] == "OFFLINE1"
+                                for cp, a, p in env.csms.records), what="the offline StartTransaction delivered")
+    assert (await env.post("/api/fleet/network", {"online": "yes"}))[0] == 400
+
+
+async def test_metrics_show_every_member(env):
+    status, text = await env.get("/metrics")
+    assert status == 200
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert [s.value for s in families["ocpp_twin_stations_registered"].samples] == [N]
+    assert [s.value for s in families["ocpp_twin_stations_connected"].samples] == [N]
+    per_station = {s.labels["station"]: s.value for s in families["ocpp_twin_station_registered"].samples}
+    assert per_station == {i: 1.0 for i in IDS}
+    boots = {s.labels["station"]: s.value for s in families["ocpp_twin_call_round_trip_seconds"].samples
+             if s.name.endswith("_count") and s.labels["action"] == "BootNotification"}
+    assert boots == {i: 1.0 for i in IDS}
+    assert families["process_resident_memory_bytes"].samples[0].value > 0
