@@ -720,6 +720,8 @@ class ControlApi:
                 responses[str(code)] = {**error, "description": common.get(code, "error")}
             op: dict[str, Any] = {"operationId": route.handler.__name__.strip("_").replace("_", "-"),
                                   "summary": route.summary, "tags": [route.tag], "responses": responses}
+            if route.tag == "dashboard":
+                op["security"] = [{}]  # the page's files need no token: the page asks for it
             if route.params:
                 op["parameters"] = list(route.params)
             if route.body is not None:
@@ -762,7 +764,11 @@ class ControlApi:
             arrival = _Arrival(frozenset(_host_key(name) for name in (*LOOPBACK_NAMES, self.host,
                                                                       *(local[:1] if local else ()))),
                                int(local[1]) if local else self.port, str(peer[0]) if peer else "?")
-            refusal = self._guard(req, arrival)
+            # The dashboard's own files (the routed handler, not a path prefix: no spelling of a
+            # path reaches another route through this) hold no station data and switch nothing:
+            # a browser must load them before the page can ask for the token.
+            public = getattr(request.match_info, "handler", None) in (self._dashboard, self._dashboard_file)
+            refusal = self._guard(req, arrival, public=public)
             if refusal is not None:
                 status, payload, extra = refusal
                 return _json_response(status, payload, extra)
@@ -850,8 +856,10 @@ class ControlApi:
             self._refusals_not_logged += 1
         return status, {"error": message}, extra
 
-    def _guard(self, request: _Request, arrival: _Arrival) -> tuple[int, Any, dict[str, str] | None] | None:
-        """The refusal for a request that is not let through, or None. Runs before routing."""
+    def _guard(self, request: _Request, arrival: _Arrival, *,
+               public: bool = False) -> tuple[int, Any, dict[str, str] | None] | None:
+        """The refusal for a request that is not let through, or None. Runs before the handler.
+        ``public``: Host and Origin are checked, the bearer token is not (the dashboard's files)."""
         peer, port = arrival.peer, arrival.port
         authority = request.authority
         if not authority:
@@ -875,7 +883,7 @@ class ControlApi:
             return 204, None, {"Access-Control-Allow-Methods": CORS_METHODS,
                                "Access-Control-Allow-Headers": CORS_HEADERS,
                                "Access-Control-Max-Age": str(CORS_MAX_AGE_S)}
-        if self._token is not None:
+        if self._token is not None and not public:
             scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
             query_token = request.query.get(EVENTS_TOKEN_PARAM)
             if (query_token is not None and not credentials.strip() and request.method == "GET"

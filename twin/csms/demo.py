@@ -111,7 +111,8 @@ async def run_demo(args: Any) -> int:
         rt = Runtime(cfg)
         await rt.start()
         lines = [f"  CSMS:        {csms.url}/{CHARGE_POINT_ID}   (security profile {profile})",
-                 f"  control API: {rt.api.url}   (try: twin sim --control {rt.api.url} state)"]
+                 f"  control API: {rt.api.url}   (try: twin sim --control {rt.api.url} state)",
+                 f"  dashboard:   {rt.api.url}/"]
         if key is not None:
             lines.append("  HTTP Basic:  a random 20-byte AuthorizationKey (in the demo config, not shown)")
         if pki is not None:

@@ -345,7 +345,7 @@ function addFrame(rec) {
     el("span", { class: "action" }, d.action), " ", el("span", { class: "kind" }, d.kind),
     d.conn !== null ? " connector " + d.conn : "", " ", ...marks);
   const pre = el("pre", {}, JSON.stringify(d.payload, null, 2));
-  const li = el("li", { class: "frame" + (rec.fault || rec.lost ? " faulted" : ""), "data-action": d.action,
+  const li = el("li", { class: "frame" + (rec.fault || rec.lost ? " faulted" : ""), "data-action": d.action, "data-kind": d.kind, "data-dir": rec.dir || "",
                         "data-conn": d.conn === null ? "" : String(d.conn), "data-fault": rec.fault || rec.lost ? "1" : "" },
                 el("details", {}, summary, pre));
   applyFilter(li);
