@@ -97,12 +97,16 @@ async def one(n: int, idle_s: float, timeout_s: float) -> dict:
                 row["threads"] = threads(proc.pid)
                 row["heartbeats"] = sum(c["Heartbeat"] for c in csms.calls.values())
             finally:
+                # A graceful stop closes every websocket: the CSMS (this loop) must keep answering.
                 proc.send_signal(signal.SIGTERM)
+                t_stop = time.monotonic()
                 try:
-                    proc.wait(timeout=120)
+                    await asyncio.to_thread(proc.wait, 120)
+                    row["stop_s"] = time.monotonic() - t_stop
                 except subprocess.TimeoutExpired:
                     proc.kill()
-                    proc.wait()
+                    await asyncio.to_thread(proc.wait)
+                    row["note"] = (row.get("note", "") + " did not stop within 120 s of SIGTERM").strip()
             if proc.returncode not in (0, -signal.SIGTERM):
                 row["note"] = (row.get("note", "") + f" exit {proc.returncode}: {proc.stderr.read()[-300:]}").strip()
             return row
@@ -114,19 +118,20 @@ def verdict(ok: bool) -> str:
 
 def table(rows: list[dict], idle_s: float) -> str:
     out = [f"| stations | RSS total (MiB) | RSS per station (MiB) | all registered (s) | idle CPU, {idle_s:g} s "
-           "(% of one core) | threads | notes |",
-           "|---:|---:|---:|---:|---:|---:|---|",
-           "| 100 (peer: one Node process) | ≈ 490 | ≈ 4.9 | – | – | – | published figure, not measured here |"]
+           "(% of one core) | threads | graceful stop (s) | notes |",
+           "|---:|---:|---:|---:|---:|---:|---:|---|",
+           "| 100 (peer: one Node process) | ≈ 490 | ≈ 4.9 | – | – | – | – | published figure, not measured here |"]
     for r in rows:
         reg = f"{r['reg_s']:.1f}" if r.get("reg_s") is not None else "not all"
         notes = [r.get("note", "")] if r.get("note") else []
         if r.get("api_registered") is not None and r["api_registered"] != r["n"]:
             notes.append(f"API says {r['api_registered']} registered")
         out.append(f"| {r['n']} | {r['rss_mib']:.0f} | {r['rss_mib'] / r['n']:.2f} | {reg} | {r['cpu_pct']:.1f} | "
-                   f"{r['threads']} | {'; '.join(notes)} |")
+                   f"{r['threads']} | {r['stop_s']:.1f} | {'; '.join(notes)} |" if r.get("stop_s") is not None else
+                   f"{r['threads']} | – | {'; '.join(notes)} |")
     target = next((r for r in rows if r["n"] == TARGET_N), None)
     out.append(f"| target: {TARGET_N} | ≤ {TARGET_RSS_MIB:.0f} | ≤ 0.25 | ≤ {TARGET_REG_S:.0f} | ≤ {TARGET_CPU:.0f} | "
-               "| |")
+               "| | |")
     if target is not None:
         out.append("")
         out.append(f"Targets at {TARGET_N}: RSS {verdict(target['rss_mib'] <= TARGET_RSS_MIB)}, "
