@@ -126,9 +126,9 @@ def table(rows: list[dict], idle_s: float) -> str:
         notes = [r.get("note", "")] if r.get("note") else []
         if r.get("api_registered") is not None and r["api_registered"] != r["n"]:
             notes.append(f"API says {r['api_registered']} registered")
+        stop = f"{r['stop_s']:.1f}" if r.get("stop_s") is not None else "–"
         out.append(f"| {r['n']} | {r['rss_mib']:.0f} | {r['rss_mib'] / r['n']:.2f} | {reg} | {r['cpu_pct']:.1f} | "
-                   f"{r['threads']} | {r['stop_s']:.1f} | {'; '.join(notes)} |" if r.get("stop_s") is not None else
-                   f"{r['threads']} | – | {'; '.join(notes)} |")
+                   f"{r['threads']} | {stop} | {'; '.join(notes)} |")
     target = next((r for r in rows if r["n"] == TARGET_N), None)
     out.append(f"| target: {TARGET_N} | ≤ {TARGET_RSS_MIB:.0f} | ≤ 0.25 | ≤ {TARGET_REG_S:.0f} | ≤ {TARGET_CPU:.0f} | "
                "| | |")

@@ -23,8 +23,10 @@ Config mistakes (unknown backend, typo'd key, bad pin) always raise DriverConfig
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import logging
+import sys
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Callable, Mapping
@@ -208,7 +210,16 @@ def _quietly_sync(what: str, fn: Callable[[], None]) -> None:
 
 
 def _discovered() -> dict[str, Any]:
-    """``"<kind>.<backend>"`` -> an EntryPoint or a "module:attr" string (built-ins)."""
+    """``"<kind>.<backend>"`` -> an EntryPoint or a "module:attr" string (built-ins).
+
+    Reading every installed distribution's metadata is slow (a fleet of a thousand twins
+    spent most of its start-up here), so it is done once per import path: the installed
+    plugins only change when ``sys.path`` does."""
+    return dict(_discovered_on(tuple(sys.path)))
+
+
+@functools.lru_cache(maxsize=4)
+def _discovered_on(_path: tuple[str, ...]) -> dict[str, Any]:
     found: dict[str, Any] = dict(BUILTIN_BACKENDS)
     try:
         eps = entry_points(group=ENTRY_POINT_GROUP)

@@ -81,6 +81,11 @@ async def test_every_member_registers_and_is_listed(env):
     assert status == 200 and state["chargePointId"] == "P0013" and state["registration"] == "Accepted"
     assert (await env.get("/api/stations/Q9999/state"))[0] == 404
     assert (await env.post("/api/stations/P0001/connectors/3/plug"))[0] == 404  # 2 connectors
+    status, doc = await env.get("/api/openapi.json")
+    assert status == 200
+    assert {"/api/stations", "/api/fleet/reboot", "/api/fleet/network", "/metrics",
+            "/api/stations/{station}/connectors/{id}/plug", "/api/stations/{station}/rfid"} <= set(doc["paths"])
+    assert "/api/events" not in doc["paths"] and "/api/state" not in doc["paths"]
     # The single twin's hardening is the fleet's too: a rebinding Host is refused before routing.
     status, body = await env.get("/api/stations", headers={"Host": "evil.example"})
     assert status == 421, body
@@ -170,3 +175,13 @@ async def test_metrics_show_every_member(env):
              if s.name.endswith("_count") and s.labels["action"] == "BootNotification"}
     assert boots == {i: 1.0 for i in IDS}
     assert families["process_resident_memory_bytes"].samples[0].value > 0
+
+
+def test_cli_refuses_a_bad_fleet_before_starting_anything(tmp_path, capsys):
+    from twin.cli import main
+
+    base = ["fleet", "--csms", "ws://127.0.0.1:9/ocpp", "--data-dir", str(tmp_path / "f"), "--control", "127.0.0.1:9"]
+    assert main(base + ["--count", "0"]) == 2
+    assert main(base + ["--count", "2", "--id-prefix", "bad id/"]) == 2
+    assert "--id-prefix" in capsys.readouterr().err
+    assert not (tmp_path / "f").exists() or not any((tmp_path / "f").iterdir())

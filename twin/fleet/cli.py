@@ -37,7 +37,12 @@ def run_fleet_command(args) -> int:
         if args.boot_spread < 0:
             raise ConfigError(None, "--boot-spread", "0 or more seconds")
         blueprint = load_config(args.config, overrides)
-    except ConfigError as e:
+        from twin.fleet.fleet import Fleet
+
+        # Every member's config and id is checked here, before anything is written.
+        fleet = Fleet(blueprint, args.count, id_prefix=args.id_prefix, data_dir=blueprint.data_dir,
+                      boot_spread_s=args.boot_spread, seed=args.seed)
+    except (ConfigError, ValueError) as e:
         print(f"twin: configuration error: {e}", file=sys.stderr)
         return 2
     from twin.service.logs import setup_logging
@@ -48,22 +53,14 @@ def run_fleet_command(args) -> int:
         print(f"twin: {e}", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(run_fleet(blueprint, args))
+        return asyncio.run(run_fleet(fleet, blueprint, args))
     except KeyboardInterrupt:
         return 130
 
 
-async def run_fleet(blueprint, args) -> int:
-    from twin.config import ConfigError
+async def run_fleet(fleet, blueprint, args) -> int:
     from twin.fleet.api import FleetApi
-    from twin.fleet.fleet import Fleet
 
-    try:
-        fleet = Fleet(blueprint, args.count, id_prefix=args.id_prefix, data_dir=blueprint.data_dir,
-                      boot_spread_s=args.boot_spread, seed=args.seed)
-    except (ConfigError, ValueError) as e:
-        print(f"twin: configuration error: {e}", file=sys.stderr)
-        return 2
     api = FleetApi.from_blueprint(fleet, blueprint)
     try:
         await api.start()

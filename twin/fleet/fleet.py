@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from twin.fleet.member import FleetMember, member_config, member_ids
+from twin.fleet.watchdog import FleetWatchdog
 from twin.runtime import RESTART_EXIT_CODE
 
 log = logging.getLogger("twin.fleet")
@@ -72,12 +73,14 @@ class Fleet:
         self.reboot_task: asyncio.Task | None = None
         self.reboot_progress: dict[str, Any] = {}
         self.started_at: float | None = None
+        self.watchdog = FleetWatchdog(lambda: [s.rt for s in self.slots.values() if s.rt is not None])
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         """Start every member's supervisor; members boot at their boot-spread offsets."""
         self.started_at = time.monotonic()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.watchdog.start()
         for slot in self.slots.values():
             slot.task = asyncio.create_task(self._supervise(slot), name=f"fleet-{slot.id}")
 
@@ -94,6 +97,7 @@ class Fleet:
             if slot.phase in ("waiting", "backoff") and slot.task is not None:
                 slot.task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.watchdog.stop()
 
     async def _supervise(self, slot: _Slot) -> None:
         failures = 0

@@ -3,13 +3,17 @@ link and identity) with two differences, made by overriding two of its hooks:
 
 - no control API of its own: the fleet's one API serves every member (``api_enabled``);
 - its metrics go into the fleet's one :class:`twin.metrics.Metrics` registry instead of a
-  registry of its own (``_metrics_start``), so ``GET /metrics`` on the fleet shows every member.
+  registry of its own (``_metrics_start``), so ``GET /metrics`` on the fleet shows every member;
+- no event-loop watchdog thread of its own (``_start_inputs`` runs just before the runtime
+  starts the drivers' supervision): the fleet's one :class:`twin.fleet.watchdog.FleetWatchdog`
+  watches the loop every member shares. The contactor feedback supervision stays per member.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +53,12 @@ class FleetMember(Runtime):
 
     def api_enabled(self) -> bool:
         return False
+
+    async def _start_inputs(self) -> None:
+        await super()._start_inputs()
+        drivers = self.drivers
+        drivers.start_supervision = functools.partial(type(drivers).start_supervision, drivers,
+                                                      loop_watchdog_s=None)
 
     def _metrics_start(self):
         metrics = self._fleet_metrics
