@@ -10,21 +10,8 @@ from twin.core.actions import Delegate
 from twin.core.ports import DELEGATE, StationShape
 
 
-def update_firmware(st: StationShape, p: dict, now: datetime) -> Delegate:
+def delegate(st: StationShape, p: dict, now: datetime) -> Delegate:
     return DELEGATE
 
 
-def get_diagnostics(st: StationShape, p: dict, now: datetime) -> Delegate:
-    return DELEGATE
-
-
-def signed_update_firmware(st: StationShape, p: dict, now: datetime) -> Delegate:
-    return DELEGATE
-
-
-def get_log(st: StationShape, p: dict, now: datetime) -> Delegate:
-    return DELEGATE
-
-
-HANDLERS = {"UpdateFirmware": update_firmware, "GetDiagnostics": get_diagnostics,
-            "SignedUpdateFirmware": signed_update_firmware, "GetLog": get_log}
+HANDLERS = dict.fromkeys(("UpdateFirmware", "GetDiagnostics", "SignedUpdateFirmware", "GetLog"), delegate)

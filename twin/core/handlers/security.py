@@ -11,25 +11,9 @@ from twin.core.actions import Delegate
 from twin.core.ports import DELEGATE, StationShape
 
 
-def install_certificate(st: StationShape, p: dict, now: datetime) -> Delegate:
+def delegate(st: StationShape, p: dict, now: datetime) -> Delegate:
     return DELEGATE
 
 
-def get_installed_certificate_ids(st: StationShape, p: dict, now: datetime) -> Delegate:
-    return DELEGATE
-
-
-def delete_certificate(st: StationShape, p: dict, now: datetime) -> Delegate:
-    return DELEGATE
-
-
-def certificate_signed(st: StationShape, p: dict, now: datetime) -> Delegate:
-    return DELEGATE
-
-
-HANDLERS = {
-    "InstallCertificate": install_certificate,
-    "GetInstalledCertificateIds": get_installed_certificate_ids,
-    "DeleteCertificate": delete_certificate,
-    "CertificateSigned": certificate_signed,
-}
+HANDLERS = dict.fromkeys(
+    ("InstallCertificate", "GetInstalledCertificateIds", "DeleteCertificate", "CertificateSigned"), delegate)
