@@ -65,7 +65,7 @@ from ocpp.messages import get_validator
 from websockets.asyncio.client import connect
 from websockets.frames import DATA_OPCODES, Frame
 
-from twin.redact import RedactingFilter, redact_frame, redact_text
+from twin.redact import SECRET_KEY_NAMES, RedactingFilter, redact_frame, redact_text
 from twin.security.transport import Attempt, AttemptImpossible, static_attempt
 
 log = logging.getLogger("twin.link")
@@ -207,7 +207,7 @@ def _sets_secret_key(action: str, payload: dict) -> bool:
     """ChangeConfiguration of AuthorizationKey (key names are CiString, compared
     case-insensitively): its value is the Basic-auth password of security profile 1."""
     key = payload.get("key")
-    return action == "ChangeConfiguration" and isinstance(key, str) and key.casefold() == "authorizationkey"
+    return action == "ChangeConfiguration" and isinstance(key, str) and key.casefold() in SECRET_KEY_NAMES
 
 
 def _url_password(url: str) -> str | None:

@@ -38,9 +38,9 @@ _AUTH_HEADER = re.compile(
 
 # A flat JSON object or Python dict, e.g. {"key":"AuthorizationKey","value":"..."}.
 _FLAT_OBJECT = re.compile(r"\{[^{}]*\}")
-_SECRET_KEY_NAMES = ("authorizationkey",)
-_SECRET_KEY = re.compile(r"(?i)\\?[\"']key\\?[\"']\s*:\s*\\?[\"'](?:" + "|".join(_SECRET_KEY_NAMES) + r")\\?[\"']")
-_MENTIONS_SECRET_KEY = re.compile(r"(?i)" + "|".join(_SECRET_KEY_NAMES))
+SECRET_KEY_NAMES = ("authorizationkey",)  # configuration keys whose values are secrets (case-folded)
+_SECRET_KEY = re.compile(r"(?i)\\?[\"']key\\?[\"']\s*:\s*\\?[\"'](?:" + "|".join(SECRET_KEY_NAMES) + r")\\?[\"']")
+_MENTIONS_SECRET_KEY = re.compile(r"(?i)" + "|".join(SECRET_KEY_NAMES))
 # The "value" member: a quoted string (ends at its quote followed by "," or "}"), or a bare token.
 _VALUE_MEMBER = re.compile(
     r"(\\?[\"']value\\?[\"']\s*:\s*)(?:(?P<q>\\?[\"']).*?(?P=q)(?=\s*[,}])|[^,}\s]+)", re.DOTALL)
@@ -67,7 +67,7 @@ def redact_op(op: tuple) -> tuple:
     """A store op fit for a log line: the value of a secret (the AuthorizationKey, in the
     ``config`` namespace or pending in ``security``) replaced by ``***``."""
     if (len(op) == 4 and op[0] == "kv_put"
-            and (op[1] in _SECRET_OP_NAMESPACES or str(op[2]).casefold() == "authorizationkey")):
+            and (op[1] in _SECRET_OP_NAMESPACES or str(op[2]).casefold() in SECRET_KEY_NAMES)):
         return (*op[:3], REDACTED)
     return op
 

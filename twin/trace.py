@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from twin.redact import REDACTED, redact_text
+from twin.redact import REDACTED, SECRET_KEY_NAMES, redact_text
 
 log = logging.getLogger("twin.trace")
 
@@ -68,13 +68,12 @@ def _clean(value: Any) -> Any:
     if isinstance(value, dict):
         out = {_safe(str(k)): _clean(v) for k, v in value.items()}
         key = value.get("key")
-        if isinstance(key, str) and key.casefold() in SECRET_KEYS and "value" in out:
+        if isinstance(key, str) and key.casefold() in SECRET_KEY_NAMES and "value" in out:
             out["value"] = REDACTED  # ChangeConfiguration / GetConfiguration of AuthorizationKey
         return out
     return value
 
 
-SECRET_KEYS = frozenset({"authorizationkey"})
 RING_MAX_CHARS = 16 * 2**20  # the ring also stays under ~16 MiB of frame text
 SINCE_MAX = 1000  # records per trace_since answer; a reader asks again from ``next``
 FILE_MAX_BYTES = 64 * 2**20  # then the file rotates to <file>.1 (one older file kept)

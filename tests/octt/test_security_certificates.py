@@ -32,22 +32,10 @@ from twin.security.certs import CertificateStore
 from twin.security.pki import CENTRAL_SYSTEM_ROOT as CS
 from twin.security.pki import MANUFACTURER_ROOT as MF
 
-# TC_073's AuthorizationKey: 19 bytes, "OCA_OCTT_admin_test" on the wire.
-KEY = "4F43415F4F4354545F61646D696E5F74657374"
+from tests.octt.security_common import KEY, csms  # noqa: F401 - csms is the fixture
 CPO = "OCTT Vendor"
 SERIAL = "XJ-IEVQC33-0042"
 PROFILE_1 = {"SecurityProfile": "1", "AuthorizationKey": KEY, "CpoName": CPO}
-
-
-@pytest.fixture
-async def csms():
-    """Overrides the suite's profile-0 CSMS: this one asks for Basic auth (profile 1)."""
-    server = Csms(heartbeat_interval=300, require_password=KEY)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture

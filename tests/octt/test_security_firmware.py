@@ -24,24 +24,12 @@ from twin.core.timeutil import ts
 from twin.firmware import slots
 from twin.firmware.bundle import build_bundle, bump_version
 from twin.firmware.launcher import RESTART_EXIT_CODE
-from twin.csms import Csms
 from twin.security import firmware_sig
 
 REPO = Path(__file__).resolve().parents[2]
 NEW = bump_version(twin.__version__)
-KEY = "4F43415F4F4354545F61646D696E5F74657374"  # TC_073's AuthorizationKey
+from tests.octt.security_common import KEY, csms  # noqa: F401 - csms is the fixture
 PROFILE_1 = {"SecurityProfile": "1", "AuthorizationKey": KEY}
-
-
-@pytest.fixture
-async def csms():
-    """Overrides the suite's profile-0 CSMS: this one asks for Basic auth (profile 1)."""
-    server = Csms(heartbeat_interval=300, require_password=KEY)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture
