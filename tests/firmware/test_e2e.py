@@ -49,11 +49,13 @@ async def csms() -> AsyncIterator[Csms]:
 
 
 class Station:
-    def __init__(self, tmp_path: Path, csms: Csms) -> None:
+    """A real `twin run --sim` process against ``csms``; ``settings`` is prepended to its TOML."""
+
+    def __init__(self, tmp_path: Path, csms: Csms, *, settings: str = "") -> None:
         self.data_dir = tmp_path / "data"
         self.log = tmp_path / "station.log"
         config = tmp_path / "station.toml"
-        config.write_text("[firmware]\nboot_timeout_s = 60\ndefault_retry_interval_s = 1\n")
+        config.write_text(settings + "[firmware]\nboot_timeout_s = 60\ndefault_retry_interval_s = 1\n")
         env = {k: v for k, v in os.environ.items()
                if k not in ("JOURNAL_STREAM", "WATCHDOG_PID", "WATCHDOG_USEC", "NOTIFY_SOCKET", "OCPP_TWIN_CHILD")}
         env["PYTHONPATH"] = str(REPO)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -18,7 +17,8 @@ from pathlib import Path
 import pytest
 
 import twin
-from tests.firmware.servers import HttpServer, free_port
+from tests.firmware import test_e2e as e2e
+from tests.firmware.servers import HttpServer
 from tests.security.private_ca import CODE_SIGNING, Ca, key_pem, make_root, pem
 from twin.core.timeutil import ts
 from twin.csms import Csms
@@ -40,33 +40,11 @@ async def csms():
     await server.stop()
 
 
-class Station:
+class Station(e2e.Station):
     """`twin run` on profile 1 (Basic auth over ws://), as the plain e2e tests start it."""
 
     def __init__(self, tmp_path: Path, csms: Csms) -> None:
-        self.data_dir = tmp_path / "data"
-        config = tmp_path / "station.toml"
-        config.write_text(f'[csms]\npassword = "{KEY}"\n\n[keys]\nSecurityProfile = 1\n\n'
-                          "[firmware]\nboot_timeout_s = 60\ndefault_retry_interval_s = 1\n")
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("JOURNAL_STREAM", "WATCHDOG_PID", "WATCHDOG_USEC", "NOTIFY_SOCKET", "OCPP_TWIN_CHILD")}
-        env["PYTHONPATH"] = str(REPO)
-        self._out = open(tmp_path / "station.log", "wb")  # noqa: SIM115 -- closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "twin", "run", "--sim", "--config", str(config), "--csms", f"{csms.url}/ocpp",
-             "--id", "CP1", "--data-dir", str(self.data_dir), "--control", f"127.0.0.1:{free_port()}"],
-            cwd=REPO, env=env, stdout=self._out, stderr=subprocess.STDOUT)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._out.close()
-        return self.proc.returncode
+        super().__init__(tmp_path, csms, settings=f'[csms]\npassword = "{KEY}"\n\n[keys]\nSecurityProfile = 1\n\n')
 
 
 @pytest.fixture
