@@ -395,6 +395,21 @@ def test_connection_timeout_0_on_a_reserved_plugged_connector_leaves_no_stale_de
     assert h.status(1) == "Reserved"
 
 
+def test_connection_timeout_0_when_the_reservation_of_a_plugged_connector_expires():
+    """Found by the core fuzzer (seed 20262088): the wait that starts when the reservation ends
+    was armed in the settle step after tick(now) at `now` itself (ConnectionTimeOut 0), a
+    deadline no tick would handle, so the timer loop spun on it."""
+    h = Harness().boot()
+    h.csms("ChangeConfiguration", {"key": "ConnectionTimeOut", "value": "0"})
+    assert _reserve(h, 1, "TAG1", 4) == "Accepted"
+    h.plug(1)
+    h.now += timedelta(minutes=11)  # past the expiry
+    h.run(h.st.tick(h.now))
+    deadline = h.st.next_deadline()
+    assert deadline is None or deadline > h.now, (deadline, h.now)
+    assert h.status(1) == "Finishing"  # the wait for identification is over at once
+
+
 def test_the_wait_for_identification_starts_when_the_reservation_ends():
     h = Harness({"ConnectionTimeOut": "60"}).boot()
     assert _reserve(h, 1, "TAG1", 3) == "Accepted"

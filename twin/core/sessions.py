@@ -369,17 +369,21 @@ class Sessions:
                          cid, s.pending.id_tag, extra={"connector": cid})
                 acts += self.drop_pending(cid)
             if s.plug_deadline and now >= s.plug_deadline:
-                s.plug_deadline = None
-                waiting = self.host.plugged(cid) and not self.host.in_transaction(cid)
-                if waiting and self.reserved_for(cid) is not None:
-                    # Reserved, not Preparing: the wait for identification starts when the
-                    # reservation ends (after_reservations), for a whole ConnectionTimeOut.
-                    s.wait_after_reservation = True
-                elif waiting:
-                    s.finishing = True
+                self._plug_wait_over(cid, s)
         if self.held_tag and now >= self.held_tag[1]:
             self.held_tag = None
         return acts
+
+    def _plug_wait_over(self, cid: int, s: Session) -> None:
+        """ConnectionTimeOut ran out for a cable without identification."""
+        s.plug_deadline = None
+        waiting = self.host.plugged(cid) and not self.host.in_transaction(cid)
+        if waiting and self.reserved_for(cid) is not None:
+            # Reserved, not Preparing: the wait for identification starts when the
+            # reservation ends (after_reservations), for a whole ConnectionTimeOut.
+            s.wait_after_reservation = True
+        elif waiting:
+            s.finishing = True
 
     def after_reservations(self, now: datetime) -> None:
         """A cable that waited on a Reserved connector: once the reservation has ended, the
@@ -392,6 +396,11 @@ class Sessions:
             elif self.reserved_for(cid) is None:
                 s.wait_after_reservation = False
                 s.plug_deadline = self._timeout(now)
+                if s.plug_deadline <= now:
+                    # ConnectionTimeOut 0: the wait is over at once. This runs in the settle
+                    # step after tick(now), so a deadline of ``now`` left here would never be
+                    # handled and the timer loop would spin on it.
+                    self._plug_wait_over(cid, s)
 
     def next_deadlines(self) -> list[datetime | None]:
         times: list[datetime | None] = []
