@@ -276,6 +276,11 @@ class PayloadGen:
     def key_value(self, key: str) -> str:
         """A value for ChangeConfiguration (CiString500): typed for the key, or an edge."""
         d = KEYS.get(key) or next((k for n, k in KEYS.items() if n.lower() == key.lower()), None)
+        if d is not None and d.name in WAIT_KEYS and not self.world.long_waits and self.is_edge():
+            # The edge values below include 2**31-1 s: a legal retry interval the station
+            # obeys (a 68-year wait), which no bounded run could drain. Edges of a waiting
+            # key stay short unless the run allows long waits.
+            return self.rng.choice(["0", "1", "-1", "10", "1.5", "", "ten"])
         if d is None or self.is_edge():
             return self.rng.choice(["", " ", "0", "-1", str(INT32_MAX), str(2**31), "9" * 40, "true", "TRUE",
                                     "1.5", "0x10", "v" * 500, "Energy.Active.Import.Register,Bogus", "ÄÖÜ"])
