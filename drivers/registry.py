@@ -63,6 +63,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "ocpp_twin.drivers"
+# How long the event loop may stall before the watchdog thread opens every contactor.
+LOOP_WATCHDOG_S = 5.0
 KINDS = ("relay", "meter", "reader", "ev_present", "pilot")
 
 # What "auto" means for each kind.
@@ -135,7 +137,7 @@ class DriverSet:
         self,
         on_relay_fault: Callable[[int, RelayFault | None], None],
         *,
-        loop_watchdog_s: float | None = 5.0,
+        loop_watchdog_s: float | None = LOOP_WATCHDOG_S,
         on_watchdog_trip: Callable[[], None] | None = None,
     ) -> None:
         """Start the contactor feedback checks and the event-loop watchdog.

@@ -887,7 +887,7 @@ class ControlApi:
             scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
             query_token = request.query.get(EVENTS_TOKEN_PARAM)
             if (query_token is not None and not credentials.strip() and request.method == "GET"
-                    and request.path == "/api/events"):
+                    and self._is_event_stream(request.path)):
                 # RFC 6750 §2.3 (URI query parameter), on the read-only event stream only: an
                 # EventSource cannot send headers. Everywhere else the parameter is ignored.
                 scheme, credentials = "bearer", query_token
@@ -1162,6 +1162,10 @@ class ControlApi:
             sub.close()
             self._streams.discard(sub)
         return resp
+
+    def _is_event_stream(self, path: str) -> bool:
+        """The read-only event stream's path: the one route that takes the token as a query parameter."""
+        return path == "/api/events"
 
     async def _sse_write(self, resp: web.StreamResponse, data: bytes) -> None:
         async with asyncio.timeout(self.request_timeout):  # a reader that stops reading is let go

@@ -108,7 +108,7 @@ class Runtime:
         self.done = asyncio.get_running_loop().create_future()
         self.notifier = Notifier()
         data_dir = Path(cfg.data_dir)
-        self.store = await Store.open(data_dir / "twin.db")
+        self.store = await self._open_store(data_dir)
         state = await self.store.load()
         keys = ConfigKeys(overrides=cfg.keys, stored=state["kv"].get("config", {}), profile=cfg.profile)
         for warning in getattr(keys, "warnings", []):
@@ -145,7 +145,8 @@ class Runtime:
             energy_floors=floors, force_sim=bool(getattr(cfg, "force_sim", False)))
         self.actor.start().add_done_callback(self._actor_ended)
         await self._start_inputs()
-        await self.drivers.start_supervision(self._on_relay_fault, on_watchdog_trip=self._on_watchdog_trip)
+        await self.drivers.start_supervision(self._on_relay_fault, on_watchdog_trip=self._on_watchdog_trip,
+                                             loop_watchdog_s=self.loop_watchdog_s())
         await self._start_firmware(data_dir)
         # The registers at boot are the energy of sessions a power loss interrupted.
         await self._read_meters(timeout=BOOT_METER_READ_S)
@@ -169,6 +170,19 @@ class Runtime:
         self.notifier.ready(self._status_text())
         log.info("station %s up: %d connectors, firmware %s, CSMS %s", cfg.charge_point_id, cfg.connectors,
                  spec.identity["firmwareVersion"], self.link.url)
+
+    async def _open_store(self, data_dir: Path) -> Store:
+        """The durable store the core writes through. A fleet member overrides it with its
+        view of the fleet's shared store (twin.fleet.store)."""
+        return await Store.open(data_dir / "twin.db")
+
+    def loop_watchdog_s(self) -> float | None:
+        """How long the event loop may stall before the drivers' watchdog thread opens every
+        contactor (drivers.registry). None: no thread of this runtime's own (a fleet member:
+        the fleet's one watchdog watches the loop they all share)."""
+        from drivers.registry import LOOP_WATCHDOG_S
+
+        return LOOP_WATCHDOG_S
 
     def _start_link(self, keys: ConfigKeys) -> None:
         """The websocket to the CSMS (twin.link), on the station's security profile: every

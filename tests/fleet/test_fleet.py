@@ -4,6 +4,7 @@ stations at once (twin.fleet.loopback), driven through the fleet's control API o
 from __future__ import annotations
 
 import asyncio
+import json
 
 import aiohttp
 import pytest
@@ -64,6 +65,15 @@ def test_member_ids_are_zero_padded_to_four_digits_at_least():
     assert member_ids("CP-", 12000)[-1] == "CP-12000" and member_ids("CP-", 12000)[0] == "CP-00001"
 
 
+def test_a_shard_of_an_id_range_numbers_from_its_first_id_at_the_range_width():
+    assert member_ids("P", 3, first=5001) == ["P5001", "P5002", "P5003"]
+    # Two shards of 1..10000: both spell ids with the range's five digits.
+    assert member_ids("P", 5000, first=1, width=5)[0] == "P00001"
+    assert member_ids("P", 5000, first=5001, width=5)[-1] == "P10000"
+    with pytest.raises(ValueError, match="needs 5 digits"):
+        member_ids("P", 5000, first=5001, width=4)
+
+
 async def test_every_member_registers_and_is_listed(env):
     assert sorted(env.csms.boots) == IDS and set(env.csms.boots.values()) == {1}
     status, body = await env.get("/api/stations")
@@ -111,6 +121,34 @@ async def test_a_session_on_one_member_through_its_routes(env):
     status, state = await env.post("/api/stations/P0007/connectors/1/unplug")
     assert status == 200 and state["connectors"][0]["plugged"] is False
     assert (await env.post("/api/stations/P0007/rfid", {"idTag": ""}))[0] == 400  # the single twin's validation
+
+
+async def test_the_dashboard_and_one_member_s_event_stream(env):
+    status, page = await env.get("/")
+    assert status == 200 and "<html" in page.lower()
+    assert (await env.get("/dashboard/app.js"))[0] == 200
+    async with env.http.get(env.api.url + "/api/stations/P0004/events") as resp:
+        assert resp.status == 200 and resp.content_type == "text/event-stream"
+        assert (await resp.content.readline()).startswith(b": ocpp-twin events")
+        # P0002's StatusNotification goes out first (its trace shows it sent), then P0004's:
+        # a stream that also carried P0002's frames would show P0002's connector 2 first.
+        await env.post("/api/stations/P0002/connectors/2/plug")
+
+        async def p0002_sent() -> bool:
+            _, trace = await env.get("/api/stations/P0002/trace")
+            return any(f["dir"] == "out" and f["frame"][2:3] == ["StatusNotification"] for f in trace["frames"])
+
+        async with asyncio.timeout(10):
+            while not await p0002_sent():
+                await asyncio.sleep(0.05)
+        await env.post("/api/stations/P0004/connectors/1/plug")
+        seen = []
+        async with asyncio.timeout(10):
+            while not any('"StatusNotification"' in line for line in seen):
+                seen.append((await resp.content.readline()).decode())
+        frames = [json.loads(line[5:]) for line in seen if line.startswith("data:") and "StatusNotification" in line]
+        assert [f["frame"][3]["connectorId"] for f in frames] == [1], frames
+    assert (await env.get("/api/stations/Q1/events"))[0] == 404
 
 
 async def test_rolling_reboot_then_a_boot_storm_re_register_everyone(env):

@@ -4,16 +4,18 @@ with a fleet route table.
 
 - ``GET /api/stations``: every member, its registration, link and connector statuses;
 - ``/api/stations/{station}/...``: the single-station routes (state, plug, unplug, rfid,
-  connector faults, EV, network, tamper, fault rules, trace), answered by the single
+  connector faults, EV, network, tamper, fault rules, trace, the event stream), answered by the single
   twin's own handlers run against that member's Runtime, so the validation is the same;
 - ``POST /api/fleet/reboot`` (rolling, or all at once: a boot storm), ``POST /api/fleet/network``
   (a blackout and the recovery);
-- ``GET /metrics``: every member in one registry; ``GET /api/openapi.json``.
+- ``GET /metrics``: every member in one registry; ``GET /api/openapi.json``;
+- ``GET /``: the dashboard, which lists the members and opens one station's page.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 from aiohttp import web
@@ -22,15 +24,19 @@ from twin.control_api import (
     _TWIN, ApiError, ControlApi, _boolean, _integer, _json_object, _number, _required, _Route,
 )
 
-# The single-station routes a member serves under /api/stations/{station}. Not here: the
-# event stream (per member it would hold one subscription per member and client), the
-# debug route (it blocks the loop every member shares), /metrics and the OpenAPI document
-# (the fleet's own).
+# The single-station routes a member serves under /api/stations/{station}, the event stream
+# included (one subscription per client, to the one member it names). Not here: the debug
+# route (it blocks the loop every member shares), /metrics and the OpenAPI document (the
+# fleet's own).
 MEMBER_PATHS = frozenset({
     "/api/state", "/api/connectors/{id}/plug", "/api/connectors/{id}/unplug", "/api/rfid",
     "/api/connectors/{id}/fault", "/api/connectors/{id}/ev", "/api/network", "/api/tamper",
-    "/api/faults", "/api/faults/{id}", "/api/trace",
+    "/api/faults", "/api/faults/{id}", "/api/trace", "/api/events",
 })
+# Served as they are: the dashboard's page and files (the page finds /api/stations and shows
+# the fleet's list), the metrics and the fleet's own OpenAPI document.
+FLEET_PATHS = frozenset({"/", "/dashboard/{name}", "/metrics", "/api/openapi.json"})
+MEMBER_EVENTS_RE = re.compile(r"/api/stations/[^/]+/events")
 STATION_PARAM = {"name": "station", "in": "path", "required": True, "schema": {"type": "string"},
                  "description": "the member's chargePointId, e.g. P0001"}
 REBOOT_INTERVAL_MAX_S = 3600.0
@@ -83,16 +89,22 @@ class FleetApi(ControlApi):
                 routes.append(dataclasses.replace(
                     route, path="/api/stations/{station}" + route.path[len("/api"):],
                     handler=self._delegate(route.handler.__name__), params=(STATION_PARAM, *route.params)))
-            elif route.path in ("/metrics", "/api/openapi.json"):
+            elif route.path in FLEET_PATHS:
                 routes.append(route)
         return routes
 
     def _delegate(self, name: str):
         async def handler(request: web.Request) -> Any:
-            return await getattr(_MemberView(self._member(request)), name)(request)
+            view = _MemberView(self._member(request), request_timeout=self.request_timeout,
+                               backend_timeout=self.backend_timeout, sse_keepalive_s=self.sse_keepalive_s)
+            view._streams = self._streams  # the fleet API's stop() ends a member's event streams too
+            return await getattr(view, name)(request)
 
         handler.__name__ = "station" + name  # the OpenAPI operationId: station-plug, station-rfid...
         return handler
+
+    def _is_event_stream(self, path: str) -> bool:
+        return MEMBER_EVENTS_RE.fullmatch(path) is not None
 
     def _member(self, request: web.Request) -> Any:
         cp_id = request.match_info["station"]

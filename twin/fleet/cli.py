@@ -16,6 +16,12 @@ def add_fleet_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--count", type=int, required=True, help="how many stations (members) to run")
     p.add_argument("--csms", dest="csms_url", required=True, help="CSMS websocket URL, e.g. ws://csms:9000/ocpp")
     p.add_argument("--id-prefix", default="P", help="member ids are PREFIX0001...: default P")
+    p.add_argument("--first", type=int, default=1, metavar="N",
+                   help="number of the first member id (default 1); a shard of an id range starts where the "
+                        "previous one ended")
+    p.add_argument("--id-width", type=int, metavar="W",
+                   help="zero-pad the id numbers to W digits (default: at least 4, as the last id needs); "
+                        "shards of one range pass the whole range's width")
     p.add_argument("--config", type=Path, help="blueprint station TOML applied to every member (ids and data dirs "
                                                "are the fleet's)")
     p.add_argument("--data-dir", type=Path, help="the fleet's data dir; member ID keeps its store in DIR/ID/")
@@ -34,13 +40,16 @@ def run_fleet_command(args) -> int:
     try:
         if args.count < 1:
             raise ConfigError(None, "--count", "at least 1")
+        if args.first < 0:
+            raise ConfigError(None, "--first", "0 or more")
         if args.boot_spread < 0:
             raise ConfigError(None, "--boot-spread", "0 or more seconds")
         blueprint = load_config(args.config, overrides)
         from twin.fleet.fleet import Fleet
 
         # Every member's config and id is checked here, before anything is written.
-        fleet = Fleet(blueprint, args.count, id_prefix=args.id_prefix, data_dir=blueprint.data_dir,
+        fleet = Fleet(blueprint, args.count, id_prefix=args.id_prefix, first_id=args.first, id_width=args.id_width,
+                      data_dir=blueprint.data_dir,
                       boot_spread_s=args.boot_spread, seed=args.seed)
     except (ConfigError, ValueError) as e:
         print(f"twin: configuration error: {e}", file=sys.stderr)

@@ -45,7 +45,8 @@ class _Slot:
 
 
 class Fleet:
-    def __init__(self, blueprint: Any, count: int, *, id_prefix: str = "P", data_dir: Path | None = None,
+    def __init__(self, blueprint: Any, count: int, *, id_prefix: str = "P", first_id: int = 1,
+                 id_width: int | None = None, data_dir: Path | None = None,
                  boot_spread_s: float = 0.0, seed: int | None = None, metrics: Any = "auto",
                  meter_poll_s: float = 1.0):
         if count < 1:
@@ -66,7 +67,7 @@ class Fleet:
         self.online = True  # the fleet's network switch: a member that (re)boots during a blackout stays cut
         rng = random.Random(seed)
         self.slots: dict[str, _Slot] = {}
-        for cp_id in member_ids(id_prefix, count):
+        for cp_id in member_ids(id_prefix, count, first_id, id_width):
             cfg = member_config(blueprint, cp_id, self.data_dir)
             cfg.trace_file = None  # one trace file for N stations would interleave them; per member: the API
             self.slots[cp_id] = _Slot(cp_id, cfg, delay_s=rng.uniform(0, boot_spread_s) if boot_spread_s else 0.0)

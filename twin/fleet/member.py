@@ -1,11 +1,10 @@
 """One member of a fleet: an ordinary :class:`twin.runtime.Runtime` (its own core, store,
-link and identity) with two differences, made by overriding two of its hooks:
+link and identity) with three differences, made by overriding its hooks:
 
 - no control API of its own: the fleet's one API serves every member (``api_enabled``);
 - its metrics go into the fleet's one :class:`twin.metrics.Metrics` registry instead of a
   registry of its own (``_metrics_start``), so ``GET /metrics`` on the fleet shows every member;
-- no event-loop watchdog thread of its own (``_start_inputs`` runs just before the runtime
-  starts the drivers' supervision): the fleet's one :class:`twin.fleet.watchdog.FleetWatchdog`
+- no event-loop watchdog thread of its own (``loop_watchdog_s``): the fleet's one :class:`twin.fleet.watchdog.FleetWatchdog`
   watches the loop every member shares. The contactor feedback supervision stays per member.
 """
 
@@ -13,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +21,19 @@ from twin.runtime import Runtime
 MIN_ID_DIGITS = 4
 
 
-def member_ids(prefix: str, count: int) -> list[str]:
-    """``P0001 … PN``: zero-padded to at least 4 digits, wider when N needs it."""
-    width = max(MIN_ID_DIGITS, len(str(count)))
-    return [f"{prefix}{i:0{width}d}" for i in range(1, count + 1)]
+def member_ids(prefix: str, count: int, first: int = 1, width: int | None = None) -> list[str]:
+    """``P0001 … PN``: ``count`` ids from number ``first``, zero-padded to ``width`` digits,
+    by default to at least 4 and as many as the last number needs. Shards of one id range
+    (one per host or core, docs/fleet.md) pass the whole range's width, so that every shard
+    spells its ids the same way: P00001 … P10000, not P0001 on one and P10000 on another."""
+    if count < 1 or first < 0:
+        raise ValueError("ids: count at least 1, first number 0 or more")
+    needed = len(str(first + count - 1))
+    if width is None:
+        width = max(MIN_ID_DIGITS, needed)
+    elif width < needed:
+        raise ValueError(f"id width {width}: the last id number {first + count - 1} needs {needed} digits")
+    return [f"{prefix}{i:0{width}d}" for i in range(first, first + count)]
 
 
 def member_config(blueprint: StationConfig, cp_id: str, data_root: Path) -> StationConfig:
@@ -54,11 +61,8 @@ class FleetMember(Runtime):
     def api_enabled(self) -> bool:
         return False
 
-    async def _start_inputs(self) -> None:
-        await super()._start_inputs()
-        drivers = self.drivers
-        drivers.start_supervision = functools.partial(type(drivers).start_supervision, drivers,
-                                                      loop_watchdog_s=None)
+    def loop_watchdog_s(self) -> None:
+        return None  # the fleet's one FleetWatchdog watches the loop every member shares
 
     def _metrics_start(self):
         metrics = self._fleet_metrics
