@@ -25,6 +25,7 @@ def test_tracer_redacts_numbers_ring_and_file(tmp_path):
     tracer.record("in", 1, json.dumps([2, "u2", "GetDiagnostics", {"location": f"ftp://me:{SECRET}@h/d"}]))
     tracer.record("out", 1, "[2,\"u3\",garbage", fault="f9", do="garble")
     tracer.record("out", 1, json.dumps([3, "u2", {}]))
+    assert tracer.flush()
     text = path.read_text(encoding="utf-8")
     assert KEY not in text and SECRET not in text
     records = read_trace(path)
@@ -46,6 +47,7 @@ async def test_station_trace_file_events_and_redaction(make_station, csms, tmp_p
     await csms.call("GetConfiguration", {"key": ["HeartbeatInterval"]})
     location = f"ftp://fw:{SECRET}@127.0.0.1:1/fw.bin"
     await csms.call("UpdateFirmware", {"location": location, "retrieveDate": "2099-01-01T00:00:00Z"})
+    assert s.rt.link.tracer.flush()
     records = read_trace(path)
     text = path.read_text(encoding="utf-8")
     assert SECRET not in text and "ftp://fw:***@127.0.0.1:1/fw.bin" in text
@@ -186,6 +188,7 @@ def test_a_lone_surrogate_or_an_escaped_secret_cannot_break_or_leak_the_trace(tm
     tracer.record("in", 1, '[2,"c","UpdateFirmware",{"location":"ftp\\u003a//user:pw1234@host/fw",'
                            '"retrieveDate":"2026-01-01T00:00:00Z"}]')
     tracer.record("out", 1, "not json \ud800")
+    assert tracer.flush()
     text = (tmp_path / "t.jsonl").read_text(encoding="utf-8")
     assert len(text.splitlines()) == 4  # the file survived all four
     assert "s3cret-value-16c" not in text and "pw1234" not in text
@@ -208,3 +211,60 @@ def test_the_ring_is_bounded_by_size_and_answers_in_pages():
     assert len(page["frames"]) == trace.SINCE_MAX
     rest = tracer.since(page["next"])
     assert rest["frames"][0]["n"] == page["frames"][-1]["n"] + 1
+
+
+def test_a_trace_file_nobody_drains_never_blocks_the_link_and_the_gap_is_recorded(tmp_path, caplog):
+    """The file is written by its own thread: a pipe nobody reads (a stalled SD card looks the
+    same to the writer) must not block record(), which runs on the event loop."""
+    import os
+    import threading
+
+    from twin import trace
+
+    fifo = tmp_path / "stalled"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # so the writer's open succeeds; never read yet
+    try:
+        tracer = trace.Tracer(file=fifo)
+        tracer._file._queue.maxsize = 50  # a short queue: the pipe's 64 KiB fill it quickly
+        frame = json.dumps([2, "x", "DataTransfer", {"vendorId": "v", "data": "y" * 1000}])
+        finished = threading.Event()
+
+        def record_many() -> None:
+            for _ in range(500):
+                tracer.record("out", 1, frame)
+            finished.set()
+
+        threading.Thread(target=record_many, daemon=True).start()
+        assert finished.wait(10), "record() blocked on a stalled trace file"
+        assert tracer._file.dropped > 0
+        assert len(tracer.since(0)["frames"]) == 500  # the ring has them all regardless
+        chunks = []
+
+        def drain() -> None:
+            import select
+
+            while True:
+                ready, _, _ = select.select([reader], [], [], 2.0)
+                if not ready:
+                    return
+                data = os.read(reader, 1 << 16)
+                if not data:
+                    return
+                chunks.append(data)
+
+        drainer = threading.Thread(target=drain, daemon=True)
+        drainer.start()
+        assert tracer.flush()  # the writer caught up once the pipe is read
+        tracer.record("out", 1, json.dumps([3, "last", {}]))  # written after the gap record
+        tracer.close()
+        drainer.join(10)
+    finally:
+        os.close(reader)
+    out = tmp_path / "drained.jsonl"
+    out.write_bytes(b"".join(chunks))
+    with caplog.at_level("WARNING", logger="twin.trace"):
+        records = read_trace(out)
+    assert records[-1]["frame"] == [3, "last", {}]
+    assert len(records) + sum(json.loads(line).get("gap", 0) for line in out.read_text().splitlines()) == 501
+    assert "frame(s) missing here" in caplog.text

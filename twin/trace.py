@@ -13,9 +13,15 @@ half-open): it never reached the other side.
 Secrets never reach a trace: each frame goes through twin.redact first (AuthorizationKey
 values of ChangeConfiguration, passwords in URLs such as UpdateFirmware locations), the
 same rules as every log line. Records are kept in a ring buffer (GET /api/trace?since=N),
-written to an optional JSONL file (flushed per line, so a crash loses at most the line
-being written; not fsynced: a trace is a diagnostic, not billing data), and handed to a
-``publish(record)`` callback (the event hub's "frame" events).
+written to an optional JSONL file, and handed to a ``publish(record)`` callback (the event
+hub's "frame" events).
+
+The file is written by a thread of its own (:class:`TraceFile`), never on the event loop: a
+slow SD card, a full page cache or a pipe nobody reads must not stall the link and the core
+behind it. Lines are flushed whenever the writer catches up, so a crash loses only what was
+still queued; not fsynced: a trace is a diagnostic, not billing data. When the writer falls
+more than ``FILE_QUEUE_MAX`` lines behind, lines are dropped (counted, and a ``gap`` record
+written once it catches up) rather than held in memory without bound.
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
+import queue
+import stat
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -77,6 +87,105 @@ def _clean(value: Any) -> Any:
 RING_MAX_CHARS = 16 * 2**20  # the ring also stays under ~16 MiB of frame text
 SINCE_MAX = 1000  # records per trace_since answer; a reader asks again from ``next``
 FILE_MAX_BYTES = 64 * 2**20  # then the file rotates to <file>.1 (one older file kept)
+FILE_QUEUE_MAX = 10_000  # lines the file writer may fall behind before lines are dropped
+FILE_CLOSE_WAIT_S = 5.0  # close() waits this long for the writer to write what is queued
+
+
+class TraceFile:
+    """The JSONL trace file, appended to by one writer thread from a bounded queue."""
+
+    _STOP = object()
+
+    def __init__(self, path: Path, *, max_bytes: int = FILE_MAX_BYTES, queue_max: int = FILE_QUEUE_MAX):
+        self.path = path
+        self.max_bytes = max_bytes
+        self.dropped = 0  # lines lost because the writer was too far behind (reported in a gap record)
+        self.failed: str | None = None  # why the writer stopped (a full disk...), once it has
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_max)
+        self._lock = threading.Lock()
+        # Opened here, on the caller's thread, so that a path that cannot be opened is the
+        # caller's error at once (twin run logs it and runs without a trace).
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - owned by the writer thread
+        # Rotation by size is for a regular file; a pipe or a device is never rotated.
+        mode = os.fstat(self._file.fileno()).st_mode
+        self._size: int | None = os.fstat(self._file.fileno()).st_size if stat.S_ISREG(mode) else None
+        self._thread = threading.Thread(target=self._write_loop, name="twin-trace", daemon=True)
+        self._thread.start()
+
+    def put(self, line: str) -> None:
+        """Queue one line; never blocks."""
+        if self.failed is not None:
+            return
+        try:
+            self._queue.put_nowait(line)
+        except queue.Full:
+            with self._lock:
+                self.dropped += 1
+
+    def flush(self, timeout: float = FILE_CLOSE_WAIT_S) -> bool:
+        """Wait until every line queued so far is written and flushed; False on timeout."""
+        done = threading.Event()
+        try:
+            self._queue.put(done, timeout=timeout)
+        except queue.Full:
+            return False
+        return done.wait(timeout)
+
+    def close(self, timeout: float = FILE_CLOSE_WAIT_S) -> None:
+        """Write what is queued (waiting up to ``timeout``), then stop the writer."""
+        try:
+            self._queue.put(self._STOP, timeout=timeout)
+        except queue.Full:
+            log.error("trace file %s: the writer is stuck; %d queued line(s) not written", self.path,
+                      self._queue.qsize())
+            return
+        self._thread.join(timeout)
+
+    def _write_loop(self) -> None:
+        f = self._file
+        while True:
+            item = self._queue.get()
+            try:
+                if item is self._STOP:
+                    break
+                if isinstance(item, threading.Event):
+                    if f is not None:
+                        f.flush()
+                    item.set()
+                    continue
+                if f is None:
+                    continue  # failed: drain the queue so put() and close() never wait on it
+                with self._lock:
+                    dropped, self.dropped = self.dropped, 0
+                if dropped:
+                    f.write(json.dumps({"gap": dropped, "t": datetime.now(timezone.utc).isoformat()}) + "\n")
+                f.write(item)
+                if self._queue.empty():
+                    f.flush()
+                if self._size is not None:
+                    self._size += len(item)  # characters: bytes for the ASCII bulk of a trace
+                    if self._size > self.max_bytes:
+                        f = self._rotate(f)
+                        self._size = 0
+            except OSError as e:  # a full disk: the station carries on without its trace file
+                log.error("trace file %s: cannot write (%s); tracing to the file stops", self.path, e)
+                self.failed = str(e)
+                try:
+                    f.close()
+                except OSError:
+                    pass
+                f = None
+        if f is not None:
+            try:
+                f.close()
+            except OSError as e:
+                log.error("trace file %s: cannot close (%s)", self.path, e)
+
+    def _rotate(self, f):
+        f.close()
+        self.path.replace(self.path.with_name(self.path.name + ".1"))
+        return open(self.path, "a", encoding="utf-8")  # noqa: SIM115
 
 
 class Tracer:
@@ -87,7 +196,7 @@ class Tracer:
         self.next_n = 1
         self.publish = publish
         self.path: Path | None = None
-        self._file = None
+        self._file: TraceFile | None = None
         if file is not None:
             self.open(file)
 
@@ -95,16 +204,16 @@ class Tracer:
         """Append to ``file`` (a restarted station adds to the same trace; ``conn`` and
         ``mono`` tell the runs apart)."""
         self.close()
-        self.path = Path(file)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
+        self._file = TraceFile(Path(file))
+        self.path = self._file.path
+
+    def flush(self) -> bool:
+        """Wait until the file holds every record so far (tests, ``twin trace`` after a run)."""
+        return self._file.flush() if self._file is not None else True
 
     def close(self) -> None:
         if self._file is not None:
-            try:
-                self._file.close()
-            except OSError:
-                pass
+            self._file.close()
             self._file = None
 
     def record(self, direction: str, conn: int, text: str | bytes, *, fault: str | None = None,
@@ -126,27 +235,13 @@ class Tracer:
         while self._ring_chars > RING_MAX_CHARS and len(self.ring) > 1:
             self._ring_chars -= self.ring.popleft()[0]
         if self._file is not None:
-            try:
-                line = json.dumps(rec, separators=(",", ":"), ensure_ascii=False) + "\n"
-                self._file.write(line)
-                self._file.flush()
-                if self._file.tell() > FILE_MAX_BYTES:
-                    self._rotate()
-            except OSError as e:  # a full disk: the station carries on without its trace
-                log.error("trace file %s: cannot write (%s); tracing to the file stops", self.path, e)
-                self.close()
+            self._file.put(json.dumps(rec, separators=(",", ":"), ensure_ascii=False) + "\n")
         if self.publish is not None:
             try:
                 self.publish(rec)
             except Exception:  # noqa: BLE001 - a subscriber's bug must not stop the link
                 log.exception("publishing a trace record failed")
         return rec
-
-    def _rotate(self) -> None:
-        path = self.path
-        self.close()
-        path.replace(path.with_name(path.name + ".1"))
-        self.open(path)
 
     def since(self, since: int, limit: int = SINCE_MAX) -> dict:
         """Up to ``limit`` records numbered ``since`` or later still in the ring; ``next`` is
@@ -174,6 +269,9 @@ def read_trace(path: Path | str) -> list[dict]:
                 rec = json.loads(line)
             except ValueError:
                 log.warning("%s:%d: not a JSON record; skipped", path, number)
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("gap"), int) and "dir" not in rec:
+                log.warning("%s:%d: %d frame(s) missing here: the trace writer fell behind", path, number, rec["gap"])
                 continue
             if isinstance(rec, dict) and rec.get("dir") in ("in", "out") and "frame" in rec:
                 out.append(rec)
