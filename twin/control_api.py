@@ -906,7 +906,8 @@ class ControlApi:
                     handler: Callable[[web.Request], Awaitable[Any]]) -> web.StreamResponse:
         route_handler = getattr(request.match_info, "handler", None)
         try:
-            if route_handler == self._events:  # a stream: its own keepalive and write timeouts
+            if route_handler == self._events or self._is_event_stream(request.path):
+                # A stream (a fleet member's too): its own keepalive and write timeouts.
                 return await handler(request)
             # The debug route blocks on purpose (the systemd watchdog test): give it its time.
             extra_time = DEBUG_BLOCK_MAX_SECONDS if route_handler == self._debug_block else 0.0

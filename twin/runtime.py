@@ -897,6 +897,7 @@ class Runtime:
             car = self.sim_evs.get(conn["id"])
             if car is not None and simulated:
                 conn["ev"] = car.snapshot()  # the simulated car: only a simulated meter asks it
+            conn["contactor"] = self._contactor(conn["id"])
         snap["chargePointId"] = self.cfg.charge_point_id
         snap["firmwareVersion"] = "V" + twin.__version__
         snap["drivers"] = [r.__dict__ for r in self.drivers.reports] if self.drivers else []
@@ -913,6 +914,24 @@ class Runtime:
         if self.security is not None:
             snap["security"].update(self.security.snapshot())
         return snap
+
+    def _contactor(self, cid: int) -> dict | None:
+        """The relay driver's coil and aux contact, and the feedback supervisor's fault
+        (drivers.relay_check: "welded" or "failed_to_close", reported as PowerSwitchFailure,
+        OCPP 1.6 §7.6). The supervisor keeps a latched weld after the connector's fault is
+        cleared by hand: this shows what it holds, not the OCPP status."""
+        relay = self.drivers.relays.get(cid) if self.drivers else None
+        if relay is None:
+            return None
+        try:
+            aux = relay.feedback()
+        except Exception:  # noqa: BLE001 - a flaky input must not break /api/state (the supervisor logs it)
+            feedback = "unreadable"
+        else:
+            feedback = "not wired" if aux is None else ("closed" if aux else "open")
+        fault = self.drivers.relay_faults.get(cid)
+        return {"commanded": bool(relay.commanded), "feedback": feedback,
+                "fault": fault.kind if fault is not None else None}
 
     def _simulated_meter(self) -> bool:
         reports = self.drivers.reports if self.drivers else []

@@ -1,7 +1,14 @@
 // ocpp-twin bench dashboard: plain JavaScript, no framework, no build step (docs/dashboard.md).
 // Everything it does goes through the documented control API routes (docs/control-api.md);
-// live updates come from GET /api/events (Server-Sent Events). It never polls: the only
-// periodic work is a 1 s local redraw (ages, the chart's time axis), which makes no request.
+// live updates come from GET /api/events (Server-Sent Events). A station's page never polls:
+// the only periodic work is a 1 s local redraw (ages, the chart's time axis), which makes no
+// request.
+//
+// Served by a fleet (`twin fleet`, docs/fleet.md) the page first shows the fleet's station
+// list, read from GET /api/stations at most every 2 s and only while the list is on screen (a
+// fleet has no event stream of its own). A station's page is then the same single-station view
+// with every route under /api/stations/{id}, at #/stations/{id}. Which server it is is told by
+// that one route: a fleet answers it, a single twin has no such route (404).
 "use strict";
 
 const FAULT_CODES = ["ConnectorLockFailure", "EVCommunicationError", "GroundFailure", "HighTemperature",
@@ -11,15 +18,25 @@ const CHART_WINDOW_S = 300;          // the power chart shows the last five minu
 const MAX_FRAMES = 500;              // rows kept in the frame log
 const MIN_REFRESH_MS = 1000;         // never ask /api/state or /api/trace more than once a second
 const RECONNECT_MS = 2000;
+const FLEET_POLL_MS = 2000;          // GET /api/stations at most this often
+const FLEET_PAGE = 50;               // rows drawn at once: a list of thousands stays light
+// drivers.relay_check's verdicts, which the station reports as PowerSwitchFailure (OCPP 1.6 §7.6).
+const CONTACTOR_FAULTS = { welded: "welded: aux closed while coil off",
+                           failed_to_close: "did not close: aux open while coil on" };
 // The state does not carry the supply: the limit line is drawn as offeredA x 230 V x phases.
 const VOLTS = 230, PHASES = 3;
 
 const $ = (id) => document.getElementById(id);
 let token = sessionStorage.getItem("twin-token");
+let mode = null;                    // null until known, then "single" or "fleet"
+let apiBase = "/api";               // on a fleet: /api/stations/{id}
+let station = null;                 // the fleet member shown; null while the list shows
+let gen = 0;                        // bumped on every change of view: the old view's late answers are dropped
 let state = null;
 let source = null;
 let lastRefresh = 0;
 let refreshTimer = null;
+let retryTimer = null;
 let nextFrame = 0;
 const series = {};                  // connector id -> [{t, w, limitW}]
 const callActions = new Map();      // message id -> {action, conn}
@@ -51,18 +68,23 @@ async function api(method, path, body) {
   return data;
 }
 
+// A route of the station shown: "/state" is /api/state, or /api/stations/P0001/state on a fleet.
+const route = (path) => apiBase + path;
+
 function showError(err) {
   $("error").textContent = err ? String(err.message || err) : "";
 }
 
 async function act(what, fn) {
+  const g = gen;
   try {
     const result = await fn();
+    if (g !== gen) return null;     // the page has moved on to another view meanwhile
     showError(null);
     if (result && result.connectors) render(result);
     return result;
   } catch (err) {
-    showError(what + ": " + err.message);
+    if (g === gen) showError(what + ": " + err.message);
     return null;
   }
 }
@@ -83,24 +105,71 @@ $("token-form").addEventListener("submit", (ev) => {
   start();
 });
 
+// ------------------------------------------------------------------ where the page starts
+
+async function start() {
+  if (mode === null) {
+    let stations;
+    try {
+      stations = await api("GET", "/api/stations");
+      mode = "fleet";
+    } catch (err) {
+      if (err.status === 401) return;   // the token form is shown; start() runs again from it
+      if (err.status !== 404) {         // not up yet (or a network error): ask again
+        setLive(false);
+        setTimeout(start, RECONNECT_MS);
+        return;
+      }
+      mode = "single";                  // a single twin: no such route
+    }
+    if (mode === "fleet") {
+      fleetPolledAt = Date.now();       // that answer is the list's first poll
+      fleet = stations;
+      window.addEventListener("hashchange", navigate);
+    }
+  }
+  if (mode === "fleet") navigate(); else startStation(gen);
+}
+
+// The station's page: its state, then its event stream. ``g`` is the view it belongs to.
+async function startStation(g) {
+  clearTimeout(retryTimer);
+  let s;
+  try {
+    s = await api("GET", route("/state"));
+  } catch (err) {
+    if (g !== gen || err.status === 401) return;   // moved on, or the token form is shown
+    setLive(false);
+    if (mode === "fleet") showError("state: " + err.message);   // the answer names the station
+    if (err.status === 404 && mode === "fleet") return;   // no such member: nothing to wait for
+    retryTimer = setTimeout(() => startStation(g), RECONNECT_MS);   // starting, rebooting (503)
+    return;
+  }
+  if (g !== gen) return;
+  showError(null);
+  render(s);
+  connect(g);
+}
+
 // ------------------------------------------------------------------ the event stream
 
-function connect() {
+function connect(g) {
   if (source) source.close();
   // EventSource sends no headers: the token goes as ?access_token= (accepted on this route only).
-  const url = "/api/events" + (token ? "?access_token=" + encodeURIComponent(token) : "");
-  source = new EventSource(url);
-  source.onopen = () => { setLive(true); refresh(); };
-  source.onerror = () => {
+  const url = route("/events") + (token ? "?access_token=" + encodeURIComponent(token) : "");
+  const es = source = new EventSource(url);
+  es.onopen = () => { setLive(true); refresh(); };
+  es.onerror = () => {
+    if (g !== gen) return;
     setLive(false);
-    if (source.readyState === EventSource.CLOSED) {
+    if (es.readyState === EventSource.CLOSED) {
       // A refused stream (401, a restarting station) is not retried by the browser: do it here.
-      setTimeout(start, RECONNECT_MS);
+      retryTimer = setTimeout(() => startStation(g), RECONNECT_MS);
     }
   };
-  source.addEventListener("state", (ev) => render(JSON.parse(ev.data)));
-  source.addEventListener("frame", (ev) => addFrame(JSON.parse(ev.data)));
-  source.addEventListener("overflow", () => refresh());   // events were lost: re-read once
+  es.addEventListener("state", (ev) => render(JSON.parse(ev.data)));
+  es.addEventListener("frame", (ev) => addFrame(JSON.parse(ev.data)));
+  es.addEventListener("overflow", () => refresh());   // events were lost: re-read once
 }
 
 function setLive(on) {
@@ -117,25 +186,168 @@ function refresh() {
     return;
   }
   lastRefresh = Date.now();
-  act("state", () => api("GET", "/api/state"));
-  api("GET", "/api/trace?since=" + nextFrame).then((t) => {
+  const g = gen;
+  act("state", () => api("GET", route("/state")));
+  api("GET", route("/trace?since=" + nextFrame)).then((t) => {
+    if (g !== gen) return;
     t.frames.forEach(addFrame);
     nextFrame = Math.max(nextFrame, t.next);
   }).catch(() => {});
   loadRules();
 }
 
-async function start() {
-  try {
-    render(await api("GET", "/api/state"));
-  } catch (err) {
-    if (err.status === 401) return;   // the token form is shown; start() runs again from it
-    setLive(false);
-    setTimeout(start, RECONNECT_MS);
-    return;
-  }
-  connect();
+// ------------------------------------------------------------------ the fleet: views
+
+let fleet = null;                   // the last GET /api/stations answer
+let fleetPolledAt = 0;
+let fleetTimer = null;
+let fleetBusy = false;
+let fleetPage = 0;
+
+function stationInUrl() {
+  const m = /^#\/stations\/([^/?#]+)$/.exec(location.hash);
+  if (!m) return null;
+  try { return decodeURIComponent(m[1]); } catch (e) { return null; }
 }
+
+// The URL says which view: #/stations/P0001 is that station's page, anything else the list.
+function navigate() {
+  gen++;
+  leaveStation();
+  station = stationInUrl();
+  $("back").hidden = station === null;
+  $("fleet").hidden = station !== null;
+  $("main").hidden = station === null;
+  $("live").hidden = station === null;   // the list has no stream: its own line says when it was read
+  showError(null);
+  if (station === null) {
+    apiBase = "/api";
+    document.title = "ocpp-twin fleet";
+    text("station-id", "fleet");
+    if (fleet) renderFleet();
+    pollFleet();
+  } else {
+    apiBase = "/api/stations/" + encodeURIComponent(station);
+    document.title = "ocpp-twin " + station;
+    text("station-id", station);
+    setLive(false);
+    startStation(gen);
+  }
+}
+
+// Forget everything the previous station's page showed.
+function leaveStation() {
+  if (source) { source.close(); source = null; }
+  clearTimeout(retryTimer);
+  clearTimeout(refreshTimer);
+  refreshTimer = null;
+  lastRefresh = 0;
+  state = null;
+  nextFrame = 0;
+  for (const k of Object.keys(series)) delete series[k];
+  callActions.clear();
+  actionsSeen.clear();
+  $("actions").replaceChildren();
+  frames.forEach((li) => li.remove());
+  frames = [];
+  $("connectors").replaceChildren();
+  $("filter-conn").replaceChildren(el("option", { value: "" }, "any"));
+  $("rule-list").replaceChildren();
+  $("net-state").textContent = "";
+  for (const dd of document.querySelectorAll("#station dd")) dd.textContent = "—";
+  $("st-warnings").replaceChildren();
+  delete $("st-warnings").dataset.v;
+}
+
+$("back").addEventListener("click", () => { location.hash = "#/"; });
+
+// ------------------------------------------------------------------ the fleet: the list
+
+// Read the list now if it is on screen and was last read FLEET_POLL_MS ago, else at that time.
+// One request at a time; none while a station's page or another tab is in front.
+function pollFleet() {
+  clearTimeout(fleetTimer);
+  fleetTimer = null;
+  if (mode !== "fleet" || station !== null || document.visibilityState === "hidden" || fleetBusy) return;
+  const wait = fleetPolledAt + FLEET_POLL_MS - Date.now();
+  if (wait > 0) { fleetTimer = setTimeout(pollFleet, wait); return; }
+  fleetBusy = true;
+  fleetPolledAt = Date.now();
+  api("GET", "/api/stations").then((data) => {
+    // The next read waits 2 s after this answer, not after this request: a fleet busy enough
+    // to answer slowly (a thousand members on one loop) is asked less often, never more.
+    fleetBusy = false;
+    fleetPolledAt = Date.now();
+    fleet = data;
+    if (station === null) { showError(null); renderFleet(); }
+    pollFleet();
+  }, (err) => {
+    fleetBusy = false;
+    fleetPolledAt = Date.now();
+    if (err.status === 401) return;    // the token form is shown; start() comes back here
+    if (station === null) showError("stations: " + err.message);
+    pollFleet();
+  });
+}
+document.addEventListener("visibilitychange", pollFleet);
+
+function linkText(link) {
+  if (!link) return "—";
+  if (link.connected) return "online";
+  return link.online ? "offline (reconnecting)" : "offline (cut)";
+}
+
+// A word matches a station when its id contains it or one of its statuses starts with it
+// ("avail" finds Available, not Unavailable); every word of the filter must match.
+function matches(s, words) {
+  if (!words.length) return true;
+  const id = s.id.toLowerCase();
+  const tags = [s.registration, linkText(s.link), ...(s.connectors || []).flatMap((c) => [c.status, c.errorCode])]
+    .filter(Boolean).map((t) => t.toLowerCase());
+  return words.every((w) => id.includes(w) || tags.some((t) => t.startsWith(w)));
+}
+
+function renderFleet() {
+  const f = fleet;
+  if (!f || !Array.isArray(f.stations)) return;
+  const words = $("fleet-filter").value.trim().toLowerCase().split(/\s+/).filter(Boolean);
+  const shown = f.stations.filter((s) => matches(s, words));
+  const pages = Math.max(1, Math.ceil(shown.length / FLEET_PAGE));
+  fleetPage = Math.min(fleetPage, pages - 1);
+  const first = fleetPage * FLEET_PAGE;
+  const rows = shown.slice(first, first + FLEET_PAGE);
+  text("fleet-counts", `registered ${f.registered} / ${f.count}` + (words.length ? `, ${shown.length} match` : ""));
+  const notes = [];
+  if (f.online === false) notes.push("fleet network cut (blackout)");
+  if (f.reboot && !f.reboot.finished) notes.push(`rebooting: batch ${f.reboot.done} of ${f.reboot.batches}`);
+  $("fleet-notes").textContent = notes.join("; ");
+  $("fleet-updated").textContent = "read at " + new Date().toLocaleTimeString();
+  text("page-info", shown.length ? `${first + 1}–${first + rows.length} of ${shown.length}` : "no station matches");
+  $("page-prev").disabled = fleetPage === 0;
+  $("page-next").disabled = fleetPage >= pages - 1;
+  // Only the rows on this page are drawn, and only when what they show has changed.
+  const key = JSON.stringify(rows);
+  const body = $("fleet-rows");
+  if (body.dataset.v === key) return;
+  body.dataset.v = key;
+  body.replaceChildren(...rows.map(fleetRow));
+}
+
+function fleetRow(s) {
+  const open = el("a", { href: "#/stations/" + encodeURIComponent(s.id), "aria-label": "Open station " + s.id }, s.id);
+  const chips = (s.connectors || []).map((c) => el("span", {
+    class: "chip status " + c.status, "data-conn": String(c.id),
+    title: `connector ${c.id}: ${c.status}` + (c.errorCode && c.errorCode !== "NoError" ? ` (${c.errorCode})` : "") },
+    `${c.id} ${c.status}` + (c.errorCode && c.errorCode !== "NoError" ? ` ${c.errorCode}` : "")));
+  const reg = el("td", { class: "registration " + s.registration }, s.registration || "—");
+  if (s.error) reg.append(el("span", { class: "bad", title: s.error }, " (start failed: " + s.error + ")"));
+  return el("tr", { "data-station": s.id, onclick: (ev) => { if (!ev.target.closest("a")) location.hash = open.hash; } },
+    el("td", {}, open), reg, el("td", {}, linkText(s.link)), el("td", { class: "chips" }, ...chips));
+}
+
+$("fleet-filter").addEventListener("input", () => { fleetPage = 0; renderFleet(); });
+$("page-prev").addEventListener("click", () => { fleetPage = Math.max(0, fleetPage - 1); renderFleet(); });
+$("page-next").addEventListener("click", () => { fleetPage += 1; renderFleet(); });
 
 // ------------------------------------------------------------------ rendering
 
@@ -153,6 +365,7 @@ function age(iso) {
 
 function render(s) {
   if (!s || !Array.isArray(s.connectors)) return;
+  if (mode === "fleet" && s.chargePointId !== station) return;   // never another member's state
   state = s;
   text("station-id", s.chargePointId);
   text("st-firmware", s.firmwareVersion);
@@ -200,8 +413,8 @@ function renderConnector(c) {
   text(`c${id}-error`, c.errorCode + (c.info ? " (" + c.info + ")" : ""));
   text(`c${id}-plugged`, c.plugged ? "yes" : "no");
   text(`c${id}-relay`, c.contactorClosed ? "closed" : "open");
-  text(`c${id}-feedback`, c.contactorFeedback === undefined ? "not reported" :
-       (c.contactorFeedback === null ? "—" : (c.contactorFeedback ? "closed" : "open")));
+  text(`c${id}-feedback`, contactor(c.contactor));
+  $(`c${id}-feedback`).className = c.contactor && c.contactor.fault ? "bad" : "";
   text(`c${id}-power`, (c.powerW || 0).toFixed(0) + " W");
   text(`c${id}-energy`, (c.energyWh || 0).toFixed(1) + " Wh");
   text(`c${id}-tx`, c.transactionId === null || c.transactionId === undefined ? null :
@@ -217,6 +430,18 @@ function renderConnector(c) {
        (c.soc !== null && c.soc !== undefined ? ", SoC " + c.soc + " %" : "") : "no simulated EV");
 }
 
+// The relay driver's aux contact and the feedback supervisor's verdict (connectors[].contactor).
+function contactor(k) {
+  if (k === undefined) return "not reported";     // a station older than the field
+  if (k === null) return "no relay";
+  let t = k.feedback;
+  if ((t === "closed" || t === "open") && (t === "closed") !== k.commanded) {
+    t += " (coil " + (k.commanded ? "closed" : "open") + ")";   // settling, or soon a fault
+  }
+  if (k.fault) t += " — " + (CONTACTOR_FAULTS[k.fault] || k.fault);
+  return t;
+}
+
 function fact(label, id) {
   const n = id.split("-")[0].slice(1);
   return [el("dt", {}, label), el("dd", { id, "aria-label": `${label} of connector ${n}` }, "—")];
@@ -228,6 +453,7 @@ function buildConnector(id) {
   const power = el("input", { id: `ev-power-${id}`, type: "number", min: "0", step: "100", value: "11000",
                               "aria-label": `EV max power W for connector ${id}` });
   const btn = (label, aria, fn) => el("button", { type: "button", "aria-label": aria, onclick: fn }, label);
+  const post = (what, path, body) => () => act(what, () => api("POST", route(path), body));
   const dl = el("dl", { class: "facts" },
     ...fact("Status", `c${id}-status`), ...fact("Error code", `c${id}-error`), ...fact("Plugged", `c${id}-plugged`),
     ...fact("Relay", `c${id}-relay`), ...fact("Contactor feedback", `c${id}-feedback`),
@@ -238,20 +464,18 @@ function buildConnector(id) {
   return el("article", { id: "conn-" + id, class: "connector", "aria-label": `Connector ${id}` },
     el("h2", {}, `Connector ${id}`), dl, canvas,
     el("div", { class: "controls" },
-      btn("Plug", `Plug connector ${id}`, () => act("plug", () => api("POST", `/api/connectors/${id}/plug`, {}))),
-      btn("Unplug", `Unplug connector ${id}`, () => act("unplug", () => api("POST", `/api/connectors/${id}/unplug`, {})))),
+      btn("Plug", `Plug connector ${id}`, post("plug", `/connectors/${id}/plug`, {})),
+      btn("Unplug", `Unplug connector ${id}`, post("unplug", `/connectors/${id}/unplug`, {}))),
     el("div", { class: "controls" }, codes,
       btn("Raise fault", `Raise fault on connector ${id}`,
-          () => act("fault", () => api("POST", `/api/connectors/${id}/fault`, { errorCode: codes.value }))),
+          () => act("fault", () => api("POST", route(`/connectors/${id}/fault`), { errorCode: codes.value }))),
       btn("Clear fault", `Clear fault on connector ${id}`,
-          () => act("clear fault", () => api("DELETE", `/api/connectors/${id}/fault`)))),
+          () => act("clear fault", () => api("DELETE", route(`/connectors/${id}/fault`))))),
     el("div", { class: "controls" }, power,
       btn("Set EV demand", `Set EV demand on connector ${id}`,
-          () => act("EV", () => api("POST", `/api/connectors/${id}/ev`, { maxPowerW: Number(power.value) }))),
-      btn("Suspend EV", `Suspend EV on connector ${id}`,
-          () => act("EV", () => api("POST", `/api/connectors/${id}/ev`, { suspended: true }))),
-      btn("Resume EV", `Resume EV on connector ${id}`,
-          () => act("EV", () => api("POST", `/api/connectors/${id}/ev`, { suspended: false })))));
+          () => act("EV", () => api("POST", route(`/connectors/${id}/ev`), { maxPowerW: Number(power.value) }))),
+      btn("Suspend EV", `Suspend EV on connector ${id}`, post("EV", `/connectors/${id}/ev`, { suspended: true })),
+      btn("Resume EV", `Resume EV on connector ${id}`, post("EV", `/connectors/${id}/ev`, { suspended: false }))));
 }
 
 // ------------------------------------------------------------------ the power chart
@@ -384,11 +608,11 @@ function showTags() {
 
 $("tap").addEventListener("click", () => {
   const tag = $("idtag").value.trim();
-  act("tap card", () => api("POST", "/api/rfid", { idTag: tag })).then((r) => { if (r) rememberTag(tag); });
+  act("tap card", () => api("POST", route("/rfid"), { idTag: tag })).then((r) => { if (r) rememberTag(tag); });
 });
 
 async function network(body) {
-  const r = await act("network", () => api("POST", "/api/network", body));
+  const r = await act("network", () => api("POST", route("/network"), body));
   if (r) $("net-state").textContent = (r.online ? "online" : "offline") + (r.connected ? ", connected" : "") +
     (r.latency_ms ? ", latency " + r.latency_ms + " ms" : "") + (r.drop_rate ? ", drop " + r.drop_rate : "");
 }
@@ -400,20 +624,22 @@ $("net-impair").addEventListener("click", () => network({
 
 $("fault-code-0").replaceChildren(...FAULT_CODES.map((code) => el("option", {}, code)));
 document.querySelector("[data-fault='0']").addEventListener("click", () =>
-  act("station fault", () => api("POST", "/api/connectors/0/fault", { errorCode: $("fault-code-0").value })));
+  act("station fault", () => api("POST", route("/connectors/0/fault"), { errorCode: $("fault-code-0").value })));
 document.querySelector("[data-clear='0']").addEventListener("click", () =>
-  act("clear station fault", () => api("DELETE", "/api/connectors/0/fault")));
+  act("clear station fault", () => api("DELETE", route("/connectors/0/fault"))));
 
 // ------------------------------------------------------------------ protocol fault rules
 
 async function loadRules() {
+  const g = gen;
   let rules;
-  try { rules = await api("GET", "/api/faults"); } catch (err) { return; }
+  try { rules = await api("GET", route("/faults")); } catch (err) { return; }
+  if (g !== gen) return;
   $("rule-list").replaceChildren(...rules.map((r) => el("li", {},
     el("code", {}, r.id), " " + [r.direction, r.on, r.do].join(" ") +
       (r.remaining !== undefined ? " (" + r.remaining + " left)" : "") + " ",
     el("button", { type: "button", "aria-label": "Remove fault rule " + r.id,
-                   onclick: () => act("remove rule", () => api("DELETE", "/api/faults/" + encodeURIComponent(r.id)))
+                   onclick: () => act("remove rule", () => api("DELETE", route("/faults/" + encodeURIComponent(r.id))))
                                     .then(loadRules) }, "Remove"))));
 }
 
@@ -428,9 +654,9 @@ $("rule-form").addEventListener("submit", (ev) => {
       try { rule.payload = JSON.parse(extra); } catch (e) { showError("payload: not JSON: " + e.message); return; }
     } else rule.code = extra;
   }
-  act("add rule", () => api("POST", "/api/faults", rule)).then(loadRules);
+  act("add rule", () => api("POST", route("/faults"), rule)).then(loadRules);
 });
-$("rules-clear").addEventListener("click", () => act("remove rules", () => api("DELETE", "/api/faults")).then(loadRules));
+$("rules-clear").addEventListener("click", () => act("remove rules", () => api("DELETE", route("/faults"))).then(loadRules));
 
 // ------------------------------------------------------------------ go
 
