@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -95,3 +96,85 @@ async def test_network_refuses_values_out_of_range(make_station, kwargs, message
         await s.rt.network(**kwargs)
     assert (await s.rt.network(True))["online"] is True  # the old body {"online": b} still works
     await asyncio.sleep(0)
+
+
+# ---------------------------------------------------------------- pings and pongs
+# The liveness check (docs/station-behaviour.md) runs on websocket pings (RFC 6455 §5.5.2):
+# an impaired network must impair them as it does OCPP frames, or a slow or dead link would
+# look healthy to one side.
+
+
+async def _csms_ping_rtt(csms, timeout: float = 5.0) -> float:
+    """The round trip of one ping the CSMS sends (its websocket's own ping and pong)."""
+    pong = await csms._ws.ping()
+    return await asyncio.wait_for(pong, timeout)
+
+
+async def test_latency_delays_the_pong_to_a_csms_ping(make_station, csms):
+    s = await make_station()
+    assert await _csms_ping_rtt(csms) < 0.2
+    await s.rt.network(latency_ms=300, seed=5)
+    # The ping reaches the station 300 ms late, and its pong needs 300 ms back.
+    assert 0.6 <= await _csms_ping_rtt(csms) < 2.0
+    await s.rt.network(latency_ms=0)
+    assert await _csms_ping_rtt(csms) < 0.2
+
+
+async def test_a_round_trip_longer_than_the_pong_timeout_looks_dead_to_the_station(make_station, csms, caplog):
+    s = await make_station()
+    link = s.rt.link
+    link.pong_timeout_s = 1.0
+    count = csms.connection_count
+    await s.rt.network(latency_ms=200, seed=2)
+    link.ping_interval = 0.5  # WebSocketPingInterval, applied to the open connection
+    await asyncio.sleep(2.5)  # several keepalive pings, each 0.4 s round trip: alive
+    assert csms.connection_count == count and link.connected
+    assert "no pong" not in caplog.text
+    await s.rt.network(latency_ms=700)  # 1.4 s round trip > 1 s pong timeout
+    await csms.wait_connected(timeout=10, after=count)
+    assert "no pong within 1s to a keepalive ping" in caplog.text
+    await s.rt.network(latency_ms=0)
+
+
+async def test_half_open_looks_dead_to_both_sides(make_station, csms, caplog):
+    """The CSMS's pings go unanswered; the station's own check finds the link dead and
+    reconnects, and nothing of the abandoned connection (no close frame, no FIN, no RST)
+    reaches the CSMS before the new connection does: it must find the old one dead itself."""
+    s = await make_station()
+    link = s.rt.link
+    link.pong_timeout_s = 1.0
+    old, count = csms._ws, csms.connection_count
+    closed_at: list[float] = []
+
+    async def watch_old() -> None:
+        await old.wait_closed()
+        closed_at.append(time.monotonic())
+
+    watcher = asyncio.ensure_future(watch_old())
+    await s.rt.network(half_open=True)
+    with pytest.raises(TimeoutError):
+        await _csms_ping_rtt(csms, timeout=1.5)
+    assert not closed_at and link.connected  # nothing noticed yet: no ping check has run
+    link.ping_interval = 0.5
+    await csms.wait_connected(timeout=10, after=count)
+    assert "no pong within 1s to a keepalive ping" in caplog.text
+    # Still open on the CSMS's side when the new connection came: it closes the older one
+    # itself now (a newer connection replaces it), and no peer answers that close.
+    assert not closed_at, "the abandoned connection reached the CSMS as a close"
+    watcher.cancel()
+    assert await _csms_ping_rtt(csms) < 0.5  # the new connection is healthy
+    await link.close()
+    assert not link._held  # the held socket is released with the link
+
+
+async def test_drop_rate_spares_pings_so_the_connection_stays_up(make_station, csms):
+    s = await make_station()
+    link = s.rt.link
+    link.pong_timeout_s = 0.5
+    count = csms.connection_count
+    await s.rt.network(drop_rate=1.0, seed=4)
+    link.ping_interval = 0.3
+    await asyncio.sleep(2.0)
+    assert csms.connection_count == count and link.connected
+    assert await _csms_ping_rtt(csms) < 0.5
+    await s.rt.network(drop_rate=0.0)

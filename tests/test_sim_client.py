@@ -277,3 +277,141 @@ async def test_sim_with_an_unusable_token_file_exits_1(
     err = capsys.readouterr().err
     assert err.startswith("twin sim state: error: ") and fragment in err and str(path) in err
     assert backend.calls == []
+
+
+# ---------------------------------------------------------------- a real `twin run --sim` process
+# Fault rules and the wire trace through the station process the pytest plugin starts
+# (twin.pytest_plugin.TwinClient: `python -m twin run --sim` with its API on a loopback port),
+# against the real CSMS on loopback (tests/conftest.py).
+
+
+@pytest.fixture
+async def real_station(csms, tmp_path: Path):
+    from twin.pytest_plugin import TwinClient
+
+    client = await asyncio.to_thread(TwinClient, csms.url, "CP-SIM", tmp_path / "station",
+                                     keys={"HeartbeatInterval": 300, "MeterValueSampleInterval": 0})
+    try:
+        await csms.wait_for("StatusNotification", {"connectorId": 1}, timeout=30)
+        yield client
+    finally:
+        await asyncio.to_thread(client.stop)
+
+
+async def sim_json(client, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, object, str]:
+    code = await sim(None, *argv, port=client.port)
+    out = capsys.readouterr()
+    return code, (json.loads(out.out) if out.out.strip() else None), out.err
+
+
+async def test_fault_rules_add_list_remove_clear_on_a_real_station(csms, real_station, capsys) -> None:
+    code, rule, _ = await sim_json(real_station, capsys, "fault", "add", "--on", "RemoteStartTransaction",
+                                   "--direction", "in", "--do", "reply", "--payload", '{"status": "Rejected"}',
+                                   "--count", "1", "--id", "no-start")
+    assert code == 0 and rule["id"] == "no-start" and rule["remaining"] == 1
+    # The rule is live in the station: a canned Rejected, and nothing starts.
+    assert await csms.call("RemoteStartTransaction", {"connectorId": 1, "idTag": "T1"}) == {"status": "Rejected"}
+    code, rules, _ = await sim_json(real_station, capsys, "fault", "list")
+    assert code == 0 and [(r["id"], r["fired"], r["remaining"]) for r in rules] == [("no-start", 1, 0)]
+    code, answer, _ = await sim_json(real_station, capsys, "fault", "remove", "no-start")
+    assert code == 0 and answer == {"removed": "no-start"}
+    # --rule gives the whole rule; the options add to it (the --control after the subcommand too).
+    code, rule, _ = await sim_json(real_station, capsys, "fault", "add", "--rule",
+                                   '{"on": "Heartbeat", "direction": "out", "do": "delay", "seconds": 1}',
+                                   "--probability", "0.5", "--seed", "3")
+    assert code == 0 and (rule["on"], rule["do"], rule["seconds"], rule["probability"]) == ("Heartbeat", "delay",
+                                                                                            1.0, 0.5)
+    code, answer, _ = await sim_json(real_station, capsys, "fault", "clear")
+    assert code == 0 and answer == {"cleared": True}
+    code, rules, _ = await sim_json(real_station, capsys, "fault", "list")
+    assert rules == []
+    assert real_station.state()["connectors"][0]["status"] == "Available"
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["fault", "add", "--on", "StartTransaction", "--direction", "in", "--do", "drop"],
+     "twin sim fault add: error: POST /api/faults: 400 fault do: drop keeps a station call off the wire"),
+    (["fault", "add", "--on", "RemoteStartTransaction", "--direction", "in", "--do", "reply",
+      "--payload", '{"status": "Maybe"}'], "not a valid RemoteStartTransaction.conf"),
+    (["fault", "remove", "nope"], "twin sim fault remove: error: DELETE /api/faults/nope: 404 no fault rule 'nope'"),
+    (["fault", "add", "--rule", "[1]", "--on", "Heartbeat"], "--rule must be a JSON object"),
+])
+async def test_fault_rule_errors_exit_1_with_the_station_message(real_station, capsys, argv, fragment) -> None:
+    code, _, err = await sim_json(real_station, capsys, *argv)
+    assert code == 1 and fragment in err, err
+
+
+@pytest.mark.parametrize("argv", [
+    ["sim", "fault", "add", "--payload", "{not json"],
+    ["sim", "fault", "add", "--count", "many"],
+    ["sim", "fault", "remove"],
+    ["sim", "fault", "two", "GroundFailure"],
+    ["sim", "fault", "1"],
+])
+def test_fault_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from twin.sim_client import parse_fault_args
+
+    with pytest.raises(SystemExit) as exc:
+        parse_fault_args(parser().parse_args(argv))
+    assert exc.value.code == 2 and "error:" in capsys.readouterr().err
+
+
+async def test_connector_faults_keep_their_form_on_a_real_station(real_station, capsys) -> None:
+    code, _, _ = await sim_json(real_station, capsys, "fault", "2", "GroundFailure", "--info", "RCD")
+    assert code == 0
+    assert real_station.state()["connectors"][1]["status"] == "Faulted"
+    assert (await sim_json(real_station, capsys, "clear-fault", "2"))[0] == 0
+
+
+async def test_trace_prints_json_lines_and_since_skips_the_older_ones(csms, real_station, capsys) -> None:
+    assert await sim(None, "trace", port=real_station.port) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    numbers = [r["n"] for r in records]
+    assert numbers == sorted(numbers) and numbers[0] == 1 and len(numbers) >= 4
+    assert records[0]["frame"][2] == "BootNotification" and records[0]["dir"] == "out"
+    assert await sim(None, "trace", "--since", str(numbers[-2]), port=real_station.port) == 0
+    assert [json.loads(line)["n"] for line in capsys.readouterr().out.splitlines()][:2] == numbers[-2:]
+
+
+async def test_trace_follow_prints_new_frames_across_a_reset_until_interrupted(csms, real_station) -> None:
+    """--follow as the command line runs it: new frames appear as they come; a Reset restarts
+    the station (its trace numbering starts at 1 again) and --follow goes on with the new
+    records, none printed twice; Ctrl-C ends it with status 0."""
+    import signal
+    import sys
+
+    from tests.conftest import twin_process_env
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "twin", "sim", "--control", f"127.0.0.1:{real_station.port}", "trace", "--follow",
+        "--interval", "0.1", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=twin_process_env())
+    seen: list[dict] = []
+
+    async def until(check, what: str) -> None:
+        async with asyncio.timeout(30):
+            while not check():
+                line = await proc.stdout.readline()
+                assert line, f"twin sim trace --follow ended before {what}: {(await proc.stderr.read()).decode()}"
+                seen.append(json.loads(line))
+
+    try:
+        await until(lambda: any(r["frame"][2:3] == ["BootNotification"] for r in seen), "the boot")
+        await csms.call("TriggerMessage", {"requestedMessage": "Heartbeat"})
+        await until(lambda: any(r["frame"][2:3] == ["Heartbeat"] for r in seen), "the triggered Heartbeat")
+        before = len(seen)
+        count = csms.connection_count
+        assert (await csms.call("Reset", {"type": "Soft"}))["status"] == "Accepted"
+        await csms.wait_connected(timeout=30, after=count)
+        await until(lambda: any(r["frame"][2:3] == ["BootNotification"] for r in seen[before:]), "the new boot")
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 10)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0
+    monos = [r["mono"] for r in seen]
+    assert monos == sorted(monos) and len(set(monos)) == len(monos)  # nothing printed twice
+    # The restarted station numbers its records from 1 again, and they were printed.
+    reboot = next(i for i in range(before, len(seen)) if seen[i]["frame"][2:3] == ["BootNotification"])
+    assert seen[reboot]["n"] < seen[before - 1]["n"]

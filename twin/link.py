@@ -43,7 +43,10 @@ The CSMS tester's toolkit lives here too (docs/faults-and-traces.md): fault rule
 jitter on every frame, frames lost at ``drop_rate``, a half-open connection, a close with
 a given code) and the wire trace (twin.trace: every frame both ways, redacted, each
 injected fault marked with its rule id). Every frame goes through ``_transmit`` (out) and
-``_receive`` (in), so impairment and the trace see all of them.
+``_receive`` (in), so impairment and the trace see all of them. Websocket pings and pongs
+take the latency too (``_pong_within``, ``_impair_pongs``), a half-open connection answers
+neither side's pings, and one the station gives up on is held open without a FIN or RST
+(``_hold_socket``): the liveness check of both sides sees what a real slow or dead link shows.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ import asyncio
 import inspect
 import json
 import logging
+import os
 import random
 import uuid
 from dataclasses import dataclass
@@ -63,7 +67,7 @@ from urllib.parse import urlsplit
 import websockets
 from ocpp.messages import get_validator
 from websockets.asyncio.client import connect
-from websockets.frames import DATA_OPCODES, Frame
+from websockets.frames import DATA_OPCODES, Frame, Opcode
 
 from twin.redact import SECRET_KEY_NAMES, RedactingFilter, redact_frame, redact_text
 from twin.security.transport import Attempt, AttemptImpossible, static_attempt
@@ -309,6 +313,7 @@ class Link:
         self._out_due = 0.0  # loop time the last delayed outgoing frame is due: frames keep their order
         self._in_due = 0.0
         self._in_handles: set[asyncio.TimerHandle] = set()
+        self._held: dict[int, asyncio.TimerHandle] = {}  # fd -> release: sockets of abandoned half-open links
 
     @property
     def ping_interval(self) -> float:
@@ -370,12 +375,14 @@ class Link:
                 await self._task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
+        self._release_sockets()
         self.tracer.close()
 
     async def abort(self) -> None:
         """Stop as a power cut does: the TCP connection dies without a close frame and the
         link task ends. For the scenario runner's ``restart = "power"``."""
         self.enabled = False
+        self._release_sockets()
         ws = self._ws
         if ws is not None:
             try:
@@ -392,8 +399,13 @@ class Link:
     def set_enabled(self, enabled: bool) -> None:
         """The bench's network switch: cut or restore the link without a power loss."""
         self.enabled = enabled
-        if not enabled and self._ws is not None:
-            asyncio.ensure_future(self._ws.close())
+        ws = self._ws
+        if not enabled and ws is not None:
+            if self._half_open_ws is ws:
+                # A dead link carries no closing handshake either: the station drops it.
+                self._abort_dead(ws, "the network was switched off on a half-open connection")
+            else:
+                asyncio.ensure_future(ws.close())
         self._wake.set()
 
     def send_call(self, ref: int, action: str, payload: dict, timeout: float) -> None:
@@ -457,6 +469,10 @@ class Link:
         ws = self._ws
         if ws is None:
             return False
+        if self._half_open_ws is ws:
+            # The bench asks for a real close: the connection carries frames again for its
+            # closing handshake (else the close would wait close_timeout for an unread answer).
+            ws.transport.resume_reading()
         self._half_open_ws = None
         self._keep(asyncio.ensure_future(self._close_with(ws, code, reason)))
         return True
@@ -500,20 +516,36 @@ class Link:
         if imp.drop_rate and imp.rng.random() < imp.drop_rate:
             self.tracer.record("out", conn, text, fault=fault, do=do, lost=True)
             return
-        delay = imp.delay()
+        if not await self._wire_out(ws):
+            self.tracer.record("out", conn, text, fault=fault, do=do, lost=True)
+            return
+        self.tracer.record("out", conn, text, fault=fault, do=do)
+        await ws.send(text)
+
+    async def _wire_out(self, ws) -> bool:
+        """Wait for the latency of the next outgoing frame (data or control); False when the
+        connection went half-open meanwhile, so the frame is never written."""
+        delay = self.impairment.delay()
         loop = asyncio.get_running_loop()
         now = loop.time()
         if delay > 0 or self._out_due > now:
             # Due times strictly increase: a frame delayed less (jitter) never overtakes one
-            # before it, as on a TCP stream.
+            # before it, as on a TCP stream. Pings and pongs take their place in that order.
             due = max(now + delay, self._out_due + 1e-6)
             self._out_due = due
             await asyncio.sleep(due - now)
-            if self._half_open_ws is ws:
-                self.tracer.record("out", conn, text, fault=fault, do=do, lost=True)
-                return
-        self.tracer.record("out", conn, text, fault=fault, do=do)
-        await ws.send(text)
+        return self._half_open_ws is not ws
+
+    def _in_due_time(self) -> float:
+        """When a frame read now reaches the station through the latency (loop time); frames
+        read later never arrive earlier."""
+        delay = self.impairment.delay()
+        now = asyncio.get_running_loop().time()
+        if delay <= 0 and self._in_due <= now:
+            return now
+        due = max(now + delay, self._in_due + 1e-6)
+        self._in_due = due
+        return due
 
     def _receive(self, frame) -> None:
         """One frame read from the socket, through the impairment, to ``_dispatch``."""
@@ -521,12 +553,9 @@ class Link:
         if imp.drop_rate and imp.rng.random() < imp.drop_rate:
             self.tracer.record("in", self.session, frame, lost=True)
             return
-        delay = imp.delay()
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        if delay > 0 or self._in_due > now:
-            due = max(now + delay, self._in_due + 1e-6)
-            self._in_due = due
+        due = self._in_due_time()
+        if due > loop.time():
             session = self.session
             handle: asyncio.TimerHandle
 
@@ -701,6 +730,7 @@ class Link:
         self.connected = True
         self._calls = asyncio.Queue()
         log.info("connected to %s", self.url)
+        self._impair_pongs(ws)
         self.on_up()
         helpers = [asyncio.create_task(self._sender(ws), name="ocpp-sender"),
                    asyncio.create_task(self._keepalive(ws), name="ocpp-keepalive")]
@@ -742,17 +772,70 @@ class Link:
                 return
 
     async def _pong_within(self, ws, seconds: float) -> bool:
-        """Whether the peer answers a ping within ``seconds`` (RFC 6455 §5.5.2-3)."""
+        """Whether the peer answers a ping within ``seconds`` (RFC 6455 §5.5.2-3).
+
+        The ping and its pong cross the impaired network like any frame: the ping waits its
+        latency (behind the frames queued before it), the pong its own on the way back, so a
+        round trip longer than ``seconds`` looks dead, as it does on a real slow link. A
+        half-open connection carries neither. ``drop_rate`` does not apply: on TCP a lost
+        segment is retransmitted, and the knob stands for OCPP messages that vanish on a
+        connection that stays up (a lost ping would turn it into a reconnect generator)."""
         if self._half_open_ws is ws:
             await asyncio.sleep(seconds)  # the ping is never written, a pong never read
             return False
         try:
             async with asyncio.timeout(seconds):
+                if not await self._wire_out(ws):  # half-open while the ping waited
+                    await asyncio.sleep(seconds)
                 pong = await ws.ping()
                 await pong
+                # The pong was read now; through the latency it arrives later.
+                arrive = self._in_due_time()
+                await asyncio.sleep(max(0.0, arrive - asyncio.get_running_loop().time()))
+                if self._half_open_ws is ws:
+                    await asyncio.sleep(seconds)  # a pong still on its way into a dead link
             return True
         except (TimeoutError, websockets.ConnectionClosed):
             return False
+
+    def _impair_pongs(self, ws) -> None:
+        """Route the pongs that answer the CSMS's pings through the impairment.
+
+        websockets answers a ping inside its sans-I/O protocol, the moment the frame is
+        parsed. On an impaired network the ping reaches the station only after the latency
+        and the pong needs its own latency back, so the CSMS's keepalive sees the round
+        trip a real slow link has. ``recv_frame`` is replaced on this connection's protocol
+        only: a ping is recorded as an event as before (RFC 6455 §5.5.2), and its pong is
+        sent by :meth:`_late_pong`. Without latency pongs go at once, as before."""
+        protocol = getattr(ws, "protocol", None)
+        original = getattr(protocol, "recv_frame", None)
+        if original is None:  # another websockets implementation: pongs are not impaired
+            return
+
+        def recv_frame(frame: Frame) -> None:
+            if frame.opcode is Opcode.PING and self._impaired_timing():
+                protocol.events.append(frame)
+                self._keep(asyncio.ensure_future(self._late_pong(ws, bytes(frame.data))))
+                return
+            original(frame)
+
+        protocol.recv_frame = recv_frame
+
+    def _impaired_timing(self) -> bool:
+        imp = self.impairment
+        now = asyncio.get_running_loop().time()
+        return bool(imp.latency_ms or imp.jitter_ms) or self._in_due > now or self._out_due > now
+
+    async def _late_pong(self, ws, data: bytes) -> None:
+        """The pong to a ping read now, after the ping's latency in and the pong's out."""
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, self._in_due_time() - loop.time()))
+        if self._half_open_ws is ws or not await self._wire_out(ws):
+            return  # the link died under it: nobody answers
+        try:
+            await ws.pong(data)
+        except websockets.ConnectionClosed:
+            pass
 
     def _abort_dead(self, ws, why: str) -> None:
         """Drop a connection that no longer carries frames. A closing handshake would wait
@@ -760,7 +843,40 @@ class Link:
         at once (on_down), and the reconnect loop takes over."""
         self.last_error = f"dead link: {why}"
         log.warning("link to %s is dead (%s): aborting the connection", self.url, why)
+        if self._half_open_ws is ws:
+            self._hold_socket(ws)
         ws.transport.abort()
+
+    def _hold_socket(self, ws) -> None:
+        """A half-open connection the station gives up on: nothing of that may reach the
+        CSMS, neither a FIN nor a RST (on a dead mobile link they are lost too), so the CSMS
+        must find the old connection dead by itself (its pings go unanswered) or learn of it
+        from the station's new one. A duplicate of the socket's descriptor keeps the TCP
+        connection open while the transport is aborted; it is closed after
+        HALF_OPEN_HOLD_S, when the link closes, or when more than HALF_OPEN_HELD are held."""
+        sock = ws.transport.get_extra_info("socket")
+        try:
+            fd = os.dup(sock.fileno())
+        except (AttributeError, OSError, ValueError):
+            return  # no socket to hold: the abort reaches the CSMS, as before
+        loop = asyncio.get_running_loop()
+        self._held[fd] = loop.call_later(HALF_OPEN_HOLD_S, self._release_socket, fd)
+        while len(self._held) > HALF_OPEN_HELD:
+            self._release_socket(next(iter(self._held)))
+
+    def _release_socket(self, fd: int) -> None:
+        handle = self._held.pop(fd, None)
+        if handle is None:
+            return
+        handle.cancel()
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+    def _release_sockets(self) -> None:
+        for fd in list(self._held):
+            self._release_socket(fd)
 
     def _dispatch(self, frame) -> None:
         log.debug("<- %s", frame)
@@ -986,6 +1102,11 @@ _ACTING_STATUSES = frozenset({"Accepted", "Scheduled", "RebootRequired", "Unlock
 def _acts_on(payload: Any) -> bool:
     return isinstance(payload, dict) and payload.get("status") in _ACTING_STATUSES
 
+
+# An abandoned half-open connection's socket is held open this long at most (and at most
+# this many at once), so that the CSMS finds it dead by itself: see Link._hold_socket.
+HALF_OPEN_HOLD_S = 600.0
+HALF_OPEN_HELD = 8
 
 _ANSWERED = ("answered",)  # what a waiting call's future holds once _dispatch delivered its answer
 

@@ -8,6 +8,15 @@ drives the control API (plug, unplug, cards, faults, the EV, network cuts) and p
 plug (SIGKILL, then a restart on the same data dir). A Reset the station accepts is
 expected to restart the process (exit 75, or the re-exec of ``twin run``).
 
+The bench also installs protocol fault rules (``POST /api/faults``: every ``do`` kind, both
+directions, on one action or ``*``, with counts and probabilities) and removes them, and
+impairs the network (``POST /api/network``: latency, jitter, drop_rate, half_open,
+close_code). What a rule or an impairment explains is not a violation (``Disturbances``):
+an unanswered call while an "in" silence/delay/garble rule or a lossy network was there, a
+garbled or schema-breaking frame while a garble/invalid rule matched it, a resent
+transaction message whose CALLRESULT a lossy network may have eaten. Everything else is
+judged as before, and the final drain clears every rule and impairment first.
+
 Invariants (the kind names appear in every report):
 
 - ``died``: the process exited when nobody asked it to (75 after an accepted Reset is a restart).
@@ -58,6 +67,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import PYTHON, free_port, twin_process_env
 from tests.fuzz.payloads import CSMS_ACTIONS, PayloadGen, World, canonical_json, validation_errors
+from twin.faults import CALL_ERROR_CODES, STATION_ACTIONS
 from twin.sim_client import SimClientError, request
 
 TX_ACTIONS = ("StartTransaction", "StopTransaction", "MeterValues")
@@ -75,6 +85,15 @@ FAST_KEYS = {"MessageTimeout": "3", "TransactionMessageRetryInterval": "1", "Met
 API_DEADLINE_S = 1.0
 CALL_TIMEOUT_S = 10.0
 RESTART_GRACE_S = 15.0
+# Fault rules and impairment (docs/faults-and-traces.md). Delays and latency stay below
+# MessageTimeout (FAST_KEYS: 3 s) round trip, so that they slow the station without looking
+# like silence; what does look like silence is forgiven only while it could cause it.
+IN_KINDS = ("reply", "callerror", "silence", "delay", "duplicate", "garble", "invalid")
+OUT_KINDS = ("delay", "duplicate", "garble", "invalid", "drop")
+LET_THROUGH = ("delay", "duplicate", "garble", "invalid")  # "in": the core still handles the call
+RULE_ERROR_CODES = tuple(sorted(CALL_ERROR_CODES - {"InternalError"}))  # InternalError: the core raised
+DISTURBANCE_GRACE_S = 4.0  # what a rule or impairment did may still arrive this long after it went
+MAX_RULES = 6
 
 
 @dataclass
@@ -106,6 +125,11 @@ class ProcessReport:
                                                        if k.startswith("outcome:")))
         lines.append("  calls answered: " + ", ".join(f"{k[6:]} {v}" for k, v in sorted(s.items())
                                                         if k.startswith("reply:")))
+        lines.append("  fault rules: " + (", ".join(f"{k[11:]} {v}" for k, v in sorted(s.items())
+                                                     if k.startswith("fault-rule:")) or "none")
+                     + f"; removed {s['fault-rules-removed']}, cleared {s['fault-rules-cleared']}; impairment: "
+                     + (", ".join(f"{k[11:]} {v}" for k, v in sorted(s.items()) if k.startswith("impairment:"))
+                        or "none"))
         by_kind: dict[str, list[ProcViolation]] = defaultdict(list)
         for v in self.violations:
             by_kind[v.kind].append(v)
@@ -126,6 +150,58 @@ class TxMsg:
     key: str
     payload: dict
     answer: str = "none"  # result | error | none
+    maybe_lost: bool = False  # its CALLRESULT went out while the network could lose it
+
+
+@dataclass
+class Disturbance:
+    what: str  # "rule" or an impairment: "drop", "half_open", "latency", "close"
+    began: float
+    ended: float | None = None  # None: still there
+    conn: int | None = None  # impairment: the CSMS connection it began on (half_open ends with it)
+    direction: str | None = None
+    on: str | None = None
+    do: str | None = None
+    rule_id: str | None = None
+
+    def overlaps(self, t0: float, t1: float) -> bool:
+        return self.began <= t1 and (self.ended is None or self.ended + DISTURBANCE_GRACE_S >= t0)
+
+
+class Disturbances:
+    """What the bench did on purpose, and when: the fault rules it installed and the network
+    impairment it set, as intervals. A rule counts from its POST until it is removed (or the
+    process that held it died); a count used up early only makes the interval too long,
+    which forgives more, never less."""
+
+    def __init__(self) -> None:
+        self.items: list[Disturbance] = []
+
+    def begin(self, what: str, **fields: Any) -> Disturbance:
+        item = Disturbance(what, time.monotonic(), **fields)
+        self.items.append(item)
+        return item
+
+    def end(self, item: Disturbance) -> None:
+        if item.ended is None:
+            item.ended = time.monotonic()
+
+    def end_all(self, what: str | None = None) -> None:
+        for item in self.items:
+            if what is None or item.what == what:
+                self.end(item)
+
+    def live(self, what: str) -> list[Disturbance]:
+        return [i for i in self.items if i.what == what and i.ended is None]
+
+    def rule(self, t0: float, t1: float, direction: str, action: str | None, kinds: tuple[str, ...]) -> bool:
+        """A rule of one of ``kinds`` matching ``action`` (None: any action) was there in [t0, t1]."""
+        return any(i.what == "rule" and i.direction == direction and i.do in kinds
+                   and (action is None or i.on in ("*", action)) and i.overlaps(t0, t1) for i in self.items)
+
+    def lossy(self, t0: float, t1: float) -> bool:
+        """The network could lose or hold back a frame in [t0, t1]."""
+        return any(i.what in ("drop", "half_open", "close") and i.overlaps(t0, t1) for i in self.items)
 
 
 class FuzzCsms:
@@ -147,7 +223,10 @@ class FuzzCsms:
         self.registration = "None"  # what this CSMS last answered to BootNotification
         self.plain = False  # final drain: answer everything plainly
         self.configured = False
+        self.configured_done = False  # FAST_KEYS are in: fault rules may go in from now on
         self.uids = 0
+        self.answered: dict[tuple[int, str], list | None] = {}  # (connection, message id) -> our answer
+        self.last_entry: TxMsg | None = None  # the ledger entry of the call _answer just answered
 
     @property
     def url(self) -> str:
@@ -165,6 +244,8 @@ class FuzzCsms:
     async def _serve(self, ws: ServerConnection) -> None:
         self.conn += 1
         self.fuzz.stats["connections"] += 1
+        for item in self.fuzz.disturbances.live("half_open"):
+            self.fuzz.disturbances.end(item)  # the next connection is healthy
         previous, self.ws = self.ws, ws
         if previous is not None:
             asyncio.ensure_future(previous.close(1000, "replaced"))
@@ -199,20 +280,42 @@ class FuzzCsms:
             pass
 
     async def _receive(self, ws: ServerConnection, conn: int, raw: Any) -> None:
+        now = time.monotonic()
+        dist = self.fuzz.disturbances
         try:
             msg = json.loads(raw)
             kind = msg[0]
         except (ValueError, TypeError, IndexError):
-            self.fuzz.violation("schema", f"not an OCPP-J frame: {str(raw)[:200]}")
+            # A garble rule in either direction sends text that is no JSON (a CALL, or the
+            # answer to one of our calls).
+            if not (dist.rule(now, now, "out", None, ("garble",)) or dist.rule(now, now, "in", None, ("garble",))):
+                self.fuzz.violation("schema", f"not an OCPP-J frame: {str(raw)[:200]}")
             return
         if kind == 2:
             _, uid, action, payload = msg
+            if (conn, uid) in self.answered:
+                # The same message id again (do = duplicate, or a bug): a CSMS acts once and
+                # may answer the copy the same way (OCPP-J §4.1.2 message ids).
+                again = self.answered[(conn, uid)]
+                if again is not None:
+                    await self._send(ws, conn, again)
+                return
             errors = validation_errors(action, payload)
             if errors:
-                self.fuzz.violation("schema", f"{action}.req {str(payload)[:300]}: {errors}")
+                if not dist.rule(now, now, "out", action, ("invalid",)):
+                    self.fuzz.violation("schema", f"{action}.req {str(payload)[:300]}: {errors}")
+                # As a CSMS must (OCPP-J §4.2.3): a CALLERROR, and the call is not processed.
+                frame = [4, uid, "FormationViolation", f"fuzzing CSMS: {action} breaks its schema", {}]
+                self.answered[(conn, uid)] = frame
+                await self._send(ws, conn, frame)
+                return
             answer = self._answer(conn, action, payload)
+            self.answered[(conn, uid)] = None
             if answer is not None:
                 frame = [3, uid, answer[1]] if answer[0] == 3 else [4, uid, *answer[1:]]
+                self.answered[(conn, uid)] = frame
+                if frame[0] == 3 and self.last_entry is not None and dist.lossy(now, now):
+                    self.last_entry.maybe_lost = True  # this answer may never reach the station
                 if not self.plain and self.rng.random() < 0.1:
                     # A slow CSMS: the station's call stays outstanding while other frames come.
                     asyncio.ensure_future(self._send_later(ws, conn, frame, self.rng.choice([0.2, 0.5, 1.0, 2.0])))
@@ -223,7 +326,7 @@ class FuzzCsms:
             action = self.sent_actions.get(uid)
             if kind == 3 and action is not None:
                 errors = validation_errors(action, msg[2], response=True)
-                if errors:
+                if errors and not dist.rule(now, now, "in", action, ("invalid",)):
                     self.fuzz.violation("schema", f"{action}.conf {str(msg[2])[:300]}: {errors}")
             fut = self.pending.get(uid)
             if fut is not None and not fut.done():
@@ -237,6 +340,7 @@ class FuzzCsms:
         if action in TX_ACTIONS and not _triggered(action, payload):
             entry = TxMsg(conn, action, action + canonical_json(payload), payload)
             self.tx_log.append(entry)
+        self.last_entry = entry
         roll = 1.0 if self.plain else rng.random()
         if action == "BootNotification":
             if roll < 0.03:
@@ -338,6 +442,13 @@ class ProcessFuzz:
         self.call_task: asyncio.Task | None = None
         self.aborted = False
         self.seen_kinds: Counter = Counter()
+        self.disturbances = Disturbances()
+        # Rules and impairment draw from their own generator: the bench's and the CSMS's
+        # choices stay the sequence the seed gave them before these existed.
+        self.drng = random.Random(seed * 7919 + 1)
+        self.rule_seq = 0
+        self.background: set[asyncio.Future] = set()
+        self.stop_disturbing = asyncio.Event()
 
     def violation(self, kind: str, message: str, *, fatal: bool = False) -> None:
         """Record a violation; a fatal one (the station no longer answers) ends the run."""
@@ -392,6 +503,7 @@ class ProcessFuzz:
         try:
             self.kill_group()
             await self.proc.wait()
+            self.disturbances.end_all()  # rules and impairment lived in the dead process
             await self.start_station()
         finally:
             self.expect_exit = False
@@ -471,13 +583,16 @@ class ProcessFuzz:
             if c.get("localTransactionId") is not None and c.get("idTag") is not None:
                 self.started_tags.add(c["idTag"])
 
-    async def post(self, path: str, body: dict | None = None) -> dict | None:
+    async def post(self, path: str, body: dict | None = None, *, expect_error: bool = False) -> dict | None:
         self.stats["bench"] += 1
         try:
             answer = await asyncio.to_thread(request, self.base, "POST", path, body, 5)
         except SimClientError as e:
             if e.status == 500 or (e.status is None and self.restart_until is None and "timed out" in str(e)):
                 self.violation("api", f"POST {path} {body}: {e}")
+            elif expect_error and e.status == 400:
+                # The generator makes only rules the docs allow: a refusal is a bug on one side.
+                self.violation("fault-refused", f"POST {path} {body}: {e}")
             return None
         if isinstance(answer, dict) and "connectors" in answer:
             self.state = answer
@@ -487,6 +602,140 @@ class ProcessFuzz:
     async def configure(self) -> None:
         for key, value in FAST_KEYS.items():
             await self.csms.call("ChangeConfiguration", {"key": key, "value": value}, timeout=5)
+        self.csms.configured_done = True
+
+    # ------------------------------------------------------------------ fault rules, impairment
+    def random_rule(self) -> dict:
+        """A rule the station must take: every ``do`` kind, both directions, one action or
+        ``*``, a count, a probability. Rules that could make the station discard a
+        transaction message (an "out" invalid that the CSMS refuses with a CALLERROR, which
+        counts an attempt, §3.7.1) fire once, and only one of them is live at a time, so the
+        ledger can still demand that no transaction is lost."""
+        rng = self.drng
+        direction = rng.choice(["in", "out"])
+        do = rng.choice(IN_KINDS if direction == "in" else OUT_KINDS)
+        actions = sorted(CSMS_ACTIONS) if direction == "in" else sorted(STATION_ACTIONS)
+        on = rng.choice(actions) if do == "reply" or rng.random() < 0.7 else "*"
+        self.rule_seq += 1
+        rule: dict[str, Any] = {"id": f"fz{self.rule_seq}", "on": on, "direction": direction, "do": do}
+        count = rng.choice([None, 1, 1, 2, 3, 5])
+        if count is not None:
+            rule["count"] = count
+        if rng.random() < 0.4:
+            rule["probability"] = rng.choice([0.1, 0.3, 0.5, 0.9])
+            rule["seed"] = rng.randrange(2**31)
+        if do == "reply":
+            gen = PayloadGen(random.Random(rng.random()), self.world, edge=0.0)
+            rule["payload"] = gen.response(on)
+        elif do == "callerror":
+            rule["code"] = rng.choice(RULE_ERROR_CODES)
+            rule["description"] = rng.choice(["", "fuzz", "ä" * 40])
+        elif do == "delay":
+            rule["seconds"] = rng.choice([0.1, 0.3, 0.8, 1.2])
+        if direction == "in" and do in ("silence", "garble") and on == "*":
+            rule["count"] = rng.choice([1, 2, 3])  # not every call of a storm unanswered
+        tx_risk = direction == "out" and do == "invalid" and on in ("*",) + TX_ACTIONS
+        if tx_risk:
+            if any(i.direction == "out" and i.do == "invalid" and i.on in ("*",) + TX_ACTIONS
+                   for i in self.disturbances.live("rule")):
+                rule["on"] = "Heartbeat"  # one such rule at a time: this one is harmless
+            else:
+                rule["count"] = 1
+                rule.pop("probability", None)
+                rule.pop("seed", None)
+        return rule
+
+    async def fault_action(self) -> None:
+        rng = self.drng
+        live = self.disturbances.live("rule")
+        roll = rng.random()
+        if live and (roll < 0.3 or len(live) >= MAX_RULES):
+            item = rng.choice(live)
+            await self.delete(f"/api/faults/{item.rule_id}")
+            self.disturbances.end(item)
+            self.stats["fault-rules-removed"] += 1
+        elif live and roll < 0.4:
+            await self.delete("/api/faults")
+            self.disturbances.end_all("rule")
+            self.stats["fault-rules-cleared"] += 1
+        else:
+            rule = self.random_rule()
+            item = self.disturbances.begin("rule", direction=rule["direction"], on=rule["on"], do=rule["do"],
+                                           rule_id=rule["id"])
+            answer = await self.post("/api/faults", rule, expect_error=True)
+            if isinstance(answer, dict) and answer.get("id") == rule["id"]:
+                self.stats[f"fault-rule:{rule['direction']}:{rule['do']}"] += 1
+            else:
+                self.disturbances.end(item)  # not installed (refused, or the station was restarting)
+
+    async def impairment_action(self) -> None:
+        """Impair the network for a while: most impairments are lifted again after 1-6 s (a
+        bad patch); a half-open link is sometimes left for the station's own ping check to
+        find (the connection is replaced, docs/faults-and-traces.md)."""
+        rng = self.drng
+        dist = self.disturbances
+        roll = rng.random()
+        lift: dict[str, Any] | None = None
+        if roll < 0.3:
+            body: dict[str, Any] = {"latency_ms": rng.choice([50, 200, 600]),
+                                    "jitter_ms": rng.choice([0, 0, 100, 300]), "seed": rng.randrange(2**31)}
+            what, lift = "latency", {"latency_ms": 0, "jitter_ms": 0}
+        elif roll < 0.55:
+            body = {"drop_rate": rng.choice([0.05, 0.2, 0.5, 1.0]), "seed": rng.randrange(2**31)}
+            what, lift = "drop", {"drop_rate": 0}
+        elif roll < 0.8:
+            body = {"half_open": True}
+            what, lift = "half_open", ({"half_open": False} if rng.random() < 0.75 else None)
+        else:
+            body = {"close_code": rng.choice([1000, 1001, 1011, 3000, 4000, 4999])}
+            what = "close"
+        dist.end_all(what)
+        item = dist.begin(what, conn=self.csms.conn)
+        self.stats[f"impairment:{next(iter(body))}"] += 1
+        await self.post("/api/network", body)
+        if what == "close":
+            dist.end(item)
+        elif lift is not None:
+            self._keep(asyncio.ensure_future(self._lift_later(item, lift, rng.uniform(1.0, 6.0))))
+
+    async def _lift_later(self, item: Disturbance, lift: dict, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        if item.ended is None:
+            await self.post("/api/network", lift)
+            self.disturbances.end(item)
+
+    def _keep(self, task: asyncio.Future) -> None:
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    def disturbed(self, action: str) -> bool:
+        """Something the bench did may keep ``action``'s answer from coming now."""
+        now = time.monotonic()
+        return self.disturbances.lossy(now, now) or self.disturbances.rule(now, now, "in", action,
+                                                                            ("silence", "delay", "garble"))
+
+    async def clear_disturbances(self, *, drain: bool = False, keep_half_open: bool = False) -> None:
+        """Every fault rule removed and the network plain again: the drain's first step (which
+        also switches the network on), and the end of a storm (which leaves the bench's
+        switch alone and, sometimes, a half-open link for the station's ping check)."""
+        await self.delete("/api/faults")
+        body: dict[str, Any] = {"latency_ms": 0, "jitter_ms": 0, "drop_rate": 0}
+        if drain:
+            body["online"] = True
+        if drain or not keep_half_open:
+            body["half_open"] = False
+        await self.post("/api/network", body)
+        for item in self.disturbances.items:
+            if item.what != "half_open" or "half_open" in body:
+                self.disturbances.end(item)
+
+    async def delete(self, path: str) -> None:
+        self.stats["bench"] += 1
+        try:
+            await asyncio.to_thread(request, self.base, "DELETE", path, None, 5)
+        except SimClientError as e:
+            if e.status == 500:
+                self.violation("api", f"DELETE {path}: {e}")
 
     # ------------------------------------------------------------------ choices
     async def bench_action(self) -> None:
@@ -534,11 +783,23 @@ class ProcessFuzz:
         conn = self.csms.conn
         registration = self.csms.registration
         self.stats["csms-calls"] += 1
-        outcome, reply = await self.csms.call(action, payload)
+        began = time.monotonic()
+        # While the bench may be keeping the answer away, a shorter wait: the silence proves
+        # nothing then, and one CALL at a time must not stall the run for 10 s.
+        outcome, reply = await self.csms.call(action, payload, 2.5 if self.disturbed(action) else CALL_TIMEOUT_S)
+        ended = time.monotonic()
+        dist = self.disturbances
         self.stats[f"outcome:{outcome}"] += 1
+        clean = outcome == "result" and isinstance(reply, dict) and reply.get("status") == "Accepted"
+        if action == "Reset" and not clean and dist.rule(began, ended, "in", action, LET_THROUGH):
+            # The rule changed only the answer: the core took the Reset (always Accepted) and
+            # the station restarts, whatever the CSMS heard.
+            self.stats["resets"] += 1
+            self.restart_until = time.monotonic() + RESTART_GRACE_S
+            self.reset_conn = conn
         if outcome == "result":
             self.stats[f"reply:{action}:{reply.get('status', 'ok') if isinstance(reply, dict) else '?'}"] += 1
-            if action == "Reset" and reply.get("status") == "Accepted":
+            if action == "Reset" and clean:
                 self.stats["resets"] += 1
                 self.restart_until = time.monotonic() + RESTART_GRACE_S
                 self.reset_conn = self.csms.conn
@@ -547,8 +808,10 @@ class ProcessFuzz:
             if reply[0] == "InternalError":
                 self.violation("internal-error", f"{action} {str(payload)[:300]} -> CALLERROR {reply}")
         elif outcome == "timeout":
+            explained = (dist.rule(began, ended, "in", action, ("silence", "delay", "garble"))
+                         or dist.lossy(began, ended))
             if self.csms.conn == conn and self.csms.ws is not None and registration != "Rejected" \
-                    and self.csms.registration != "Rejected":
+                    and self.csms.registration != "Rejected" and not explained:
                 self.violation("unanswered", f"{action} {str(payload)[:300]} got no reply within {CALL_TIMEOUT_S} s")
 
     async def step(self) -> None:
@@ -563,6 +826,37 @@ class ProcessFuzz:
             await self.power_cut()
         await asyncio.sleep(rng.choice([0.02, 0.05, 0.1, 0.2, 0.4]))
 
+    async def disturb(self) -> None:
+        """The bench's misbehaviour, beside the steps and on its own generator, once the
+        station has its FAST_KEYS (before that a silenced ChangeConfiguration would keep the
+        run slow). Storms of 2-5 s (a fault rule added, removed or cleared, or the network
+        impaired, every 0.3-1.5 s) end with every rule removed and the network plain again,
+        and calm spells of 3-7 s follow: there the checks are as strict as without rules,
+        and the station must recover from what the storm left (a queue to drain, a link to
+        find dead)."""
+        while not await self._pause(self.drng.uniform(3.0, 7.0)):
+            storm_end = time.monotonic() + self.drng.uniform(2.0, 5.0)
+            self.stats["storms"] += 1
+            while time.monotonic() < storm_end:
+                if await self._pause(self.drng.uniform(0.3, 1.5)):
+                    return
+                if not self.csms.configured_done or self.restart_until is not None or self.expect_exit:
+                    continue
+                if self.drng.random() < 0.7:
+                    await self.fault_action()
+                else:
+                    await self.impairment_action()
+            if self.restart_until is None and not self.expect_exit:
+                await self.clear_disturbances(keep_half_open=self.drng.random() < 0.25)
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep ``seconds``; True when the run wants the disturbances to stop."""
+        try:
+            await asyncio.wait_for(self.stop_disturbing.wait(), seconds)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
     # ------------------------------------------------------------------ the end
     async def drain(self, timeout: float = 40.0) -> bool:
         """Plain answers, network up, faults cleared, every transaction stopped, the queue empty."""
@@ -570,7 +864,7 @@ class ProcessFuzz:
         if self.call_task is not None:
             await self.call_task
         await self.ensure_running()
-        await self.post("/api/network", {"online": True})
+        await self.clear_disturbances(drain=True)
         for cid in (0, 1, 2):
             try:
                 await asyncio.to_thread(request, self.base, "DELETE", f"/api/connectors/{cid}/fault", None, 10)
@@ -661,7 +955,8 @@ class ProcessFuzz:
                 first[m.key] = i
                 continue
             earlier = log[j]
-            if earlier.answer == "result" and last_on_conn[earlier.conn] != j and m.payload.get("transactionId") != -1:
+            if (earlier.answer == "result" and not earlier.maybe_lost and last_on_conn[earlier.conn] != j
+                    and m.payload.get("transactionId") != -1):
                 self.violation("resent-after-confirm",
                                f"{m.action} #{i} (connection {m.conn}) repeats #{j} (connection {earlier.conn}), "
                                f"which was confirmed and followed by other transaction messages: {str(m.payload)[:300]}")
@@ -694,8 +989,13 @@ class ProcessFuzz:
                 self.violation(kind, f"the control API did not come up: {self.log_tail()}", fatal=True)
                 return
             end = time.monotonic() + seconds
+            disturber = asyncio.ensure_future(self.disturb())
+            self._keep(disturber)
             while time.monotonic() < end and not self.aborted:
                 await self.step()
+            # Let a rule or impairment on its way land before the drain clears them all.
+            self.stop_disturbing.set()
+            await disturber
             if self.aborted:
                 return  # the station stopped answering: a drain cannot tell anything more
             if await self.drain():
@@ -712,6 +1012,8 @@ class ProcessFuzz:
             self.check_ledger()
         finally:
             watcher.cancel()
+            for task in list(self.background):
+                task.cancel()
             if self.proc is not None:
                 self.kill_group()  # also a station child left by a supervisor
                 if self.proc.returncode is None:

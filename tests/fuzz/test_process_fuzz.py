@@ -9,10 +9,11 @@ longer run is ``.venv/bin/python -m tests.fuzz process --seconds 600``.
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
-from tests.fuzz.process_fuzz import ProcessFuzz, TxMsg, run_process
+from tests.fuzz.process_fuzz import DISTURBANCE_GRACE_S, Disturbances, ProcessFuzz, TxMsg, run_process
 from tests.fuzz.payloads import canonical_json
 
 SEED = int(os.environ.get("TWIN_FUZZ_SEED", "20261201"))
@@ -30,6 +31,10 @@ async def test_process_fuzz_within_budget(tmp_path) -> None:
     assert stats["csms-calls"] >= 40 and stats["bench"] >= 40, report.summary()
     assert stats["transactions"] >= 3 and stats["kills"] >= 1, report.summary()
     assert stats["polls"] >= 50, report.summary()
+    # Fault rules and impairment were in play (docs/fuzzing.md), and judged.
+    rules = {k for k, v in stats.items() if k.startswith("fault-rule:") and v}
+    assert len(rules) >= 3 and {k.split(":")[1] for k in rules} == {"in", "out"}, report.summary()
+    assert sum(v for k, v in stats.items() if k.startswith("impairment:")) >= 2, report.summary()
 
 
 # ---------------------------------------------------------------------- the ledger rules
@@ -82,3 +87,32 @@ def test_a_missing_stop_an_unknown_id_and_a_lost_start_are_found(tmp_path) -> No
                              msg(1, "MeterValues", {"connectorId": 1, "transactionId": 77, "meterValue": []})],
                   started_tags={"TAG-0001", "TAG-0002"})
     assert set(found) == {"stop-count", "unknown-transaction", "lost-start"}, found
+
+
+def test_a_resend_whose_result_a_lossy_network_may_have_eaten_is_allowed(tmp_path) -> None:
+    first = msg(1, "StartTransaction", START)
+    first.maybe_lost = True  # its CALLRESULT went out while drop_rate or half_open was set
+    log = [first, msg(1, "StartTransaction", START), msg(1, "StopTransaction", STOP)]
+    assert judge(tmp_path, log) == {}
+    log[0].maybe_lost = False
+    assert "resent-after-confirm" in judge(tmp_path, log)
+
+
+def test_disturbances_explain_only_what_they_can_cause() -> None:
+    d = Disturbances()
+    silence = d.begin("rule", direction="in", on="GetConfiguration", do="silence", rule_id="r1")
+    t = silence.began
+    assert d.rule(t, t + 1, "in", "GetConfiguration", ("silence", "delay"))
+    assert not d.rule(t, t + 1, "in", "Reset", ("silence",))  # another action
+    assert not d.rule(t, t + 1, "out", "GetConfiguration", ("silence",))  # another direction
+    assert not d.rule(t, t + 1, "in", "GetConfiguration", ("garble",))  # another kind
+    d.end(silence)
+    assert d.rule(silence.ended + DISTURBANCE_GRACE_S - 0.5, silence.ended + 10, "in", "GetConfiguration",
+                  ("silence",))  # a late effect still counts
+    assert not d.rule(silence.ended + DISTURBANCE_GRACE_S + 0.5, silence.ended + 10, "in", "GetConfiguration",
+                      ("silence",))
+    star = d.begin("rule", direction="out", on="*", do="invalid", rule_id="r2")
+    assert d.rule(star.began, star.began, "out", "StopTransaction", ("invalid",))
+    assert not d.lossy(star.began, star.began)
+    d.begin("drop")
+    assert d.lossy(time.monotonic(), time.monotonic())

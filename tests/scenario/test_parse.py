@@ -61,6 +61,9 @@ def test_a_good_file_parses_into_steps():
     ('fault = {on = "Heartbeat"}', "fault", "rule"),
     ('tap = "012345678901234567890"', "tap", "20"),
     ('plug = 1\nwithin_s = 3', "within_s", "only on expect"),
+    ('expect = "Heartbeat"\nnext = 1', "next", "true or false"),
+    ('expect = "Heartbeat"\nreply = true\nnext = true', "next", "not for an answer"),
+    ('expect = "Heartbeat"\nabsent = true\nnext = true', "next", "not for an answer"),
     ('nothing = 1', None, "needs one of"),
 ])
 def test_errors_name_file_step_and_field(step, field, words):
@@ -93,7 +96,8 @@ def test_not_toml_names_the_file():
 def test_every_builtin_parses_and_says_what_the_csms_must_do():
     names = library.names()
     assert {"boot-accepted", "boot-pending", "boot-rejected", "local-session", "offline-late-ids",
-            "discarded-start", "retry-cadence", "reconnect-storm", "power-loss"} <= set(names)
+            "discarded-start", "retry-cadence", "reconnect-storm", "power-loss", "remote-session",
+            "remote-start-rejected", "firmware-update", "diagnostics-upload"} <= set(names)
     for name in names:
         sc = library.builtin(name)
         assert sc.source == f"builtin:{name}" and sc.name == name

@@ -34,6 +34,9 @@ def run_scenario_command(args: argparse.Namespace) -> int:
             print(f"builtin:{name:<28} {sc.description.splitlines()[0] if sc.description else sc.name}")
             if sc.csms_behaviour:
                 print(f"{'':<37} CSMS must: {sc.csms_behaviour}")
+            sends = library.csms_sends(sc)
+            if sends:
+                print(f"{'':<37} CSMS sends: {', '.join(sends)} (triggered on your side while it runs)")
         return 0
     try:
         scenarios = [library.resolve(f) for f in args.files]

@@ -32,6 +32,18 @@ def all_builtins() -> list[Scenario]:
     return [builtin(n) for n in names()]
 
 
+def csms_sends(scenario: Scenario) -> list[str]:
+    """The calls the CSMS under test must send by itself for ``scenario`` to pass (its
+    ``direction = "in"`` expectations), in order, once each. A station cannot make a CSMS
+    send a call: the CSMS team triggers these (their API, an operator action) while the
+    scenario runs, and the tests of the built-ins do it with twin.csms."""
+    seen: list[str] = []
+    for step in scenario.steps:
+        if step.kind == "expect" and step.direction == "in" and not step.absent and step.action not in seen:
+            seen.append(step.action)
+    return seen
+
+
 def builtin_csms(scenario: Scenario, **kwargs):
     """A twin.csms.server.Csms (not started) that behaves as ``[scenario.csms]`` asks:
     ``boot_status``, ``heartbeat_interval`` (the BootNotification interval) and

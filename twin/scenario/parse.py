@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 ACTIONS = ("plug", "unplug", "tap", "fault", "network", "restart", "wait_s")
-EXPECT_FIELDS = ("expect", "direction", "reply", "match", "capture", "within_s", "absent")
+EXPECT_FIELDS = ("expect", "direction", "reply", "match", "capture", "within_s", "absent", "next")
 RESTARTS = ("soft", "hard", "power")
 NETWORK_FIELDS = {"online": bool, "latency_ms": (int, float), "jitter_ms": (int, float), "drop_rate": (int, float),
                   "half_open": bool, "close_code": int, "seed": int}
@@ -45,6 +45,7 @@ class Step:
     capture: dict = field(default_factory=dict)  # expect: name -> dotted path into the matched payload
     within_s: float = DEFAULT_WITHIN_S
     absent: bool = False  # expect: NO such call may come within within_s (e.g. nothing while Pending)
+    next_only: bool = False  # expect (TOML ``next``): the next such call must match; another one fails at once
 
     def describe(self) -> str:
         """What the step does or expects, in the words a report uses."""
@@ -55,6 +56,8 @@ class Step:
                 else f"a {self.action} call sent by {who}")
         if self.absent:
             what = "no " + what.removeprefix("a ")
+        if self.next_only:
+            what = "the next " + what.removeprefix("a ")
         return what + (f" matching {self.match}" if self.match else "") + f" within {self.within_s:g} s"
 
 
@@ -182,7 +185,13 @@ def _step(source: str, n: int, raw: Any) -> Step:
         raise fail("must be true or false", "absent")
     if absent and (reply or capture):
         raise fail("an absent call has no answer and nothing to capture", "absent")
-    return Step(n, "expect", None, action, direction, reply, match, dict(capture), float(within), absent)
+    next_only = raw.get("next", False)
+    if not isinstance(next_only, bool):
+        raise fail("must be true or false", "next")
+    if next_only and (reply or absent):
+        raise fail("next is for a call (the next one must match), not for an answer or an absent call", "next")
+    return Step(n, "expect", None, action, direction, reply, match, dict(capture), float(within), absent,
+                next_only)
 
 
 def _action_value(kind: str, value: Any, fail) -> Any:

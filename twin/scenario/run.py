@@ -7,6 +7,8 @@ action caused counts; an expectation that matched moves it just past the CALL it
 frame that came right after, even in the same read. ``reply = true`` right after an
 expectation of the same call waits for the answer to *that* call and fails at once when
 that answer is wrong; without one before it, any answer to such a call after the cursor.
+``next = true`` takes the first such call after the cursor: one that does not match fails
+the step at once (a status sequence: DownloadFailed where Downloaded was due).
 
 Frames a fault or network impairment kept from the other side (``do = "drop"``,
 ``lost``) are in the report but match nothing: the CSMS never saw them.
@@ -166,13 +168,22 @@ class _Runner:
         if not step.reply:
             for rec in frames[self.cursor:]:
                 call = _call(rec)
-                if call and rec["dir"] == step.direction and call[1] == step.action and subset_match(want, call[2]):
+                if not call or rec["dir"] != step.direction or call[1] != step.action:
+                    continue
+                if subset_match(want, call[2]):
                     try:
                         self._capture(step, call[2], rec)
                     except KeyError:
+                        if step.next_only:
+                            self.focus = rec["i"] + 1
+                            raise StepFailed(step.describe(), f"it came without {sorted(step.capture.values())}: "
+                                                              f"{rec['dir']} {_short(rec['frame'])}") from None
                         continue  # a capture names a field this call lacks: not the call wanted
                     self.last_call = (step.action, step.direction, call[0], rec["i"])
                     return rec["i"]
+                if step.next_only:  # a status sequence: the next one is wrong, no need to wait for the time
+                    self.focus = rec["i"] + 1
+                    raise StepFailed(step.describe(), f"instead: {rec['dir']} {_short(rec['frame'])}")
             return None
         answer_dir = "in" if step.direction == "out" else "out"
         calls = _calls_by_id(frames, step.direction, step.action)
