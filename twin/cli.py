@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     queue = sub.add_parser("queue", help="list queued transaction messages from the store (station may be stopped)")
     queue.add_argument("--config", type=Path)
     queue.add_argument("--data-dir", type=Path)
+    queue.add_argument("--station", metavar="ID",
+                       help="a fleet's data dir (--data-dir holding fleet.db): list this member's messages")
     queue.add_argument("--discarded", action="store_true", help="also list discarded messages")
     queue.add_argument("--json", action="store_true", help="print JSON")
 
@@ -242,8 +244,21 @@ def cmd_queue(args) -> int:
     data_dir = args.data_dir
     if data_dir is None:
         data_dir = Path(_load(args).data_dir)
+    source = Path(data_dir) / "twin.db"
     try:
-        snap = Store.snapshot(Path(data_dir) / "twin.db")
+        if getattr(args, "station", None) is not None:
+            from twin.fleet.store import SharedStore
+
+            # Read-only (mode=ro), like Store.snapshot: safe while the fleet runs.
+            snap, source = SharedStore.snapshot(Path(data_dir), args.station)
+        elif not source.exists() and (Path(data_dir) / "fleet.db").exists():
+            raise StoreError(f"{data_dir}: a fleet's data dir (it holds fleet.db): name the member with --station ID")
+        elif not source.exists() and (Path(data_dir) / "twin.db.imported").exists():
+            here = Path(data_dir).absolute()
+            raise StoreError(f"{data_dir}: this fleet member's store was moved into {here.parent / 'fleet.db'}: "
+                             f"twin queue --data-dir {here.parent} --station {here.name}")
+        else:
+            snap = Store.snapshot(source)
     except StoreError as e:
         print(f"twin: {e}", file=sys.stderr)
         return 1
@@ -251,7 +266,8 @@ def cmd_queue(args) -> int:
     if args.json:
         print(json.dumps({"queue": rows, "discarded": snap["discarded"] if args.discarded else []}, indent=2))
         return 0
-    print(f"{len(rows)} queued transaction message(s) in {Path(data_dir) / 'twin.db'}")
+    station = f" of station {args.station}" if getattr(args, "station", None) is not None else ""
+    print(f"{len(rows)} queued transaction message(s){station} in {source}")
     print(f"{'seq':>6}  {'action':<17} {'tx':>5} {'attempts':>8}  created_at")
     for r in rows:
         print(f"{r['seq']:>6}  {r['action']:<17} {str(r.get('tx_local_id') or ''):>5} {r.get('attempts', 0):>8}  "

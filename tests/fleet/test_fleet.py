@@ -84,8 +84,10 @@ async def test_every_member_registers_and_is_listed(env):
         assert s["registration"] == "Accepted"
         assert s["link"] == {"online": True, "connected": True}
         assert [c["status"] for c in s["connectors"]] == ["Available", "Available"]
-    # Each member has its own data dir (its own store).
-    assert sorted(p.name for p in env.fleet.data_dir.iterdir() if (p / "twin.db").exists()) == IDS
+    # Each member has its own data dir; their durable state is in the fleet's one store.
+    assert sorted(p.name for p in env.fleet.data_dir.iterdir() if p.is_dir()) == IDS
+    assert not list(env.fleet.data_dir.glob("*/twin.db")) and (env.fleet.data_dir / "fleet.db").is_file()
+    assert env.fleet.store.summary()["views_open"] == N
 
     status, state = await env.get("/api/stations/P0013/state")
     assert status == 200 and state["chargePointId"] == "P0013" and state["registration"] == "Accepted"

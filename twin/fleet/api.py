@@ -7,7 +7,7 @@ with a fleet route table.
   connector faults, EV, network, tamper, fault rules, trace, the event stream), answered by the single
   twin's own handlers run against that member's Runtime, so the validation is the same;
 - ``POST /api/fleet/reboot`` (rolling, or all at once: a boot storm), ``POST /api/fleet/network``
-  (a blackout and the recovery);
+  (a blackout and the recovery), ``POST /api/fleet/traffic`` (the automatic sessions);
 - ``GET /metrics``: every member in one registry; ``GET /api/openapi.json``;
 - ``GET /``: the dashboard, which lists the members and opens one station's page.
 """
@@ -23,6 +23,7 @@ from aiohttp import web
 from twin.control_api import (
     _TWIN, ApiError, ControlApi, _boolean, _integer, _json_object, _number, _required, _Route,
 )
+from twin.fleet import traffic as fleet_traffic
 
 # The single-station routes a member serves under /api/stations/{station}, the event stream
 # included (one subscription per client, to the one member it names). Not here: the debug
@@ -40,6 +41,7 @@ MEMBER_EVENTS_RE = re.compile(r"/api/stations/[^/]+/events")
 STATION_PARAM = {"name": "station", "in": "path", "required": True, "schema": {"type": "string"},
                  "description": "the member's chargePointId, e.g. P0001"}
 REBOOT_INTERVAL_MAX_S = 3600.0
+TRAFFIC_SEED_MAX = 2**63 - 1
 
 
 class _MemberView(ControlApi):
@@ -83,6 +85,18 @@ class FleetApi(ControlApi):
             _Route("POST", "/api/fleet/network", self._fleet_network, "Every member's CSMS link: blackout or recovery",
                    tag="fleet", body_required=True, result={"type": "object"},
                    body={**obj, "required": ["online"], "properties": {"online": {"type": "boolean"}}}),
+            _Route("POST", "/api/fleet/traffic", self._fleet_traffic,
+                   "Automatic seeded sessions on every member at sessions_per_hour per station (0: stop)",
+                   tag="fleet", body_required=True, result={"type": "object"},
+                   body={**obj, "required": ["sessions_per_hour"], "properties": {
+                       "sessions_per_hour": {"type": "number", "minimum": 0,
+                                             "maximum": fleet_traffic.MAX_SESSIONS_PER_HOUR},
+                       "seed": {"type": "integer", "minimum": 0, "maximum": TRAFFIC_SEED_MAX},
+                       "mean_duration_s": {"type": "number", "minimum": fleet_traffic.MEAN_DURATION_RANGE_S[0],
+                                           "maximum": fleet_traffic.MEAN_DURATION_RANGE_S[1]},
+                       "tags": {"type": "array", "minItems": 1, "maxItems": fleet_traffic.MAX_TAGS,
+                                "uniqueItems": True, "items": {"type": "string", "minLength": 1,
+                                                               "maxLength": fleet_traffic.ID_TAG_MAX_LEN}}}}),
         ]
         for route in single:
             if route.path in MEMBER_PATHS:
@@ -134,6 +148,23 @@ class FleetApi(ControlApi):
             return self.backend.reboot(rolling=rolling, batch=batch, interval_s=interval)
         except RuntimeError as e:
             raise ApiError(409, str(e)) from None
+
+    async def _fleet_traffic(self, request: web.Request) -> dict:
+        data = _json_object(request[_TWIN], {"sessions_per_hour", "seed", "mean_duration_s", "tags"},
+                            body_required=True)
+        rate = _number("sessions_per_hour", _required(data, "sessions_per_hour"), minimum=0.0,
+                       maximum=fleet_traffic.MAX_SESSIONS_PER_HOUR)
+        seed = _integer("seed", data["seed"], minimum=0, maximum=TRAFFIC_SEED_MAX) if "seed" in data else None
+        low, high = fleet_traffic.MEAN_DURATION_RANGE_S
+        mean = _number("mean_duration_s", data["mean_duration_s"], minimum=low, maximum=high) \
+            if "mean_duration_s" in data else None
+        tags = data.get("tags")
+        if tags is not None and not isinstance(tags, list):
+            raise ApiError(400, f"'tags' must be an array of idTags, got {type(tags).__name__}")
+        try:
+            return self.backend.traffic.configure(rate, seed=seed, mean_duration_s=mean, tags=tags)
+        except ValueError as e:
+            raise ApiError(400, str(e)) from None
 
     async def _fleet_network(self, request: web.Request) -> dict:
         data = _json_object(request[_TWIN], {"online"}, body_required=True)

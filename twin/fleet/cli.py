@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -28,7 +29,13 @@ def add_fleet_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--control", help="fleet control API address HOST:PORT (default: the blueprint's, 127.0.0.1:8180)")
     p.add_argument("--boot-spread", type=float, default=0.0, metavar="S",
                    help="start the members spread over S seconds (seeded; default 0: all at once)")
-    p.add_argument("--seed", type=int, help="seed of the boot spread (default: random)")
+    p.add_argument("--seed", type=int, help="seed of the boot spread and the traffic (default: random)")
+    p.add_argument("--traffic", type=float, default=0.0, metavar="SESSIONS_PER_HOUR",
+                   help="automatic seeded sessions at this rate per station per hour from the start (default 0: "
+                        "none; POST /api/fleet/traffic changes it); see docs/fleet.md")
+    p.add_argument("--traffic-duration", type=float, metavar="S",
+                   help="mean session length in seconds (default: 30 min, or half the mean gap if shorter)")
+    p.add_argument("--traffic-tags", metavar="TAG,TAG", help="the idTags the traffic presents (default TRAFFIC-01..08)")
     p.add_argument("--log-level", default="WARNING", help="log level of the fleet process (default WARNING: "
                                                           "N stations at INFO is a flood)")
 
@@ -44,6 +51,10 @@ def run_fleet_command(args) -> int:
             raise ConfigError(None, "--first", "0 or more")
         if args.boot_spread < 0:
             raise ConfigError(None, "--boot-spread", "0 or more seconds")
+        from twin.fleet import traffic
+
+        traffic.check(args.traffic, args.traffic_duration)
+        tags = traffic.check_tags(args.traffic_tags.split(",")) if args.traffic_tags else None
         blueprint = load_config(args.config, overrides)
         from twin.fleet.fleet import Fleet
 
@@ -51,6 +62,8 @@ def run_fleet_command(args) -> int:
         fleet = Fleet(blueprint, args.count, id_prefix=args.id_prefix, first_id=args.first, id_width=args.id_width,
                       data_dir=blueprint.data_dir,
                       boot_spread_s=args.boot_spread, seed=args.seed)
+        if tags:
+            fleet.traffic.tags = tags
     except (ConfigError, ValueError) as e:
         print(f"twin: configuration error: {e}", file=sys.stderr)
         return 2
@@ -69,7 +82,16 @@ def run_fleet_command(args) -> int:
 
 async def run_fleet(fleet, blueprint, args) -> int:
     from twin.fleet.api import FleetApi
+    from twin.service.notify import Notifier
 
+    # The fleet, not its members, talks to systemd (systemd/ocpp-twin-fleet@.service is
+    # Type=notify). Each member is a Runtime whose own Notifier reads NOTIFY_SOCKET when it
+    # starts: it would send READY=1 and STATUS= per station, and STOPPING=1 when one member
+    # obeys an OCPP Reset, which systemd takes as the whole unit stopping (sd_notify(3)).
+    # The fleet keeps the socket; its members no longer see it.
+    notifier = Notifier(dict(os.environ), backend="builtin")
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        os.environ.pop(name, None)
     api = FleetApi.from_blueprint(fleet, blueprint)
     try:
         await api.start()
@@ -82,7 +104,13 @@ async def run_fleet(fleet, blueprint, args) -> int:
         loop.add_signal_handler(sig, stopping.set)
     await fleet.start()
     print(f"fleet of {args.count} stations -> {blueprint.csms_url}; control API {api.url}", file=sys.stderr, flush=True)
+    notifier.ready(f"fleet of {args.count} stations, control API {api.url}")
+    if args.traffic > 0:
+        t = fleet.traffic.configure(args.traffic, seed=args.seed, mean_duration_s=args.traffic_duration)
+        print(f"traffic: {t['sessions_per_hour']:g} sessions per station per hour, mean {t['mean_duration_s']:.0f} s, "
+              f"seed {t['seed']}", file=sys.stderr, flush=True)
     await stopping.wait()
+    notifier.stopping()
     log.warning("stopping the fleet: every member stops its transactions and flushes its store")
     await fleet.stop()
     await api.stop()

@@ -1,8 +1,9 @@
 """N complete twins in one process, on one event loop (docs/fleet.md).
 
 Each member is a :class:`twin.fleet.member.FleetMember` (a Runtime) with its own data dir
-``<data_dir>/<id>/`` and so its own SQLite store; what they share is the interpreter, the
-loop, the control API and the metrics registry. A supervisor task per member restarts it
+``<data_dir>/<id>/``; what they share is the interpreter, the loop, the control API, the
+metrics registry and one SQLite store, ``<data_dir>/fleet.db`` (twin.fleet.store: one writer
+thread, one fsync per group of batches). A supervisor task per member restarts it
 when it exits (a CSMS Reset, a firmware restart, a fleet reboot), as systemd restarts a
 single twin: the new Runtime boots from the same data dir, so the queue and the
 transactions survive exactly as they do for ``twin run``.
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from twin.fleet.member import FleetMember, member_config, member_ids
+from twin.fleet.store import FLEET_DB, SharedStore
+from twin.fleet.traffic import Traffic
 from twin.fleet.watchdog import FleetWatchdog
 from twin.runtime import RESTART_EXIT_CODE
 
@@ -48,7 +51,7 @@ class Fleet:
     def __init__(self, blueprint: Any, count: int, *, id_prefix: str = "P", first_id: int = 1,
                  id_width: int | None = None, data_dir: Path | None = None,
                  boot_spread_s: float = 0.0, seed: int | None = None, metrics: Any = "auto",
-                 meter_poll_s: float = 1.0):
+                 meter_poll_s: float = 1.0, shared_store: bool = True):
         if count < 1:
             raise ValueError("count: at least 1 station")
         if boot_spread_s < 0:
@@ -64,6 +67,9 @@ class Fleet:
                 metrics = Metrics()
         self.metrics = metrics
         self.meter_poll_s = meter_poll_s
+        # False: each member opens a twin.db of its own, as before the shared store (for comparisons).
+        self.shared_store = shared_store
+        self.store: SharedStore | None = None  # open between start() and the end of stop()
         self.online = True  # the fleet's network switch: a member that (re)boots during a blackout stays cut
         rng = random.Random(seed)
         self.slots: dict[str, _Slot] = {}
@@ -75,18 +81,24 @@ class Fleet:
         self.reboot_progress: dict[str, Any] = {}
         self.started_at: float | None = None
         self.watchdog = FleetWatchdog(lambda: [s.rt for s in self.slots.values() if s.rt is not None])
+        self.traffic = Traffic(self)  # the automatic sessions (twin.fleet.traffic): off until configured
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         """Start every member's supervisor; members boot at their boot-spread offsets."""
         self.started_at = time.monotonic()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.shared_store and self.store is None:
+            # Before any member starts: each one opens its view of it. A file that is not a healthy
+            # fleet store raises StoreError here, and no member starts.
+            self.store = await SharedStore.open(self.data_dir / FLEET_DB)
         await self.watchdog.start()
         for slot in self.slots.values():
             slot.task = asyncio.create_task(self._supervise(slot), name=f"fleet-{slot.id}")
 
     async def stop(self) -> None:
         """Stop every member gracefully (each stops its transactions and flushes its store)."""
+        await self.traffic.stop()  # first: no plug or tap may reach a member that is stopping
         if self.reboot_task is not None:
             self.reboot_task.cancel()
         for slot in self.slots.values():
@@ -99,13 +111,16 @@ class Fleet:
                 slot.task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.watchdog.stop()
+        if self.store is not None:  # after every member stopped and flushed its view
+            store, self.store = self.store, None
+            await store.close()
 
     async def _supervise(self, slot: _Slot) -> None:
         failures = 0
         if slot.delay_s:
             await asyncio.sleep(slot.delay_s)
         while not slot.stopping:
-            rt = FleetMember(slot.cfg, self.metrics, meter_poll_s=self.meter_poll_s)
+            rt = FleetMember(slot.cfg, self.metrics, meter_poll_s=self.meter_poll_s, shared_store=self.store)
             slot.rt, slot.runs, slot.phase = rt, slot.runs + 1, "starting"
             try:
                 await rt.start()
@@ -163,7 +178,7 @@ class Fleet:
                 row["error"] = slot.error
             rows.append(row)
         return {"count": len(rows), "registered": self.registered(), "online": self.online,
-                "reboot": dict(self.reboot_progress) or None, "stations": rows}
+                "reboot": dict(self.reboot_progress) or None, "traffic": self.traffic.snapshot(), "stations": rows}
 
     # ------------------------------------------------------------------ fleet behaviours
     def reboot(self, *, rolling: bool, batch: int = 1, interval_s: float = 0.0) -> dict:

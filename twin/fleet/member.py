@@ -1,11 +1,13 @@
-"""One member of a fleet: an ordinary :class:`twin.runtime.Runtime` (its own core, store,
-link and identity) with three differences, made by overriding its hooks:
+"""One member of a fleet: an ordinary :class:`twin.runtime.Runtime` (its own core, durable
+state, link and identity) with four differences, made by overriding its hooks:
 
 - no control API of its own: the fleet's one API serves every member (``api_enabled``);
 - its metrics go into the fleet's one :class:`twin.metrics.Metrics` registry instead of a
   registry of its own (``_metrics_start``), so ``GET /metrics`` on the fleet shows every member;
 - no event-loop watchdog thread of its own (``loop_watchdog_s``): the fleet's one :class:`twin.fleet.watchdog.FleetWatchdog`
-  watches the loop every member shares. The contactor feedback supervision stays per member.
+  watches the loop every member shares. The contactor feedback supervision stays per member;
+- its durable state is its view of the fleet's one store (``_open_store``, twin.fleet.store), so
+  its commits share fsyncs with the other members' instead of each member opening a twin.db.
 """
 
 from __future__ import annotations
@@ -54,9 +56,18 @@ def member_config(blueprint: StationConfig, cp_id: str, data_root: Path) -> Stat
 class FleetMember(Runtime):
     """A Runtime whose control API is the fleet's and whose metrics are the fleet's."""
 
-    def __init__(self, cfg: Any, metrics: Any, **kwargs: Any):
+    def __init__(self, cfg: Any, metrics: Any, *, shared_store: Any = None, **kwargs: Any):
         super().__init__(cfg, **kwargs)
         self._fleet_metrics = metrics  # a twin.metrics.Metrics, or None without prometheus_client
+        self._shared_store = shared_store  # a twin.fleet.store.SharedStore; None: a twin.db of its own
+
+    async def _open_store(self, data_dir: Path):
+        if self._shared_store is None:
+            return await super()._open_store(data_dir)
+        # The data dir still holds the member's security log, certificates and firmware slots;
+        # a twin.db an earlier fleet version left there is imported into the shared store once.
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return await self._shared_store.station(self.cfg.charge_point_id, legacy_dir=data_dir)
 
     def api_enabled(self) -> bool:
         return False
