@@ -225,3 +225,22 @@ def test_cli_refuses_a_bad_fleet_before_starting_anything(tmp_path, capsys):
     assert main(base + ["--count", "2", "--id-prefix", "bad id/"]) == 2
     assert "--id-prefix" in capsys.readouterr().err
     assert not (tmp_path / "f").exists() or not any((tmp_path / "f").iterdir())
+
+
+def test_cli_refuses_a_fleet_db_that_is_not_a_fleet_store_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import free_port, twin_process_env
+
+    data = tmp_path / "f"
+    data.mkdir()
+    (data / "fleet.db").write_bytes(b"not a database, and maybe the only copy of something" * 40)
+    before = (data / "fleet.db").read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "twin", "fleet", "--count", "2", "--csms", "ws://127.0.0.1:9/ocpp",
+                           "--data-dir", str(data), "--control", f"127.0.0.1:{free_port()}"],
+                          capture_output=True, text=True, timeout=60, env=twin_process_env())
+    assert proc.returncode == 3, proc.stderr
+    assert "cannot start the fleet" in proc.stderr and "fleet.db" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (data / "fleet.db").read_bytes() == before  # refused, never repaired

@@ -25,7 +25,8 @@ def add_fleet_arguments(p: argparse.ArgumentParser) -> None:
                         "shards of one range pass the whole range's width")
     p.add_argument("--config", type=Path, help="blueprint station TOML applied to every member (ids and data dirs "
                                                "are the fleet's)")
-    p.add_argument("--data-dir", type=Path, help="the fleet's data dir; member ID keeps its store in DIR/ID/")
+    p.add_argument("--data-dir", type=Path, help="the fleet's data dir: the shared store DIR/fleet.db, and member ID's "
+                                                    "certificates, security log and firmware slots in DIR/ID/")
     p.add_argument("--control", help="fleet control API address HOST:PORT (default: the blueprint's, 127.0.0.1:8180)")
     p.add_argument("--boot-spread", type=float, default=0.0, metavar="S",
                    help="start the members spread over S seconds (seeded; default 0: all at once)")
@@ -102,7 +103,15 @@ async def run_fleet(fleet, blueprint, args) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    await fleet.start()
+    from twin.store import StoreError
+
+    try:
+        await fleet.start()
+    except (StoreError, OSError) as e:  # a fleet.db that is not ours, a data dir that cannot be written
+        print(f"twin: cannot start the fleet: {e}", file=sys.stderr)
+        await fleet.stop()
+        await api.stop()
+        return 3
     print(f"fleet of {args.count} stations -> {blueprint.csms_url}; control API {api.url}", file=sys.stderr, flush=True)
     notifier.ready(f"fleet of {args.count} stations, control API {api.url}")
     if args.traffic > 0:
