@@ -99,9 +99,11 @@ class PlaybookRun:
         return re.findall(r"^RUNNING HANDLER \[ocpp_twin : ([^\]]+)\]", self.output, re.MULTILINE)
 
 
-def run_playbook(root: Path, home: Path, extra_vars_file: Path, *, booted: BootedTree | None = None) -> PlaybookRun:
+def run_playbook(root: Path, home: Path, extra_vars_file: Path, *, booted: BootedTree | None = None,
+                 tags: str | None = None) -> PlaybookRun:
     """ansible-playbook ansible/site.yml against the tree, for real (no check mode);
-    with ``booted``, against the running container of that tree instead."""
+    with ``booted``, against the running container of that tree instead; with ``tags``,
+    only the role's tasks with those tags (--tags)."""
     home.mkdir(parents=True, exist_ok=True)
     inventory = home / "inventory.yml"
     host = f"'{booted.init_pid}'" if booted else str(root)
@@ -111,7 +113,7 @@ def run_playbook(root: Path, home: Path, extra_vars_file: Path, *, booted: Boote
         "      ansible_connection: twin_chroot\n"
         "      ansible_python_interpreter: /usr/bin/python3\n")
     playbook = [ansible_bin("ansible-playbook"), "-i", str(inventory), str(REPO / "ansible" / "site.yml"),
-                "-e", f"@{extra_vars_file}"]
+                "-e", f"@{extra_vars_file}", *(["--tags", tags] if tags else [])]
     if booted is None:
         mounts = ('mount -t proc proc "$0/proc" && mount -t sysfs sysfs "$0/sys" && '
                   'mount --bind /dev/pts "$0/dev/pts" && exec "$@"')
@@ -145,6 +147,14 @@ class BootedTree:
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the container did not boot:\n{self.log.read_text(errors='replace')[-3000:]}")
             self.init_pid = _systemd_child(self._proc.pid)
+            time.sleep(0.1)
+        # systemctl talks to the container's systemd on its private socket, which appears a moment
+        # after the process does: asked before, it fails with "Failed to connect to bus".
+        private = Path(f"/proc/{self.init_pid}/root/run/systemd/private")
+        while not private.exists():
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the container's systemd opened no socket:\n"
+                                   f"{self.log.read_text(errors='replace')[-3000:]}")
             time.sleep(0.1)
         state = self.run("systemctl", "is-system-running", "--wait", timeout=120)
         if state.stdout.strip() not in ("running", "degraded"):

@@ -8,7 +8,10 @@ so the role skips starting the service and its live checks but still checks the
 files, the venv and the unit. Last, the tree is booted with its own systemd
 (systemd-nspawn): the role then enables and starts the service and checks it is
 active and registered with a real CSMS on loopback, and the unit's watchdog,
-journald logging and SIGTERM stop are exercised under that real systemd.
+journald logging and SIGTERM stop are exercised under that real systemd. In the same
+booted runs the role also runs fleet shards (ocpp-twin-fleet@.service): the tree is host 2
+of 3 of a fleet's id range, 2 shards, then 1 (the stale shard goes, the other restarts
+with the larger slice).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from tests.ansible.target import (
     run_playbook,
 )
 from twin.csms import Csms
+from twin.fleet.loopback import LoopbackCsms
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.needs_root("debootstraps a bookworm tree, chroots into it and boots it with systemd-nspawn")]
@@ -298,16 +302,55 @@ def _wait(check: object, timeout: float, what: str) -> None:
         time.sleep(0.5)
 
 
+# The booted tree is the middle one of three fleet hosts: ids 9981..10010 cut into 10 per host,
+# so it runs 9991..10000, with the whole range's width (5 digits) on every shard.
+FLEET_HOSTS = ["lab-a", "target", "lab-c"]
+
+
+def fleet_vars(csms_url: str, port_base: int, shards: int) -> dict[str, object]:
+    return {"ocpp_twin_fleet_enabled": True, "ocpp_twin_fleet_total": 30, "ocpp_twin_fleet_first": 9981,
+            "ocpp_twin_fleet_id_prefix": "LAB-F", "ocpp_twin_fleet_hosts": FLEET_HOSTS,
+            "ocpp_twin_fleet_shards_per_host": shards, "ocpp_twin_fleet_csms_url": csms_url,
+            "ocpp_twin_fleet_control_port_base": port_base, "ocpp_twin_fleet_verify_timeout": 60}
+
+
+def _free_port_pair() -> int:
+    """A base port whose next two ports are free (shard n listens on base + n)."""
+    for _ in range(50):
+        base = _free_port() - 1
+        try:
+            for port in (base + 1, base + 2):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no two free ports in a row")
+
+
+def _stations(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/stations", timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+def _ids(port: int) -> list[str]:
+    return [row["id"] for row in _stations(port)["stations"]]
+
+
 async def test_under_a_real_systemd_the_role_starts_and_verifies_the_registered_service(lab: Lab) -> None:
     csms = Csms(charge_point_id=CP_ID, require_password=PASSWORD)
     await csms.start()
+    fleet_csms = LoopbackCsms()  # the fleet shards' CSMS: it takes any station id
+    await fleet_csms.start()
     port = _free_port()
+    fleet_base = _free_port_pair()
     values = base_vars(lab.wheel, lab.next_house)
     values.update(ocpp_twin_wheel="", ocpp_twin_pip_spec=f"ocpp-twin=={lab.next_version}",
                   ocpp_twin_csms_url=f"{csms.url}/ocpp", ocpp_twin_control_port=port, ocpp_twin_control_debug=True,
                   ocpp_twin_verify_timeout=60,
                   # a short watchdog, so the hung-loop check below takes seconds, not half a minute
                   ocpp_twin_unit_overrides={"WatchdogSec": 3})
+    values.update(fleet_vars(fleet_csms.url, fleet_base, shards=2))
     extra = write_vars(lab.work / "booted.json", **values)
     try:
         with BootedTree(lab.root, lab.work / "nspawn.log") as booted:
@@ -333,10 +376,50 @@ async def test_under_a_real_systemd_the_role_starts_and_verifies_the_registered_
             assert (state["ActiveState"], state["UnitFileState"], state["WatchdogUSec"]) == ("active", "enabled", "3s")
             assert state["StatusText"].startswith("registration Accepted")
 
+            # The fleet shards: the role verified each one lists its slice, registered; so does the fleet's CSMS.
+            for checked in ("Enable and start the fleet shards", "Check that every fleet shard is active",
+                            "Wait for each shard's control API to list its stations registered",
+                            "Check that each shard lists its stations, registered"):
+                section = run.output.split(f"TASK [ocpp_twin : {checked}]")[1].split("TASK [")[0]
+                for n in (1, 2):
+                    assert re.search(r"^(ok|changed): \[target\] => \(item=ocpp-twin-fleet@%d\)" % n, section,
+                                     re.MULTILINE), (checked, section)
+            assert "fleet: host 2 of 3 runs 10 of 30 ids in 2 shard(s): LAB-F09991..LAB-F09995, LAB-F09996..LAB-F10000" \
+                in " ".join(run.output.split())
+            assert await asyncio.to_thread(_ids, fleet_base + 1) == [f"LAB-F{n:05d}" for n in range(9991, 9996)]
+            assert await asyncio.to_thread(_ids, fleet_base + 2) == [f"LAB-F{n:05d}" for n in range(9996, 10001)]
+            assert sorted(fleet_csms.boots) == [f"LAB-F{n:05d}" for n in range(9991, 10001)]
+            shards = {n: booted.show(f"ocpp-twin-fleet@{n}.service", "ActiveState", "UnitFileState", "MainPID",
+                                     "StatusText", "Slice") for n in (1, 2)}
+            for n, shard in shards.items():
+                assert (shard["ActiveState"], shard["UnitFileState"], shard["Slice"]) == (
+                    "active", "enabled", "ocpp-twin-fleet.slice"), shard
+                assert shard["StatusText"].startswith("fleet of 5 stations"), shard  # READY=1 from the fleet
+            env1 = (lab.root / "etc/ocpp-twin/fleet/1.env").read_text()
+
             # Re-running changes nothing and restarts nothing.
             again = await asyncio.to_thread(run_playbook, lab.root, lab.home, extra, booted=booted)
             assert again.returncode == 0, again.output[-6000:]
             assert again.recap()["changed"] == 0, again.output[-6000:]
+            assert booted.show("ocpp-twin.service", "MainPID")["MainPID"] == state["MainPID"]
+            for n, shard in shards.items():
+                assert booted.show(f"ocpp-twin-fleet@{n}.service", "MainPID")["MainPID"] == shard["MainPID"]
+
+            # One shard fewer, through the role's fleet tasks only (--tags fleet): shard 2 is stopped, disabled
+            # and its arguments removed; shard 1 restarts with the host's whole slice; the station is left alone.
+            values.update(fleet_vars(fleet_csms.url, fleet_base, shards=1))
+            shrink = await asyncio.to_thread(run_playbook, lab.root, lab.home,
+                                             write_vars(lab.work / "shrink.json", **values), booted=booted,
+                                             tags="fleet")
+            assert shrink.returncode == 0, shrink.output[-6000:]
+            assert "TASK [ocpp_twin : Install the twin and its dependencies]" not in shrink.output
+            assert shrink.handlers_run() == ["Stop the fleet shards whose arguments changed", "Start the fleet shards"]
+            assert booted.show("ocpp-twin-fleet@2.service", "ActiveState", "UnitFileState") == {
+                "ActiveState": "inactive", "UnitFileState": "disabled"}
+            assert not (lab.root / "etc/ocpp-twin/fleet/2.env").exists()
+            assert (lab.root / "etc/ocpp-twin/fleet/1.env").read_text() != env1
+            assert booted.show("ocpp-twin-fleet@1.service", "MainPID")["MainPID"] != shards[1]["MainPID"]
+            assert await asyncio.to_thread(_ids, fleet_base + 1) == [f"LAB-F{n:05d}" for n in range(9991, 10001)]
             assert booted.show("ocpp-twin.service", "MainPID")["MainPID"] == state["MainPID"]
 
             # Structured logs reach the container's journald through the native protocol.
@@ -376,3 +459,4 @@ async def test_under_a_real_systemd_the_role_starts_and_verifies_the_registered_
             assert stopped == {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}
     finally:
         await csms.stop()
+        await fleet_csms.stop()
