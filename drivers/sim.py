@@ -35,7 +35,13 @@ def check_id_tag(id_tag: object) -> str:
 
 class SimRelay:
     """A contactor in memory. With ``aux_feedback`` its auxiliary contact follows the coil,
-    unless a test welds it (``weld()``) or makes it stick open (``stick_open()``)."""
+    unless a test welds it (``weld()``) or makes it stick open (``stick_open()``).
+
+    Its coil and contact change only through these calls, so it can tell the contactor
+    supervision when they did (``watch``) instead of being polled four times a second: an
+    idle simulated station (or a fleet of a thousand) then has no supervision timer at all."""
+
+    __slots__ = ("name", "_aux", "_commanded", "_welded", "_stuck_open", "history", "_watchers")
 
     def __init__(self, *, aux_feedback: bool = True, name: str = "sim relay") -> None:
         self.name = name
@@ -44,10 +50,28 @@ class SimRelay:
         self._welded = False
         self._stuck_open = False
         self.history: list[bool] = []  # every commanded state, for tests and the bench
+        self._watchers: list[Callable[[], None]] = []
 
     def set(self, closed: bool) -> None:
         self._commanded = bool(closed)
         self.history.append(self._commanded)
+        self._changed()
+
+    def watch(self, on_change: Callable[[], None]) -> Callable[[], None]:
+        """Call ``on_change()`` after every change of the coil or the aux contact, in the
+        thread that made it (a loop watchdog opens contactors from its own thread). Returns
+        the function that stops the calls (drivers.relay_check.RelaySupervisor)."""
+        self._watchers.append(on_change)
+
+        def unwatch() -> None:
+            if on_change in self._watchers:
+                self._watchers.remove(on_change)
+
+        return unwatch
+
+    def _changed(self) -> None:
+        for on_change in tuple(self._watchers):
+            on_change()
 
     @property
     def commanded(self) -> bool:
@@ -66,11 +90,13 @@ class SimRelay:
         """Test hook: the aux contact reads closed whatever the coil does (a welded pole)."""
         self._require_aux("weld()")
         self._welded = welded
+        self._changed()
 
     def stick_open(self, stuck: bool = True) -> None:
         """Test hook: the aux contact never closes (coil or supply failure)."""
         self._require_aux("stick_open()")
         self._stuck_open = stuck
+        self._changed()
 
     def _require_aux(self, hook: str) -> None:
         if not self._aux:

@@ -304,3 +304,42 @@ async def test_events_after_close_are_ignored(rig):
     assert actor.post(station.plug, 1) is None
     assert await actor.call(station.plug, 1) is None
     assert not station.connectors[1].plugged
+
+
+async def test_the_inbox_keeps_order_and_loses_nothing_to_a_cancelled_wait():
+    from twin.actor import _Inbox
+
+    inbox = _Inbox()
+    waiting = asyncio.ensure_future(inbox.get())
+    await asyncio.sleep(0)
+    inbox.put_nowait("a")
+    inbox.put_nowait("b")
+    assert await waiting == "a"  # woken by the first put
+    # A wait that times out just as an item arrives leaves the item for the next get.
+    late = asyncio.ensure_future(inbox.get())
+    assert inbox.get_nowait() == "b" and inbox.empty()
+    await asyncio.sleep(0)
+    inbox.put_nowait("c")
+    late.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await late
+    assert inbox.qsize() == 1 and await inbox.get() == "c"
+    with pytest.raises(IndexError):
+        inbox.get_nowait()
+
+
+async def test_an_idle_actor_waits_without_a_task_of_its_own(rig):
+    """Waiting for the next event or deadline creates no helper Task (wait_for would, for
+    every event: a fleet of a thousand stations makes thousands a second)."""
+    station, actor, *_ = rig
+
+    def helpers() -> list:
+        return [t for t in asyncio.all_tasks() if t is not actor.task and t is not asyncio.current_task()]
+
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert helpers() == []
+    await actor.call(station.tick)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert helpers() == []

@@ -24,6 +24,7 @@ unsaved ops in memory, in order, retrying them until the disk takes them.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from dataclasses import dataclass
@@ -63,6 +64,45 @@ class _Event:
     done: asyncio.Future | None
 
 
+class _Inbox:
+    """The actor's queue: any number of producers on the loop, one consumer (the actor).
+    An asyncio.Queue keeps three deques and an Event for what needs one deque and one
+    waiter: about 3 KiB per station, 3 MiB in a fleet of a thousand."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: collections.deque[_Event | None] = collections.deque()
+        self._waiter: asyncio.Future | None = None
+
+    def put_nowait(self, item: _Event | None) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def get_nowait(self) -> _Event | None:
+        """The oldest item; IndexError when there is none."""
+        return self._items.popleft()
+
+    async def get(self) -> _Event | None:
+        """The oldest item, waiting for one. Cancelled while waiting, it takes nothing: every
+        item stays queued for the next call."""
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
 class CoreActor:
     def __init__(self, station: Any, store: Any, sink: EffectsSink, *, clock: Callable[[], datetime],
                  monotonic: Callable[[], float] = time.monotonic, detect_clock_steps: bool = True,
@@ -75,7 +115,7 @@ class CoreActor:
         self.after_step = after_step
         # Off when the clock is a test's or a benchmark's own (it moves without monotonic time).
         self.detect_clock_steps = detect_clock_steps
-        self.inbox: asyncio.Queue[_Event | None] = asyncio.Queue()
+        self.inbox = _Inbox()
         self.unsaved: list[list[tuple]] = []  # batches the disk refused for now, in commit order
         self.closed = False
         self.steps = 0
@@ -145,10 +185,16 @@ class CoreActor:
             if self.inbox.empty():
                 return True
             event = self.inbox.get_nowait()
+        elif not self.inbox.empty():
+            event = self.inbox.get_nowait()  # no wait: no timer, no task
         else:
             try:
-                event = await asyncio.wait_for(self.inbox.get(), timeout=timeout)
-            except asyncio.TimeoutError:
+                # asyncio.timeout rather than wait_for: no Task per wait (a fleet's thousand
+                # actors would create one for every event). A timeout that races an arriving
+                # event loses nothing: the event stays queued for the next turn.
+                async with asyncio.timeout(timeout):
+                    event = await self.inbox.get()
+            except TimeoutError:
                 await self._step(_Event(self.station.tick, (), None))
                 return True
         if event is None:

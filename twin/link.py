@@ -410,7 +410,12 @@ class Link:
 
     def send_call(self, ref: int, action: str, payload: dict, timeout: float) -> None:
         if self.connected:
-            self._calls.put_nowait((ref, action, payload, timeout))
+            # The answers already on their way go first: a TriggerMessage.conf precedes the
+            # message it triggers (OCPP 1.6 §5.17), a RemoteStartTransaction.conf the
+            # StartTransaction. Replies are written by tasks of their own, so the sender waits
+            # for the ones pending now (not for an answer a fault rule delays on purpose).
+            pending = tuple(t for t in self._replies if not t.done())
+            self._calls.put_nowait((ref, action, payload, timeout, pending))
 
     def reply(self, unique_id: str, payload: dict) -> None:
         faulted = self._answer_faults.pop(unique_id, None)
@@ -978,7 +983,10 @@ class Link:
 
     async def _sender(self, ws) -> None:
         while True:
-            ref, action, payload, timeout = await self._calls.get()
+            ref, action, payload, timeout, replies_first = await self._calls.get()
+            if replies_first:
+                # Each ends (sent, lost to impairment, or the connection closed); bounded anyway.
+                await asyncio.wait(replies_first, timeout=timeout)
             uid = str(uuid.uuid4())  # a new message id for every (re)transmission (§3.7.1)
             fut = asyncio.get_running_loop().create_future()
             self._waiting[uid] = fut

@@ -76,6 +76,7 @@ class Runtime:
         self.meter_poll_s = meter_poll_s
         self.meter_wake = asyncio.Event()
         self.idle_meter_poll_s = 10.0
+        self._meter_delivered: dict[int, Any] = {}  # per connector: the last reading the core got
         self.done: asyncio.Future | None = None
         self.tasks: list[asyncio.Task] = []
         self.store: Store | None = None
@@ -165,8 +166,9 @@ class Runtime:
         # (A05.FR.03/04) before the first CSMS call can ask.
         await self._security_start()
         self._start_link(keys)
-        for coro, name in ((self._meter_loop(), "meters"), (self._watchdog_loop(), "watchdog")):
-            self.tasks.append(asyncio.create_task(coro, name=name))
+        self.tasks.append(asyncio.create_task(self._meter_loop(), name="meters"))
+        if self.notifier.watchdog_interval():  # systemd's WatchdogSec=; without it the loop has nothing to do
+            self.tasks.append(asyncio.create_task(self._watchdog_loop(), name="watchdog"))
         self.notifier.ready(self._status_text())
         log.info("station %s up: %d connectors, firmware %s, CSMS %s", cfg.charge_point_id, cfg.connectors,
                  spec.identity["firmwareVersion"], self.link.url)
@@ -799,13 +801,32 @@ class Runtime:
 
     # ------------------------------------------------------------------ loops
     async def _read_meters(self, timeout: float) -> None:
+        idle = not self._busy()
         for cid, meter in self.drivers.meters.items():
             try:
-                reading = await asyncio.wait_for(meter.read(), timeout)
+                # asyncio.timeout, not wait_for: no Task per read (a fleet reads thousands).
+                async with asyncio.timeout(timeout):
+                    reading = await meter.read()
             except Exception as e:  # noqa: BLE001 - DriverError, timeout, anything: report, keep going
+                self._meter_delivered.pop(cid, None)  # the next good reading clears the failure
                 await self.actor.call(self.station.meter_failed, cid, f"{type(e).__name__}: {e}"[:50])
                 continue
+            if idle and self._unchanged_idle_reading(cid, reading):
+                continue
+            self._meter_delivered[cid] = reading
             await self.actor.call(self.station.meter_reading, cid, reading)
+
+    def _unchanged_idle_reading(self, cid: int, reading) -> bool:
+        """A reading the core needs no step for: the connector is idle (no car, no session,
+        nothing pending, contactor open: no sampling, no status from power, no energy to
+        persist) and the meter says exactly what the core already holds. Stepping the core on
+        it would change nothing (it re-evaluates smart charging for the same inputs), and a
+        fleet's idle members would spend most of their CPU doing so. A driver that hands out
+        the same object again is always delivered: it might have changed in place."""
+        last = self._meter_delivered.get(cid)
+        relay = self.drivers.relays.get(cid) if self.drivers else None
+        return (last is not None and reading is not last and reading == last
+                and not (relay is not None and relay.commanded))
 
     async def _meter_loop(self) -> None:
         timeout = float(getattr(self.cfg, "meter_timeout_s", 3.0))
@@ -816,8 +837,9 @@ class Runtime:
             self.meter_wake.clear()
             if not self._busy():
                 try:
-                    await asyncio.wait_for(self.meter_wake.wait(), timeout=self.idle_meter_poll_s)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(self.idle_meter_poll_s):  # no Task per wait, unlike wait_for
+                        await self.meter_wake.wait()
+                except TimeoutError:
                     pass
             else:
                 await asyncio.sleep(self.meter_poll_s)

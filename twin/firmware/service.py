@@ -190,6 +190,11 @@ class FirmwareService:
         have sent a new UpdateFirmware: that one (running) is the job, not a second copy."""
         if self._update_task is not None:
             return
+        # Nothing persisted (the usual start): answered without the job thread, which starts
+        # on its first use and then idles for the life of the station (a thread per member in
+        # a fleet). An UpdateFirmware arriving meanwhile runs as _update_task, checked above.
+        if not await asyncio.to_thread(self._job_file.exists):
+            return
         job = await self._job_io(self._read_job)
         if job is None or self._update_task is not None:
             return
