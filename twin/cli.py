@@ -247,8 +247,13 @@ def cmd_queue(args) -> int:
     source = Path(data_dir) / "twin.db"
     try:
         if getattr(args, "station", None) is not None:
-            from twin.fleet.store import SharedStore
+            from twin.fleet.store import SharedStore, check_station
 
+            try:
+                check_station(args.station)
+            except ValueError as e:  # a usage error, like argparse's: exit code 2
+                print(f"twin: --station: {e}", file=sys.stderr)
+                return 2
             # Read-only (mode=ro), like Store.snapshot: safe while the fleet runs.
             snap, source = SharedStore.snapshot(Path(data_dir), args.station)
         elif not source.exists() and (Path(data_dir) / "fleet.db").exists():
@@ -257,6 +262,10 @@ def cmd_queue(args) -> int:
             here = Path(data_dir).absolute()
             raise StoreError(f"{data_dir}: this fleet member's store was moved into {here.parent / 'fleet.db'}: "
                              f"twin queue --data-dir {here.parent} --station {here.name}")
+        elif not source.exists() and (Path(data_dir).absolute().parent / "fleet.db").exists():
+            here = Path(data_dir).absolute()
+            raise StoreError(f"{data_dir}: no {source.name} here, and {here.parent} is a fleet's data dir (it holds "
+                             f"fleet.db): twin queue --data-dir {here.parent} --station {here.name}")
         else:
             snap = Store.snapshot(source)
     except StoreError as e:

@@ -23,7 +23,8 @@ from typing import Iterator
 import pytest
 
 from tests.test_store_faults import check_crash_invariant, child_env, fill, tmpfs
-from twin.fleet.store import FLEET_DB, MAX_GROUP, SharedStore, StationStore
+import twin.fleet.store as fleet_store
+from twin.fleet.store import FLEET_DB, MAX_GROUP, SharedStore, StationStore, check_station
 from twin.store import FLEET_APPLICATION_ID, BadOpsError, Store, StoreError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -361,6 +362,88 @@ def test_a_write_error_fails_the_whole_group_retryably_and_the_store_keeps_worki
         assert [e["seq"] for e in SharedStore.snapshot(tmp_path, f"S{i}")[0]["queue"]] == [2]
 
 
+# --- a dead writer, a hung one ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["bookkeeping", "delivery"])
+async def test_a_dead_writer_fails_every_pending_and_later_call_and_close_returns(tmp_path: Path, where: str):
+    """Anything raised outside the guarded SQL (MemoryError, a bug in the bookkeeping after
+    COMMIT or in handing the outcomes back) kills the writer thread: nothing may wait for it."""
+    store = await SharedStore.open(tmp_path / "fleet" / FLEET_DB)
+    barrier, a, b, c = await views(store, 4)
+
+    def boom(*_args):
+        raise MemoryError("simulated")
+
+    if where == "bookkeeping":
+        a._counters.committed = boom  # after the group's COMMIT, before anyone is answered
+    else:
+        store._deliver = boom  # the barrier's own answer is the first to go through it
+    with write_lock(store.path):
+        first = asyncio.ensure_future(barrier.apply([("kv_put", "barrier", "n", 1)]))
+        await asyncio.sleep(0)
+        await until(lambda: store.summary()["queued"] == 0)  # the writer waits for the lock
+        # A group (b, a, c), a call behind it (it ends the group), more batches behind that.
+        pending = [asyncio.ensure_future(v.apply([("q_put", 1, entry(i))])) for i, v in enumerate((b, a, c))]
+        pending.append(asyncio.ensure_future(b.load()))
+        pending += [asyncio.ensure_future(v.apply([("q_put", 2, entry(9))])) for v in (c, b)]
+        await until(lambda: store.summary()["queued"] == len(pending))
+    async with asyncio.timeout(1):
+        outcomes = await asyncio.gather(first, *pending, return_exceptions=True)
+    failed = outcomes if where == "delivery" else outcomes[1:]
+    assert outcomes[0] is None or where == "delivery"
+    for outcome in failed:
+        assert isinstance(outcome, StoreError) and not outcome.retryable, outcome
+        assert "writer thread died (MemoryError: simulated)" in str(outcome)
+    summary = store.summary()
+    assert summary["open"] is False and summary["broken"] == "MemoryError: simulated"
+    assert "MemoryError" in summary["last_error"] and summary["queued"] == 0
+    assert b.summary()["open"] is False
+    async with asyncio.timeout(1):
+        with pytest.raises(StoreError, match="writer thread died") as later:
+            await c.apply([("q_put", 3, entry(3))])
+        assert not later.value.retryable
+        with pytest.raises(StoreError, match="writer thread died"):
+            await a.load()
+        with pytest.raises(StoreError, match="writer thread died"):
+            await store.station("P0404")
+        await b.close()
+        await store.close()
+    assert not store._thread.is_alive()
+    # The dead writer rolled back and closed its connection: the file is free and healthy.
+    again = await SharedStore.open(store.path)
+    try:
+        view = await again.station("P0001")
+        await view.apply([("kv_put", "after", "n", 2)])
+        assert (await view.load())["kv"]["after"] == {"n": 2}
+    finally:
+        await again.close()
+
+
+async def test_a_queue_past_its_bound_refuses_applies_retryably_and_keeps_order(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(fleet_store, "MAX_QUEUED", 5)
+    store = await SharedStore.open(tmp_path / "fleet" / FLEET_DB)
+    try:
+        barrier, view = await views(store, 2)
+        with write_lock(store.path):  # a hung disk: the writer waits at BEGIN IMMEDIATE
+            first = asyncio.ensure_future(barrier.apply([("kv_put", "barrier", "n", 1)]))
+            await asyncio.sleep(0)
+            await until(lambda: store.summary()["queued"] == 0)
+            queued = [asyncio.ensure_future(view.apply([("q_put", i, entry(i))])) for i in range(1, 6)]
+            await until(lambda: store.summary()["queued"] == 5)
+            with pytest.raises(StoreError, match="5 jobs already waiting") as refused:
+                await view.apply([("q_put", 6, entry(6))])
+            assert refused.value.retryable and store.summary()["queued"] == 5  # nothing of it queued
+            closing = asyncio.ensure_future(view.close())  # a close is never refused: it waits its turn
+            await until(lambda: store.summary()["queued"] == 6)
+        assert await asyncio.gather(first, *queued, closing) == [None] * 7
+        view = await store.station("P0002")
+        await view.apply([("q_put", 6, entry(6))])  # the refused batch, retried, after the others
+        assert [e["seq"] for e in (await view.load())["queue"]] == [1, 2, 3, 4, 5, 6]
+    finally:
+        await store.close()
+
+
 # --- refusing what is not a fleet store ---------------------------------------------------------------
 
 
@@ -509,6 +592,44 @@ async def test_an_import_interrupted_before_the_rename_is_finished_not_repeated(
         await store.close()
 
 
+@pytest.mark.parametrize("how", ["new file", "written in place", "no identity recorded"])
+async def test_a_member_file_written_after_its_import_is_refused_not_hidden(tmp_path: Path, how: str):
+    """A twin.db where one was imported from is renamed away only if it is the very file
+    imported (an interrupted rename); one written since holds rows fleet.db never saw."""
+    data = tmp_path / "fleet"
+    member = data / "P0001"
+    make_legacy(tmp_path, member)
+    store = await SharedStore.open(data / FLEET_DB)
+    imported = await (await store.station("P0001", member)).load()
+    await store.close()
+    if how == "new file":  # the operator tidied up, then an earlier fleet version ran again
+        for name in ("twin.db.imported", "twin.db.imported-wal", "twin.db.imported-shm"):
+            (member / name).unlink(missing_ok=True)
+    else:  # the rename looks interrupted (the files back where they were)...
+        for name in ("twin.db", "twin.db-wal", "twin.db-shm"):
+            if (member / name.replace("twin.db", "twin.db.imported")).exists():
+                os.replace(member / name.replace("twin.db", "twin.db.imported"), member / name)
+    if how == "no identity recorded":  # ...but the import was recorded by a version that kept the path only
+        sql(data / FLEET_DB, "UPDATE stations SET imported_from = 'P0001/twin.db'")
+    else:  # ...but a member run by hand wrote to it since
+        old = await Store.open(member / "twin.db")
+        await old.apply([("q_put", 77, entry(77, action="StopTransaction"))])
+        await old.close()
+    before = {p.name: p.read_bytes() for p in member.iterdir()}
+    store = await SharedStore.open(data / FLEET_DB)
+    try:
+        with pytest.raises(StoreError, match=r"already in the fleet's store, but .*P0001/twin.db is there too and it is "
+                                             r"not the file imported from there into fleet.db") as info:
+            await store.station("P0001", member)
+        assert not info.value.retryable and "move the file aside" in str(info.value)
+        assert {p.name: p.read_bytes() for p in member.iterdir()} == before  # nothing renamed, nothing read into
+        assert await (await store.station("P0001")).load() == imported
+    finally:
+        await store.close()
+    if how != "no identity recorded":
+        assert 77 in [e["seq"] for e in Store.snapshot(member / "twin.db")["queue"]]
+
+
 async def test_a_member_file_beside_a_station_already_in_the_fleet_store_is_refused(tmp_path: Path):
     data = tmp_path / "fleet"
     member = data / "P0001"
@@ -642,18 +763,20 @@ async def test_every_acknowledged_batch_of_every_station_survives_sigkill_and_no
     kills_mid_run = 0
     for round_no in range(8):
         child = subprocess.Popen([sys.executable, str(script), str(path), str(rng.randrange(1 << 30)), str(CRASH_STATIONS)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(), text=True)
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(), bufsize=0)
         if round_no % 3 == 2:
             time.sleep(rng.uniform(0.0, 0.25))  # kill early: while the child opens, recovers the WAL, registers
         else:
-            first = child.stdout.readline()
+            # Unbuffered (bufsize=0): readline() takes one line off the pipe and no more, so what
+            # communicate() reads from the pipe next starts at the following line, not mid-line.
+            first = child.stdout.readline().decode()
             assert first, f"child died before its first batch: {child.stderr.read()}"
             sid, n = first.split()
             acked_max[sid] = max(acked_max[sid], int(n))
             time.sleep(rng.uniform(0.0, 0.15))
             kills_mid_run += 1
         child.send_signal(signal.SIGKILL)
-        out, err = child.communicate(timeout=30)
+        out, err = (b.decode(errors="replace") for b in child.communicate(timeout=30))
         assert child.returncode == -signal.SIGKILL, err
         lines = out.split("\n")[:-1]  # the last piece is a line cut by the kill, or empty
         for line in lines:
@@ -740,3 +863,31 @@ def test_snapshot_of_a_member_not_imported_yet_reads_its_own_file(tmp_path: Path
 
 def test_the_application_id_is_the_fleet_s():
     assert FLEET_APPLICATION_ID.to_bytes(4, "big") == b"OCPF"
+
+
+async def test_odd_station_ids_are_refused_clearly(tmp_path: Path):
+    for good in ("P0001", "CP-1.a_b~Z", "Ladesäule 3"):  # OCPP identities, and any other printable text
+        assert check_station(good) == good
+    # "\udcff": what Python makes of an argv byte that is not UTF-8 ($'\xff').
+    for bad, why in (("\udcff", "valid text"), ("a\x00b", "control"), ("a\nb", "control"), ("\x7f", "control"),
+                     ("", "non-empty"), (" P1", "blanks")):
+        with pytest.raises(ValueError, match=why):
+            check_station(bad)
+    data = tmp_path / "fleet"
+    store = await SharedStore.open(data / FLEET_DB)
+    try:
+        await store.station("P0001")
+        with pytest.raises(ValueError, match="valid text"):
+            await store.station("\udcff")
+        with pytest.raises(ValueError, match="control"):
+            SharedStore.snapshot(data, "P\x1b[2J")
+        for args, code, message in ((("--station", "\udcff"), 2, "--station: station id must be valid text"),
+                                    (("--station", "P\t1"), 2, "must not hold control characters")):
+            done = await asyncio.to_thread(twin_cli, "queue", "--data-dir", str(data), *args)
+            assert done.returncode == code and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+        # A member's own dir, for a member that never had a twin.db: point to the fleet's.
+        (data / "P0001").mkdir()
+        member = await asyncio.to_thread(twin_cli, "queue", "--data-dir", str(data / "P0001"))
+        assert member.returncode == 1 and f"twin queue --data-dir {data} --station P0001" in member.stderr, member.stderr
+    finally:
+        await store.close()

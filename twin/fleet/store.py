@@ -24,6 +24,10 @@ guarantees is weakened:
   order (a group is a run of consecutive submissions).
 * **Malformed ops** are refused with BadOpsError in the caller's thread, before the queue.
 * **summary()** never touches SQLite: per-view counters, updated by the writer after COMMIT.
+* **Nothing waits on a dead writer.** If the writer thread itself fails (MemoryError, a bug
+  outside the guarded SQL), every job it held or had queued fails with a non-retryable
+  StoreError naming the cause, summary() shows ``broken``, later calls are refused at once
+  and close() returns. A queue over :data:`MAX_QUEUED` refuses apply() (retryable).
 * **Foreign files refused, never repaired**: fleet.db has its own application_id
   (:data:`twin.store.FLEET_APPLICATION_ID`) and migrations, so a single twin's Store refuses a
   fleet.db and this store refuses a twin.db, a newer schema, a corrupted file.
@@ -37,6 +41,7 @@ the import, so it never happens twice.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import queue as queue_module
@@ -64,6 +69,12 @@ MAX_GROUP = 256
 # The page cache of the one connection (KiB). 1,000 single stores had 1,000 caches of the
 # SQLite default 2 MiB each (lazily filled); one 16 MiB cache holds every station's hot pages.
 CACHE_KIB = 16 * 1024
+# apply() refuses (retryable, nothing queued) beyond this many jobs waiting for the writer: a
+# writer stuck on a hung disk must not grow the queue without end while every member's actor
+# re-submits its held batch after each commit timeout. Normal load keeps about one batch per
+# member waiting; 64 groups is far above that. The actor holds a refused batch in memory and
+# retries it in order, as after any retryable error.
+MAX_QUEUED = 64 * MAX_GROUP
 
 # MIGRATIONS[v] brings a fleet store from version v-1 to v, like twin/store.py's. Append only.
 # Every table is a single store's with the station id leading its primary key, so a
@@ -136,17 +147,31 @@ _STOP = object()
 def _settle(outcomes: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
     # Runs on the callers' event loop: one callback per group, not one per batch.
     for future, result, error in outcomes:
-        if future.cancelled():
-            continue  # the caller gave up waiting; what it submitted is idempotent either way
+        if future.done():
+            # Cancelled: the caller gave up waiting; what it submitted is idempotent either way.
+            # Already settled: a dying writer fails its in-flight jobs, some of which it may
+            # have answered just before; the first answer stands.
+            continue
         if error is not None:
             future.set_exception(error)
         else:
             future.set_result(result)
 
 
-def _check_station(station: Any) -> str:
+def check_station(station: Any) -> str:
+    """``station`` if it can be a station id here, else ValueError saying why. Looser than
+    OCPP's charge point identity (twin.config.check_charge_point_id), which every id the fleet
+    makes satisfies; it only refuses what SQLite cannot store as TEXT (a lone surrogate, as
+    Python decodes an argv byte that is not UTF-8) and control characters, which no identity
+    in a URL path (OCPP-J 1.6 section 3.1) can hold and no terminal shows."""
     if not isinstance(station, str) or not station or station != station.strip():
         raise ValueError(f"station id must be a non-empty str without surrounding blanks, got {station!r}")
+    try:
+        station.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"station id must be valid text (UTF-8), got {station!r}") from None
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in station):
+        raise ValueError(f"station id must not hold control characters, got {station!r}")
     return station
 
 
@@ -161,6 +186,11 @@ class SharedStore:
         self._conn: sqlite3.Connection | None = None  # the writer thread's alone
         self._closed = False
         self._views_open = 0  # the loop's
+        # Set, under _gate, once the writer takes no more jobs (closed, or dead): from then on
+        # every submission is refused at once instead of waiting on a queue nobody reads.
+        self._gate = threading.Lock()
+        self._dead: str | None = None
+        self._broken: str | None = None  # why the writer thread died, if it did
         # Written by the writer thread under the lock; summary() reads them.
         self._lock = threading.Lock()
         self._commits = 0  # write transactions committed: one WAL fsync each (groups and imports)
@@ -193,8 +223,13 @@ class SharedStore:
         self._closed = True
         try:
             await self._call(self._close_sync)
+        except StoreError:
+            if self._broken is None:
+                raise
+            # The writer died (and closed the connection on its way out): already reported to
+            # every caller and in summary(); closing what is left must not fail or hang.
         finally:
-            self._jobs.put(_STOP)
+            self._jobs.put(_STOP)  # a dead writer never reads it: harmless
             await asyncio.to_thread(self._thread.join)
 
     def _open_sync(self) -> None:
@@ -213,9 +248,9 @@ class SharedStore:
         """The view of ``station``. ``legacy_dir``: the member's data dir, where a ``twin.db``
         of an earlier fleet version is imported from (once) if the shared store has nothing
         for this station yet."""
-        _check_station(station)
-        if self._closed:
-            raise StoreError(f"{self.path}: store is closed", path=self.path)
+        check_station(station)
+        if self._closed or self._dead is not None:
+            raise StoreError(f"{self.path}: {self._dead or 'store is closed'}", path=self.path)
         view = StationStore(self, station)
         registered = await self._call(self._open_view_sync, view, None if legacy_dir is None else Path(legacy_dir))
         if not registered:
@@ -260,12 +295,29 @@ class SharedStore:
             imported_present = imported.exists()
         except OSError as exc:
             raise StoreError(f"{view.where}: cannot read {legacy_dir}: {exc}", path=self.path, retryable=True) from None
-        if row is not None and row[0] == recorded:
-            # Imported from this very file. Still there (or its -wal/-shm): the process died
-            # between the import's COMMIT and the end of the renaming; finish it.
+        recorded_path, identity = _import_record(row[0] if row is not None else None)
+        if row is not None and recorded_path == recorded:
+            # Imported from this path. Still there (or its -wal/-shm): the process died between
+            # the import's COMMIT and the end of the renaming; finish it -- but only if it is the
+            # very file imported. A twin.db written since (an earlier fleet version, `twin run` on
+            # the member's dir) holds data the fleet's store has never seen: hiding it unread
+            # would lose its queued transaction messages.
             if present and imported_present:
                 raise self._conflict(view, legacy, f"and so is {imported.name}, the file it was imported from")
             if present or self._sidecars(legacy):
+                try:
+                    same = identity is not None and _legacy_identity(legacy, present) == \
+                        {k: identity.get(k) for k in (("db", "wal") if present else ("wal",))}
+                except OSError as exc:
+                    raise StoreError(f"{view.where}: cannot read {legacy_dir}: {exc}", path=self.path,
+                                     retryable=True) from None
+                if not same:
+                    raise self._conflict(
+                        view, legacy if present else wal_path(legacy),
+                        "and it is not the file imported from there into " + self.path.name
+                        + (f" (now {imported.name})" if imported_present else "")
+                        + (": its size, mtime or inode differ, so it was written after the import"
+                           if identity is not None else ": that import recorded nothing to tell them apart"))
                 self._rename_legacy(view, legacy, imported)
             return None
         if orphan_wal:
@@ -283,12 +335,18 @@ class SharedStore:
             raise StoreError(
                 f"{view.where}: both {legacy.name} and {imported.name} are in {legacy_dir}; refusing to import "
                 f"{legacy.name} over an earlier import (move one of them aside)", path=self.path)
+        try:
+            # Taken before reading: a file changed while it is read no longer matches, so it is
+            # refused later rather than renamed away with rows the import did not see.
+            identity = _legacy_identity(legacy, True)
+        except OSError as exc:
+            raise StoreError(f"{view.where}: cannot read {legacy_dir}: {exc}", path=self.path, retryable=True) from None
         rows = _read_legacy(legacy)
         station = view.station
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(f"INSERT INTO stations (station, registered_at, imported_from) VALUES (?, {_NOW}, ?)",
-                         (station, recorded))
+                         (station, json.dumps({"path": recorded, **identity})))
             # Plain INSERTs: the station had no row, so it has nothing here; a conflict would
             # mean it had, and the import is refused whole rather than merged.
             conn.executemany("INSERT INTO kv (station, ns, key, value) VALUES (?, ?, ?, ?)",
@@ -353,51 +411,104 @@ class SharedStore:
             raise StoreError(f"{where}: store is closed", path=self.path)
         return self._conn
 
+    def _enqueue(self, job: "_Batch | _Call", where: str) -> None:
+        # Under the gate: the writer marks itself gone under it before its last drain, so a job
+        # is either drained (and answered) or refused here; none is left behind unanswered.
+        with self._gate:
+            if self._dead is not None:
+                raise StoreError(f"{where}: {self._dead}", path=self.path)
+            self._jobs.put(job)
+
     def _call(self, fn: Callable[..., Any], *args: Any) -> "asyncio.Future[Any]":
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._jobs.put(_Call(fn, args, future, loop))
+        self._enqueue(_Call(fn, args, future, loop), str(self.path))
         return future
 
     def _submit(self, view: "StationStore", stmts: list[Stmt], effects: list[Effect], count: int, *,
                 internal: bool = False) -> "asyncio.Future[None]":
         # Put on the queue synchronously, in the caller's order: that order is the commit order.
+        if not internal and self._jobs.qsize() >= MAX_QUEUED:
+            raise StoreError(f"{view.where}: {self._jobs.qsize()} jobs already waiting for the store's writer "
+                             f"(at most {MAX_QUEUED}): is the disk hung? nothing queued, retry later",
+                             path=self.path, retryable=True)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._jobs.put(_Batch(view, stmts, effects, count, future, loop, internal))
+        self._enqueue(_Batch(view, stmts, effects, count, future, loop, internal), view.where)
         return future
 
     # ------------------------------------------------------------------ the writer thread
     def _writer(self) -> None:
         held = None  # a job taken while gathering a group, run after it
-        while True:
-            job = held if held is not None else self._jobs.get()
-            held = None
-            if job is _STOP:
-                break
-            if isinstance(job, _Call):
-                self._run_call(job)
-                continue
-            group = [job]
-            while len(group) < MAX_GROUP:
-                try:
-                    more = self._jobs.get_nowait()
-                except queue_module.Empty:
+        in_flight: list = []  # the jobs taken and not answered yet
+        try:
+            while True:
+                job = held if held is not None else self._jobs.get()
+                held = None
+                if job is _STOP:
                     break
-                if isinstance(more, _Batch):
-                    group.append(more)
+                in_flight = [job]
+                if isinstance(job, _Call):
+                    self._run_call(job)
                 else:
-                    held = more
-                    break
-            self._commit_group(group)
+                    while len(in_flight) < MAX_GROUP:
+                        try:
+                            more = self._jobs.get_nowait()
+                        except queue_module.Empty:
+                            break
+                        if isinstance(more, _Batch):
+                            in_flight.append(more)
+                        else:
+                            held = more
+                            break
+                    self._commit_group(in_flight)
+                in_flight = []
+        except BaseException as exc:  # noqa: BLE001 - nothing may be left waiting on a dead writer
+            self._die(exc, in_flight + ([held] if held is not None and held is not _STOP else []))
+            return
         # Closed: anything submitted after close() (a race the views guard against) fails, never hangs.
+        self._shut("store is closed", [])
+
+    def _die(self, exc: BaseException, in_flight: list) -> None:
+        """The writer thread is going down (MemoryError, a bug outside the guarded SQL): answer
+        every job it holds or will never read, and leave a store that refuses at once. A job in
+        flight may have committed (the failure can follow COMMIT): an op is idempotent, so a
+        caller that retries elsewhere, or after a restart, does no harm."""
+        cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        self._broken = cause
+        reason = f"the store's writer thread died ({cause}); the store is unusable until the process restarts"
+        with self._lock:
+            self._last_error = reason
+        log.critical("%s: %s", self.path, reason, exc_info=(type(exc), exc, exc.__traceback__))
+        conn, self._conn = self._conn, None
+        try:
+            if conn is not None:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")  # release the write lock of a group cut short
+                conn.close()
+        except BaseException:  # noqa: BLE001 - the connection is being abandoned anyway
+            pass
+        self._shut(reason, in_flight)
+
+    def _shut(self, reason: str, in_flight: list) -> None:
+        with self._gate:
+            self._dead = reason
+        jobs = list(in_flight)
         while True:
             try:
                 job = self._jobs.get_nowait()
             except queue_module.Empty:
-                return
+                break
             if job is not _STOP:
-                self._deliver([(job, None, StoreError(f"{self.path}: store is closed", path=self.path))])
+                jobs.append(job)
+        for job in jobs:
+            where = job.view.where if isinstance(job, _Batch) else str(self.path)
+            error = StoreError(f"{where}: {reason}", path=self.path)  # retryable=False: retrying here cannot help
+            try:
+                # Not through _deliver: it may be what failed.
+                job.loop.call_soon_threadsafe(_settle, [(job.future, None, error)])
+            except BaseException:  # noqa: BLE001 - that loop is closed: nobody is waiting any more
+                pass
 
     def _run_call(self, job: _Call) -> None:
         try:
@@ -503,7 +614,8 @@ class SharedStore:
         ``commits / batches`` is what group commit saves; ``queued``: jobs (batches, loads...)
         waiting for the writer thread, not counting the group it is committing."""
         with self._lock:
-            return {"path": str(self.path), "schema_version": SCHEMA_VERSION, "open": not self._closed,
+            return {"path": str(self.path), "schema_version": SCHEMA_VERSION,
+                    "open": not self._closed and self._dead is None, "broken": self._broken,
                     "views_open": self._views_open, "queued": self._jobs.qsize(), "commits": self._commits, "batches": self._batches,
                     "batch_failures": self._batch_failures, "group_failures": self._group_failures,
                     "largest_group": self._largest_group, "imports": self._imports,
@@ -516,7 +628,9 @@ class SharedStore:
         fleet (for ``twin queue --station``): read-only (``mode=ro``), safe while the fleet
         runs. Returns the data in the shape of ``load()`` and the file it was read from: the
         fleet's store, or the member's own twin.db that an earlier fleet version left and this
-        one has not imported yet."""
+        one has not imported yet. ValueError for an id that cannot be a station's
+        (:func:`check_station`)."""
+        check_station(station)
         data_dir = Path(data_dir)
         path = data_dir / FLEET_DB
         legacy = data_dir / station / LEGACY_DB if station and "/" not in station and station not in (".", "..") else None
@@ -557,6 +671,37 @@ class SharedStore:
         listed = ", ".join(known) + (", …" if count > len(known) else "")
         raise StoreError(f"{path}: no station {station!r} in this fleet's store ({count} station(s)"
                          + (f": {listed}" if known else "") + ")", path=path)
+
+
+def _file_identity(path: Path, empty_is_none: bool = False) -> list[int] | None:
+    """[size, mtime_ns, inode] of ``path``, None when it is absent (or empty, if asked)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    if empty_is_none and st.st_size == 0:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _legacy_identity(legacy: Path, with_db: bool) -> dict[str, list[int] | None]:
+    # The -wal too: a member killed with unsent transactions leaves them there, the main file untouched.
+    wal = {"wal": _file_identity(wal_path(legacy), empty_is_none=True)}
+    return {"db": _file_identity(legacy), **wal} if with_db else wal
+
+
+def _import_record(value: str | None) -> tuple[str | None, dict | None]:
+    """``stations.imported_from``: the imported file's path (relative to the fleet's dir) and its
+    identity, as JSON; a bare path from before identities were recorded."""
+    if value is None:
+        return None, None
+    try:
+        record = json.loads(value)
+    except ValueError:
+        return value, None
+    if isinstance(record, dict) and isinstance(record.get("path"), str):
+        return record["path"], record
+    return value, None
 
 
 def _read_legacy(legacy: Path) -> dict[str, list[tuple]]:
@@ -603,8 +748,8 @@ class StationStore:
         self._closed = False
 
     def _check_open(self) -> None:
-        if self._closed or self.shared._closed:
-            raise StoreError(f"{self.where}: store is closed", path=self.path)
+        if self._closed or self.shared._closed or self.shared._dead is not None:
+            raise StoreError(f"{self.where}: {self.shared._dead or 'store is closed'}", path=self.path)
 
     async def apply(self, ops: list[tuple]) -> None:
         """Apply ``ops`` atomically; durable when this returns (its group's COMMIT returned).
@@ -632,15 +777,22 @@ class StationStore:
             return
         self._closed = True
         self.shared._views_open -= 1
-        if not self.shared._closed:
+        if self.shared._closed or self.shared._dead is not None:
+            return
+        try:
             await self.shared._call(lambda: None)  # a barrier: the queue is FIFO
+        except StoreError:
+            if self.shared._dead is None:
+                raise
+            # The writer is gone: what this view submitted has been answered (failed); nothing to wait for.
 
     def summary(self) -> dict:
         """The single store's summary keys (this station's counts), plus the station and the
         shared store's group-commit counters. Never touches SQLite."""
         return {"path": str(self.path), "station": self.station, "schema_version": SCHEMA_VERSION,
-                "open": not (self._closed or self.shared._closed), **self._counters.summary(),
+                "open": not (self._closed or self.shared._closed or self.shared._dead is not None),
+                **self._counters.summary(),
                 "shared": self.shared.summary()}
 
 
-__all__ = ["FLEET_DB", "MAX_GROUP", "SharedStore", "StationStore"]
+__all__ = ["FLEET_DB", "MAX_GROUP", "MAX_QUEUED", "SharedStore", "StationStore", "check_station"]
