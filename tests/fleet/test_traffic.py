@@ -3,20 +3,25 @@ against the loopback CSMS, driven through the fleet's control API over HTTP."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
 import logging
+import signal
 import statistics
 from collections import Counter
 
 import aiohttp
 import pytest
 
+from tests.conftest import PYTHON, twin_process_env
 from twin.config import load_config
 from twin.fleet import Fleet
 from twin.fleet.api import FleetApi
 from twin.fleet.loopback import LoopbackCsms
-from twin.fleet.traffic import DEFAULT_TAGS, DURATION_CLIP, default_mean_duration_s, schedule
+from twin.fleet.traffic import (
+    DEFAULT_TAGS, DURATION_CLIP, MAX_SESSIONS_PER_HOUR, MEAN_DURATION_RANGE_S, default_mean_duration_s, schedule,
+)
 
 N = 4
 IDS = [f"P{i:04d}" for i in range(1, N + 1)]
@@ -49,7 +54,7 @@ def test_arrivals_are_poisson_at_the_rate_and_durations_bounded_around_the_mean(
     assert statistics.median(durations) < statistics.mean(durations)  # right-skewed, as session lengths are
     assert set(Counter(a.tag for a in arrivals)) == set(range(5))
     assert list(schedule(1, "P0001", 0.0, 300.0, 5)) == []
-    assert default_mean_duration_s(1.0) == 1800.0 and default_mean_duration_s(3600.0) == 0.5
+    assert default_mean_duration_s(1.0) == 1800.0 and default_mean_duration_s(720.0) == 2.5  # half the gap
     with pytest.raises(ValueError, match="sessions_per_hour"):
         next(schedule(1, "P0001", -1.0, 300.0, 5))
 
@@ -247,3 +252,112 @@ async def test_a_session_ends_on_time_though_the_next_arrival_is_far(env):
     await env.until(lambda: env.tx("StopTransaction", "P0001") and env.fleet.traffic.counts["completed"] == 1,
                     timeout=arrival.at_s + arrival.duration_s + 8)
     assert env.fleet.traffic.counts["started"] == 1 and not env.tx("StartTransaction", "P0002")
+
+
+# ---------------------------------------------------------------------------- refusals leave the traffic as it was
+async def test_a_rate_above_1800_an_hour_gets_a_default_mean_of_at_least_1_s(env):
+    assert default_mean_duration_s(2000.0) == MEAN_DURATION_RANGE_S[0]
+    assert default_mean_duration_s(MAX_SESSIONS_PER_HOUR) == MEAN_DURATION_RANGE_S[0]
+    assert default_mean_duration_s(1800.0) == 1.0 and default_mean_duration_s(900.0) == 2.0
+    status, t = await env.post("/api/fleet/traffic", {"sessions_per_hour": 2000})
+    assert status == 200, t
+    assert t["running"] is True and t["mean_duration_s"] == MEAN_DURATION_RANGE_S[0]
+    assert sorted(e[3] for e in env.fleet.traffic._heap if e[2] == "arrive") == IDS
+
+
+async def test_a_refused_configure_changes_nothing(env):
+    traffic = env.fleet.traffic
+    await env.post("/api/fleet/traffic", {"sessions_per_hour": 60.0, "seed": 3, "mean_duration_s": 10})
+    before, heap, epoch = traffic.snapshot(), list(traffic._heap), traffic._epoch
+    for kwargs in [{"seed": "not a number"}, {"mean_duration_s": 0.5}, {"tags": ["A", "A"]}]:
+        with pytest.raises(ValueError):
+            traffic.configure(120.0, **kwargs)
+        assert traffic.snapshot() == before and traffic._heap == heap and traffic._epoch == epoch, kwargs
+    assert traffic.tags == DEFAULT_TAGS
+
+
+async def test_the_traffic_cannot_restart_while_the_fleet_stops(env):
+    await env.post("/api/fleet/traffic", {"sessions_per_hour": 60.0, "seed": 3})
+    stopping = asyncio.create_task(env.fleet.stop())  # the API stays up while the members stop
+    status, answer = await env.post("/api/fleet/traffic", {"sessions_per_hour": RATE})
+    assert status == 409 and "stopping" in answer["error"], answer
+    await stopping
+    assert env.fleet.traffic._task is None and not env.fleet.traffic._heap
+    assert env.fleet.traffic.snapshot()["running"] is False
+    with pytest.raises(RuntimeError, match="stopping"):
+        env.fleet.traffic.configure(RATE)
+
+
+async def test_a_slow_member_skips_arrivals_as_busy_instead_of_queueing_them(env):
+    slow = env.fleet.member("P0002")
+    plug = slow.plug
+
+    async def slow_plug(cid: int) -> dict:  # a member answering slowly, which the sim never does
+        await asyncio.sleep(1.5)
+        return await plug(cid)
+
+    slow.plug = slow_plug
+    await env.post("/api/fleet/traffic", {"sessions_per_hour": 7200.0, "seed": 21, "mean_duration_s": MEAN_S})
+    st = env.fleet.traffic._stations["P0002"]
+    longest = 0
+
+    def busy_skips() -> bool:
+        nonlocal longest
+        longest = max(longest, len(st.todo))
+        return env.fleet.traffic.skips["busy"] >= 3
+
+    await env.until(busy_skips, timeout=20)
+    # At 2 arrivals a second and 1.5 s a plug, the queue would grow by ~2 a second: it holds at
+    # most one arrival and one end per connector.
+    assert longest <= 1 + 2, longest
+    _, body = await env.get("/api/stations")
+    assert body["traffic"]["skips"]["busy"] >= 3 and body["traffic"]["sessions"]["skipped"] >= 3
+    await env.post("/api/fleet/traffic", {"sessions_per_hour": 0})
+    await env.until(lambda: env.idle() and env.fleet.traffic.snapshot()["sessions"]["active"] == 0)
+
+
+# ---------------------------------------------------------------------------- the CLI
+async def test_cli_runs_a_rate_above_1800_an_hour_and_stops_cleanly(tmp_path):
+    async with LoopbackCsms() as csms:
+        proc = await asyncio.create_subprocess_exec(
+            PYTHON, "-m", "twin", "fleet", "--count", "2", "--csms", csms.url, "--data-dir", str(tmp_path / "f"),
+            "--control", "127.0.0.1:0", "--traffic", "2000", "--seed", "4",
+            stderr=asyncio.subprocess.PIPE, env=twin_process_env(), cwd=str(tmp_path))
+        lines = []
+        try:
+            async with asyncio.timeout(30):
+                while not any(line.startswith("traffic:") for line in lines):
+                    line = (await proc.stderr.readline()).decode()
+                    assert line, "".join(lines)  # it exited before starting the traffic
+                    lines.append(line)
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                rest = (await proc.stderr.read()).decode()
+                code = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    out = "".join(lines) + rest
+    assert code == 0 and "Traceback" not in out, out
+    assert "mean 1 s" in out, out
+
+
+async def test_run_fleet_stops_the_fleet_and_the_api_when_the_traffic_is_refused(tmp_path, capsys):
+    from twin.fleet.cli import run_fleet
+
+    async with LoopbackCsms() as csms:
+        blueprint = load_config(None, {"csms_url": csms.url, "data_dir": tmp_path / "f", "control": "127.0.0.1:0"})
+        fleet = Fleet(blueprint, 2, data_dir=tmp_path / "f")
+        # Past run_fleet_command's checks (a caller of run_fleet may not have made them).
+        args = argparse.Namespace(count=2, traffic=10.0, traffic_duration=0.0, seed=1)
+        async with asyncio.timeout(30):
+            assert await run_fleet(fleet, blueprint, args) == 2
+    err = capsys.readouterr().err
+    assert "mean_duration_s" in err and "Traceback" not in err, err
+    assert all(s.stopping and (s.task is None or s.task.done()) for s in fleet.slots.values())
+    assert fleet.store is None and fleet.traffic._task is None
+    url = err.split("control API ")[1].split()[0]
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.ClientConnectionError):  # the API was stopped too: nothing listens
+            await http.get(url + "/api/stations")

@@ -87,7 +87,7 @@ class FleetApi(ControlApi):
                    body={**obj, "required": ["online"], "properties": {"online": {"type": "boolean"}}}),
             _Route("POST", "/api/fleet/traffic", self._fleet_traffic,
                    "Automatic seeded sessions on every member at sessions_per_hour per station (0: stop)",
-                   tag="fleet", body_required=True, result={"type": "object"},
+                   tag="fleet", body_required=True, errors=(409,), result={"type": "object"},
                    body={**obj, "required": ["sessions_per_hour"], "properties": {
                        "sessions_per_hour": {"type": "number", "minimum": 0,
                                              "maximum": fleet_traffic.MAX_SESSIONS_PER_HOUR},
@@ -165,6 +165,8 @@ class FleetApi(ControlApi):
             return self.backend.traffic.configure(rate, seed=seed, mean_duration_s=mean, tags=tags)
         except ValueError as e:
             raise ApiError(400, str(e)) from None
+        except RuntimeError as e:  # the fleet is stopping (this API answers until its members stopped)
+            raise ApiError(409, str(e)) from None
 
     async def _fleet_network(self, request: web.Request) -> dict:
         data = _json_object(request[_TWIN], {"online"}, body_required=True)

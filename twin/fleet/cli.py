@@ -54,8 +54,11 @@ def run_fleet_command(args) -> int:
             raise ConfigError(None, "--boot-spread", "0 or more seconds")
         from twin.fleet import traffic
 
-        traffic.check(args.traffic, args.traffic_duration)
         tags = traffic.check_tags(args.traffic_tags.split(",")) if args.traffic_tags else None
+        # The settings the traffic will run with, checked before any member starts.
+        traffic.check(args.traffic, args.traffic_duration)
+        traffic.check(args.traffic, args.traffic_duration if args.traffic_duration is not None
+                      else traffic.default_mean_duration_s(args.traffic), len(tags or traffic.DEFAULT_TAGS))
         blueprint = load_config(args.config, overrides)
         from twin.fleet.fleet import Fleet
 
@@ -105,22 +108,34 @@ async def run_fleet(fleet, blueprint, args) -> int:
         loop.add_signal_handler(sig, stopping.set)
     from twin.store import StoreError
 
+    # Whatever happens once the fleet starts (an error, a cancellation), its members stop their
+    # transactions and flush their store, and the API closes.
     try:
-        await fleet.start()
-    except (StoreError, OSError) as e:  # a fleet.db that is not ours, a data dir that cannot be written
-        print(f"twin: cannot start the fleet: {e}", file=sys.stderr)
-        await fleet.stop()
-        await api.stop()
-        return 3
-    print(f"fleet of {args.count} stations -> {blueprint.csms_url}; control API {api.url}", file=sys.stderr, flush=True)
-    notifier.ready(f"fleet of {args.count} stations, control API {api.url}")
-    if args.traffic > 0:
-        t = fleet.traffic.configure(args.traffic, seed=args.seed, mean_duration_s=args.traffic_duration)
-        print(f"traffic: {t['sessions_per_hour']:g} sessions per station per hour, mean {t['mean_duration_s']:.0f} s, "
-              f"seed {t['seed']}", file=sys.stderr, flush=True)
-    await stopping.wait()
-    notifier.stopping()
-    log.warning("stopping the fleet: every member stops its transactions and flushes its store")
-    await fleet.stop()
-    await api.stop()
-    return 0
+        try:
+            await fleet.start()
+        except (StoreError, OSError) as e:  # a fleet.db that is not ours, a data dir that cannot be written
+            print(f"twin: cannot start the fleet: {e}", file=sys.stderr)
+            return 3
+        print(f"fleet of {args.count} stations -> {blueprint.csms_url}; control API {api.url}", file=sys.stderr,
+              flush=True)
+        notifier.ready(f"fleet of {args.count} stations, control API {api.url}")
+        if args.traffic > 0:
+            try:
+                t = fleet.traffic.configure(args.traffic, seed=args.seed, mean_duration_s=args.traffic_duration)
+            except ValueError as e:  # run_fleet_command checked these: only another caller gets here
+                print(f"twin: configuration error: {e}", file=sys.stderr, flush=True)
+                notifier.stopping()
+                return 2
+            print(f"traffic: {t['sessions_per_hour']:g} sessions per station per hour, "
+                  f"mean {t['mean_duration_s']:.0f} s, seed {t['seed']}", file=sys.stderr, flush=True)
+        await stopping.wait()
+        notifier.stopping()
+        log.warning("stopping the fleet: every member stops its transactions and flushes its store")
+        return 0
+    finally:
+        try:
+            await fleet.stop()
+            await api.stop()
+        finally:  # after the stop: a second Ctrl-C during it must not cut the members' flush short
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)

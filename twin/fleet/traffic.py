@@ -44,7 +44,8 @@ ID_TAG_MAX_LEN = 20  # an IdToken is a CiString20Type (OCPP 1.6 §7)
 # The session length: lognormal with this shape around the mean, clipped to
 # [mean * DURATION_CLIP[0], mean * DURATION_CLIP[1]]. The default mean is
 # DEFAULT_MEAN_DURATION_S, or half the mean gap between arrivals when that is shorter, so
-# that at any rate a station's connectors are free more often than not.
+# that a station's connectors are free more often than not; never under the shortest mean
+# allowed (above 1,800 sessions/h half the gap is under 1 s, and the connectors fill up).
 DEFAULT_MEAN_DURATION_S = 1800.0
 MEAN_DURATION_RANGE_S = (1.0, 86_400.0)
 DURATION_SIGMA = 0.5
@@ -68,7 +69,7 @@ class Arrival:
 def default_mean_duration_s(sessions_per_hour: float) -> float:
     if sessions_per_hour <= 0:
         return DEFAULT_MEAN_DURATION_S
-    return min(DEFAULT_MEAN_DURATION_S, 0.5 * 3600.0 / sessions_per_hour)
+    return max(MEAN_DURATION_RANGE_S[0], min(DEFAULT_MEAN_DURATION_S, 0.5 * 3600.0 / sessions_per_hour))
 
 
 def station_rng(seed: int, station_id: str) -> random.Random:
@@ -139,6 +140,7 @@ class _Station:
     sessions: dict[int, _Session] = field(default_factory=dict)  # connector -> the session on it
     todo: deque = field(default_factory=deque)  # actions to carry out in order
     worker: asyncio.Task | None = None
+    arriving: bool = False  # an arrival is queued or under way: the next ones are skipped (busy)
 
 
 class Traffic:
@@ -162,32 +164,46 @@ class Traffic:
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
         self._logged: set[str] = set()
+        self._closed = False  # stop() ran: the fleet is stopping, the traffic never restarts
 
     # ------------------------------------------------------------------ control
     def configure(self, sessions_per_hour: float, *, seed: int | None = None, mean_duration_s: float | None = None,
                   tags: Sequence[str] | None = None) -> dict:
         """Start or change the traffic (the schedule restarts now from the seed); rate 0 stops
-        it: no new arrivals, and the sessions under way end now (stop, unplug)."""
+        it: no new arrivals, and the sessions under way end now (stop, unplug).
+
+        ValueError for settings it refuses, RuntimeError once :meth:`stop` ran; either way
+        nothing changed: the new settings and schedules are all checked and built first."""
+        if self._closed:
+            raise RuntimeError("the fleet is stopping: its traffic can no longer be started or changed")
         check(sessions_per_hour, mean_duration_s)
-        if tags is not None:
-            self.tags = check_tags(tags)
+        new_tags = check_tags(tags) if tags is not None else self.tags
+        rate = float(sessions_per_hour)
+        if seed is not None:
+            if isinstance(seed, bool) or not isinstance(seed, int):
+                raise ValueError(f"seed: an integer, got {seed!r}")
+            new_seed = seed
+        else:  # keep the seed, or pick one (shown by snapshot(): a run can be repeated)
+            new_seed = self.seed if self.seed is not None else random.randrange(2 ** 32)
+        mean = float(mean_duration_s) if mean_duration_s is not None else default_mean_duration_s(rate)
+        check(rate, mean, len(new_tags))
+        firsts: dict[str, tuple[Iterator[Arrival], Arrival]] = {}
+        if rate > 0:
+            for sid in self.fleet.slots:
+                arrivals = schedule(new_seed, sid, rate, mean, len(new_tags))
+                firsts[sid] = (arrivals, next(arrivals))
+        # Nothing below refuses: from here on the new configuration replaces the old one.
         loop = asyncio.get_running_loop()
         self._epoch += 1
-        self.rate = float(sessions_per_hour)
-        if seed is not None:
-            self.seed = int(seed)
-        elif self.seed is None:
-            self.seed = random.randrange(2 ** 32)  # shown by snapshot(): a run can be repeated
-        self.mean_duration_s = (float(mean_duration_s) if mean_duration_s is not None
-                                else default_mean_duration_s(self.rate))
+        self.tags, self.rate, self.seed, self.mean_duration_s = new_tags, rate, new_seed, mean
         # The arrivals of the last configuration go; the sessions under way keep their end.
         self._heap = [e for e in self._heap if e[2] != "arrive"]
         now = self._t0 = loop.time()
         for sid in self.fleet.slots:
             st = self._stations.setdefault(sid, _Station(sid))
             if self.rate > 0:
-                st.arrivals = schedule(self.seed, sid, self.rate, self.mean_duration_s, len(self.tags))
-                self._push_arrival(st)
+                st.arrivals, first = firsts[sid]
+                self._push_arrival(st, first)
             else:
                 st.arrivals = None
                 for session in st.sessions.values():
@@ -206,7 +222,9 @@ class Traffic:
         return self.snapshot()
 
     async def stop(self) -> None:
-        """Stop everything now (the fleet is stopping: its members stop their transactions)."""
+        """Stop everything now (the fleet is stopping: its members stop their transactions).
+        For good: a later :meth:`configure` raises, so nothing plugs into a stopping member."""
+        self._closed = True  # before the first await: a POST in the stop's window is refused
         self._epoch += 1
         self.rate = 0.0
         self._heap.clear()
@@ -231,8 +249,9 @@ class Traffic:
         if self._heap[0] is entry and self._wake is not None:
             self._wake.set()  # now the first due: the scheduler may be asleep until a later one
 
-    def _push_arrival(self, st: _Station) -> None:
-        arrival = next(st.arrivals)
+    def _push_arrival(self, st: _Station, arrival: Arrival | None = None) -> None:
+        if arrival is None:
+            arrival = next(st.arrivals)
         self._push(self._t0 + arrival.at_s, "arrive", st.id, (self._epoch, arrival))
 
     async def _run(self) -> None:
@@ -264,6 +283,13 @@ class Traffic:
             if epoch != self._epoch:
                 return
             self._push_arrival(st)  # the next one first: its draws never depend on this one's fate
+            if st.arriving:
+                # The last arrival is still queued or under way (a slow member: each action may
+                # take ACTION_TIMEOUT_S): the driver leaves rather than the queue growing for good.
+                self.counts["skipped"] += 1
+                self.skips["busy"] += 1
+                return
+            st.arriving = True
             self._enqueue(st, ("arrive", due, arrival))
         else:
             if not item.ended:
@@ -280,7 +306,10 @@ class Traffic:
             try:
                 async with asyncio.timeout(ACTION_TIMEOUT_S):
                     if action[0] == "arrive":
-                        await self._arrive(st, action[1], action[2])
+                        try:
+                            await self._arrive(st, action[1], action[2])
+                        finally:
+                            st.arriving = False
                     else:
                         await self._end(st, action[1])
             except Exception as e:  # noqa: BLE001 - a member's failure is counted, never raised
