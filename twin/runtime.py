@@ -447,6 +447,11 @@ class Runtime:
         try:
             await self._shutdown(reason, graceful, drain_s)
         finally:
+            # The event streams end with the Runtime that feeds them: a fleet member is replaced
+            # by a new Runtime (and hub) while the fleet's API stays up, and a stream left on
+            # this hub would carry keepalives and never an event again. Ended, the reader
+            # reconnects (WHATWG HTML §9.2.3) and subscribes to the new one.
+            self.events.close()
             self.shutdown_done.set()
 
     async def power_cut(self) -> None:
@@ -482,6 +487,7 @@ class Runtime:
                 await self.store.close()  # the handle; a real cut leaves the WAL, which recovers the same
             except Exception:  # noqa: BLE001
                 pass
+        self.events.close()  # as at a shutdown: the streams reconnect to the next Runtime
 
     async def _shutdown(self, reason: str, graceful: bool, drain_s: float) -> None:
         if self.notifier:

@@ -331,3 +331,41 @@ async def test_single_station_page_shows_the_contactor_feedback(tmp_path):
     finally:
         await station.stop()
         await csms.stop()
+
+
+async def test_station_page_follows_its_member_through_a_fleet_reboot(fleet_env):
+    """A reboot replaces the member's Runtime and its event hub while the fleet's API stays up:
+    the page's stream must end with the old Runtime and come back, by itself, on the new one."""
+    csms, fleet, api = fleet_env
+    base = api.url
+    old = fleet.member("P0003")
+    async with async_playwright() as pw, aiohttp.ClientSession() as http:
+        browser, page = await browser_page(pw)
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        await page.goto(base + "/#/stations/P0003")
+        live = page.get_by_label("Event stream")
+        await expect(live).to_have_text("live")
+        status = page.get_by_label("Status of connector 1")
+        await expect(status).to_have_text("Available")
+        assert old.events.subscribers == 1
+        await page.evaluate("""() => { const live = document.getElementById("live"); window.liveSeen = [];
+            new MutationObserver(() => liveSeen.push(live.textContent)).observe(live, { childList: true }); }""")
+
+        async with http.post(base + "/api/fleet/reboot", json={"rolling": True, "batch": 5}) as resp:
+            assert resp.status == 200, await resp.text()
+        await until(lambda: fleet.member("P0003") not in (None, old), 10, "P0003 rebooted")
+        new = fleet.member("P0003")
+        # Off the old hub (its stream ended), then live again: the page reconnected by itself.
+        await until(lambda: old.events.subscribers == 0, 5, "the old Runtime's stream ended")
+        await page.wait_for_function("liveSeen.includes('reconnecting…')", timeout=5000)
+        await expect(live).to_have_text("live", timeout=10_000)
+        await until(lambda: new.events.subscribers == 1, 5, "the page subscribed to the new Runtime")
+
+        # The new stream carries the new Runtime's events: a plug over HTTP, not from the page.
+        async with http.post(base + "/api/stations/P0003/connectors/1/plug", json={}) as resp:
+            assert resp.status == 200, await resp.text()
+        await expect(status).to_have_text("Preparing", timeout=3000)
+        assert (await page.evaluate("liveSeen"))[-1] == "live"
+        assert errors == [], errors
+        await browser.close()
