@@ -89,6 +89,50 @@ class Ledger:
         return {}
 
 
+def transaction_problems(starts: dict[int, tuple[int, dict]], firsts: list[tuple[int, str, dict]],
+                         label: str = "") -> list[str]:
+    """What is wrong with each transaction the CSMS saw start: exactly one StopTransaction, its
+    MeterValues between Start and Stop, in order, with a non-decreasing register within
+    meterStart..meterStop, and exactly the periodic samples the StopTransaction's record holds.
+    ``starts``: transactionId -> (message number, StartTransaction); ``firsts``: every first copy."""
+    out: list[str] = []
+    stops: dict[int, list[tuple[int, dict]]] = defaultdict(list)
+    mvs: dict[int, list[tuple[int, dict]]] = defaultdict(list)
+    for i, a, p in firsts:
+        if a == "StopTransaction":
+            stops[p["transactionId"]].append((i, p))
+        elif a == "MeterValues":
+            mvs[p.get("transactionId")].append((i, p))
+    out += [f"{label}StopTransaction for unknown transactionId {t}: {s}" for t, s in stops.items() if t not in starts]
+    out += [f"{label}MeterValues for unknown transactionId {t}: {m[0][1]}" for t, m in mvs.items() if t not in starts]
+    for tid, (si, start) in sorted(starts.items()):
+        if len(stops[tid]) != 1:
+            out.append(f"{label}transaction {tid} ({start['idTag']}) stopped {len(stops[tid])} times: {stops[tid]}")
+            continue
+        pi, stop = stops[tid][0]
+        samples = [(i, _energy(p["meterValue"][0])) for i, p in mvs[tid]]
+        if any(not si < i < pi for i, _s in samples):
+            out.append(f"{label}transaction {tid}: MeterValues outside Start #{si} .. Stop #{pi}")
+        stamps = [t for _i, (t, _v) in samples]
+        values = [float(v) for _i, (_t, v) in samples]
+        if stamps != sorted(stamps) or len(set(stamps)) != len(stamps):
+            out.append(f"{label}transaction {tid}: MeterValues not in chronological order: {stamps}")
+        if values != sorted(values):
+            out.append(f"{label}transaction {tid}: energy register goes backwards: {values}")
+        if values and not (start["meterStart"] - 0.5 <= values[0] and values[-1] <= stop["meterStop"] + 0.5):
+            out.append(f"{label}transaction {tid}: samples {values[0]}..{values[-1]} outside meterStart "
+                       f"{start['meterStart']} .. meterStop {stop['meterStop']}")
+        if stop["meterStop"] < start["meterStart"] or stop["timestamp"] < start["timestamp"]:
+            out.append(f"{label}transaction {tid}: stop {stop} before start {start}")
+        recorded = {(d["timestamp"], sv["value"]) for d in stop.get("transactionData", [])
+                    for sv in d["sampledValue"] if sv.get("context") == "Sample.Periodic"}
+        received = {s for _i, s in samples}
+        if recorded != received:
+            out.append(f"{label}transaction {tid}: MeterValues lost {sorted(recorded - received)}, "
+                       f"not in the record {sorted(received - recorded)}")
+    return out
+
+
 def _energy(mv: dict) -> tuple[str, str]:
     (value,) = [sv["value"] for sv in mv["sampledValue"] if sv.get("measurand", MEASURAND) == MEASURAND]
     return mv["timestamp"], value
@@ -116,40 +160,7 @@ def problems(ledger: Ledger, started_tags: set[str]) -> list[str]:
     out += [f"idTag {t} started {n} transactions" for t, n in tags.items() if n > 1]
     out += [f"transaction of {t} was reported started but its StartTransaction never arrived"
             for t in sorted(started_tags - set(tags))]
-    stops: dict[int, list[tuple[int, dict]]] = defaultdict(list)
-    mvs: dict[int, list[tuple[int, dict]]] = defaultdict(list)
-    for i, a, p in firsts:
-        if a == "StopTransaction":
-            stops[p["transactionId"]].append((i, p))
-        elif a == "MeterValues":
-            mvs[p.get("transactionId")].append((i, p))
-    out += [f"StopTransaction for unknown transactionId {t}: {s}" for t, s in stops.items() if t not in starts]
-    out += [f"MeterValues for unknown transactionId {t}: {m[0][1]}" for t, m in mvs.items() if t not in starts]
-    for tid, (si, start) in sorted(starts.items()):
-        if len(stops[tid]) != 1:
-            out.append(f"transaction {tid} ({start['idTag']}) stopped {len(stops[tid])} times: {stops[tid]}")
-            continue
-        pi, stop = stops[tid][0]
-        samples = [(i, _energy(p["meterValue"][0])) for i, p in mvs[tid]]
-        if any(not si < i < pi for i, _s in samples):
-            out.append(f"transaction {tid}: MeterValues outside Start #{si} .. Stop #{pi}")
-        stamps = [t for _i, (t, _v) in samples]
-        values = [float(v) for _i, (_t, v) in samples]
-        if stamps != sorted(stamps) or len(set(stamps)) != len(stamps):
-            out.append(f"transaction {tid}: MeterValues not in chronological order: {stamps}")
-        if values != sorted(values):
-            out.append(f"transaction {tid}: energy register goes backwards: {values}")
-        if values and not (start["meterStart"] - 0.5 <= values[0] and values[-1] <= stop["meterStop"] + 0.5):
-            out.append(f"transaction {tid}: samples {values[0]}..{values[-1]} outside meterStart "
-                       f"{start['meterStart']} .. meterStop {stop['meterStop']}")
-        if stop["meterStop"] < start["meterStart"] or stop["timestamp"] < start["timestamp"]:
-            out.append(f"transaction {tid}: stop {stop} before start {start}")
-        recorded = {(d["timestamp"], sv["value"]) for d in stop.get("transactionData", [])
-                    for sv in d["sampledValue"] if sv.get("context") == "Sample.Periodic"}
-        received = {s for _i, s in samples}
-        if recorded != received:
-            out.append(f"transaction {tid}: MeterValues lost {sorted(recorded - received)}, "
-                       f"not in the record {sorted(received - recorded)}")
+    out += transaction_problems(starts, firsts)
     return out
 
 

@@ -35,13 +35,14 @@ import random
 import signal
 import subprocess
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.conftest import PYTHON, free_port, twin_process_env
+from tests.test_crash import transaction_problems
 from twin.fleet.loopback import LoopbackCsms, start_key
 
 pytestmark = pytest.mark.slow
@@ -74,11 +75,6 @@ MinimumStatusDuration = 0
 
 
 # ---------------------------------------------------------------------------- the checks
-def _energy(mv: dict) -> tuple[str, str]:
-    (value,) = [sv["value"] for sv in mv["sampledValue"] if sv.get("measurand", MEASURAND) == MEASURAND]
-    return mv["timestamp"], value
-
-
 def problems(station: str, msgs: list[tuple[int, str, dict]], start_ids: dict[str, int],
              seen: Counter) -> list[str]:
     """Everything wrong with what the CSMS received from one member (empty = durable).
@@ -105,40 +101,7 @@ def problems(station: str, msgs: list[tuple[int, str, dict]], start_ids: dict[st
         if at_csms[(cid, tag)] < n:
             out.append(f"{station}: the API showed {n} transactions of {tag} on connector {cid}, "
                        f"the CSMS got {at_csms[(cid, tag)]} StartTransactions")
-    stops: dict[int, list[tuple[int, dict]]] = defaultdict(list)
-    mvs: dict[int, list[tuple[int, dict]]] = defaultdict(list)
-    for i, a, p in firsts:
-        if a == "StopTransaction":
-            stops[p["transactionId"]].append((i, p))
-        elif a == "MeterValues":
-            mvs[p.get("transactionId")].append((i, p))
-    out += [f"{station}: StopTransaction for unknown transactionId {t}: {s}" for t, s in stops.items() if t not in starts]
-    out += [f"{station}: MeterValues for unknown transactionId {t}: {m[0][1]}" for t, m in mvs.items() if t not in starts]
-    for tid, (si, start) in sorted(starts.items()):
-        if len(stops[tid]) != 1:
-            out.append(f"{station}: transaction {tid} ({start['idTag']}) stopped {len(stops[tid])} times: {stops[tid]}")
-            continue
-        pi, stop = stops[tid][0]
-        samples = [(i, _energy(p["meterValue"][0])) for i, p in mvs[tid]]
-        if any(not si < i < pi for i, _s in samples):
-            out.append(f"{station}: transaction {tid}: MeterValues outside Start #{si} .. Stop #{pi}")
-        stamps = [t for _i, (t, _v) in samples]
-        values = [float(v) for _i, (_t, v) in samples]
-        if stamps != sorted(stamps) or len(set(stamps)) != len(stamps):
-            out.append(f"{station}: transaction {tid}: MeterValues not in chronological order: {stamps}")
-        if values != sorted(values):
-            out.append(f"{station}: transaction {tid}: energy register goes backwards: {values}")
-        if values and not (start["meterStart"] - 0.5 <= values[0] and values[-1] <= stop["meterStop"] + 0.5):
-            out.append(f"{station}: transaction {tid}: samples {values[0]}..{values[-1]} outside meterStart "
-                       f"{start['meterStart']} .. meterStop {stop['meterStop']}")
-        if stop["meterStop"] < start["meterStart"] or stop["timestamp"] < start["timestamp"]:
-            out.append(f"{station}: transaction {tid}: stop {stop} before start {start}")
-        recorded = {(d["timestamp"], sv["value"]) for d in stop.get("transactionData", [])
-                    for sv in d["sampledValue"] if sv.get("context") == "Sample.Periodic"}
-        received = {s for _i, s in samples}
-        if recorded != received:
-            out.append(f"{station}: transaction {tid}: MeterValues lost {sorted(recorded - received)}, "
-                       f"not in the record {sorted(received - recorded)}")
+    out += transaction_problems(starts, firsts, f"{station}: ")
     return out
 
 
