@@ -43,16 +43,6 @@ def _frames(result: Result) -> str:
     return result.message + "\n" + "\n".join(json.dumps(f["frame"]) for f in result.frames)
 
 
-@pytest.fixture
-async def csms():
-    server = Csms(heartbeat_interval=300)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
 def test_every_builtin_the_csms_must_drive_is_driven_here():
     driven = {n for n in library.names() if library.csms_sends(library.builtin(n))}
     assert driven == {"remote-session", "remote-start-rejected", "firmware-update", "diagnostics-upload",
