@@ -26,6 +26,11 @@ REDACTED = "***"
 # allows escaping "/"). The scheme is bounded and must start a word, so a long run of
 # letters costs linear time, not quadratic.
 _URL_START = re.compile(r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{0,31}:(?:\\?/){2}")
+# What every URL start above contains: ":" then "/" or "\/". A text without it has no URL,
+# and is answered without running _URL_START, which tries up to 32 scheme characters at every
+# letter (about 0.1 ms for a 36-character message id: the trace redacts every string of every
+# frame, and at a thousand stations that was most of an idle fleet's CPU).
+_URL_HINT = re.compile(r":\\?/")
 # Where a URL ends in a log line: whitespace, quotes, angle brackets.
 _URL_END = re.compile(r"[\s\"'<>]|\\\"")
 # Where the authority ends (RFC 3986 §3.2): "/", "?" or "#" (or an escaped "\/").
@@ -89,6 +94,8 @@ def redact_frame(frame: str | bytes) -> str:
 
 
 def _redact_urls(text: str) -> str:
+    if _URL_HINT.search(text) is None:
+        return text
     out: list[str] = []
     pos = 0
     for start in _URL_START.finditer(text):

@@ -244,3 +244,37 @@ def test_cli_refuses_a_fleet_db_that_is_not_a_fleet_store_without_a_traceback(tm
     assert "cannot start the fleet" in proc.stderr and "fleet.db" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert (data / "fleet.db").read_bytes() == before  # refused, never repaired
+
+
+async def test_twin_fleet_profile_gives_every_member_that_charger_model(tmp_path):
+    """``twin fleet --profile FILE``: the members are that charger (here the one-connector
+    example wallbox), as ``twin run --profile`` makes a single twin."""
+    import sys
+
+    from tests.conftest import ROOT, free_port, twin_process_env
+
+    profile = ROOT / "twin" / "profiles" / "examples" / "generic-ac-1c.toml"
+    port = free_port()
+    async with LoopbackCsms(record=True) as csms:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "twin", "fleet", "--count", "3", "--csms", csms.url, "--profile", str(profile),
+            "--data-dir", str(tmp_path / "f"), "--control", f"127.0.0.1:{port}", env=twin_process_env(), cwd=ROOT,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        try:
+            await csms.wait_until(lambda: len(csms.boots) == 3, 30, "three members registered")
+            boots = [p for _cp, a, p in csms.records if a == "BootNotification"]
+            assert {b["chargePointModel"] for b in boots} == {"Generic AC 1C"}
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://127.0.0.1:{port}/api/stations") as resp:
+                    body = await resp.json()
+            assert [len(s["connectors"]) for s in body["stations"]] == [1, 1, 1]
+        finally:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), 30)
+    bad = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "twin", "fleet", "--count", "1", "--csms", "ws://127.0.0.1:9/ocpp",
+        "--profile", str(tmp_path / "missing.toml"), "--data-dir", str(tmp_path / "g"),
+        "--control", f"127.0.0.1:{free_port()}", env=twin_process_env(), cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    _, err = await bad.communicate()
+    assert bad.returncode == 2 and b"missing.toml" in err and b"Traceback" not in err

@@ -23,6 +23,8 @@ def add_fleet_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--id-width", type=int, metavar="W",
                    help="zero-pad the id numbers to W digits (default: at least 4, as the last id needs); "
                         "shards of one range pass the whole range's width")
+    p.add_argument("--profile", type=Path, help="charger profile TOML for every member (default: the blueprint's, "
+                                                "else the iEVQC33; see docs/profiles.md)")
     p.add_argument("--config", type=Path, help="blueprint station TOML applied to every member (ids and data dirs "
                                                "are the fleet's)")
     p.add_argument("--data-dir", type=Path, help="the fleet's data dir: the shared store DIR/fleet.db, and member ID's "
@@ -44,7 +46,8 @@ def add_fleet_arguments(p: argparse.ArgumentParser) -> None:
 def run_fleet_command(args) -> int:
     from twin.config import ConfigError, load_config
 
-    overrides = {"csms_url": args.csms_url, "data_dir": args.data_dir, "control": args.control}
+    overrides = {"csms_url": args.csms_url, "data_dir": args.data_dir, "control": args.control,
+                 "profile": args.profile}
     try:
         if args.count < 1:
             raise ConfigError(None, "--count", "at least 1")
