@@ -89,6 +89,26 @@ class Ledger:
         return {}
 
 
+def first_copies(msgs: list[tuple[int, str, dict]], out: list[str], label: str = "") -> list[tuple[int, str, dict]]:
+    """The first copy of each message, numbered as received. A repeat is allowed only where
+    at-least-once delivery explains it (OCPP 1.6 §3.7): its earlier copy was the last
+    transaction message on its connection, whose confirmation may have died with it; any
+    other repeat is reported in ``out``."""
+    last_on_conn = {conn: i for i, (conn, _a, _p) in enumerate(msgs)}
+    previous: dict[str, int] = {}
+    firsts: list[tuple[int, str, dict]] = []
+    for i, (conn, action, payload) in enumerate(msgs):
+        key = action + json.dumps(payload, sort_keys=True)
+        j = previous.get(key)
+        if j is None:
+            firsts.append((i, action, payload))
+        elif last_on_conn[msgs[j][0]] != j:
+            out.append(f"{label}{action} #{i} sent again, though its earlier copy #{j} was followed by later "
+                       f"transaction messages on connection {msgs[j][0]}: {payload}")
+        previous[key] = i
+    return firsts
+
+
 def transaction_problems(starts: dict[int, tuple[int, dict]], firsts: list[tuple[int, str, dict]],
                          label: str = "") -> list[str]:
     """What is wrong with each transaction the CSMS saw start: exactly one StopTransaction, its
@@ -142,18 +162,7 @@ def problems(ledger: Ledger, started_tags: set[str]) -> list[str]:
     """Everything wrong with what the CSMS received (empty = durable)."""
     out: list[str] = []
     msgs = ledger.msgs
-    last_on_conn = {conn: i for i, (conn, _a, _p) in enumerate(msgs)}
-    previous: dict[str, int] = {}
-    firsts: list[tuple[int, str, dict]] = []
-    for i, (conn, action, payload) in enumerate(msgs):
-        key = action + json.dumps(payload, sort_keys=True)
-        j = previous.get(key)
-        if j is None:
-            firsts.append((i, action, payload))
-        elif last_on_conn[msgs[j][0]] != j:
-            out.append(f"{action} #{i} sent again, though its earlier copy #{j} was followed by later "
-                       f"transaction messages on connection {msgs[j][0]}: {payload}")
-        previous[key] = i
+    firsts = first_copies(msgs, out)
 
     starts = {ledger.start_ids[Ledger.start_key(p)]: (i, p) for i, a, p in firsts if a == "StartTransaction"}
     tags = Counter(p["idTag"] for _i, p in starts.values())

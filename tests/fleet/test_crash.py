@@ -42,7 +42,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import PYTHON, free_port, twin_process_env
-from tests.test_crash import transaction_problems
+from tests.test_crash import first_copies, transaction_problems
 from twin.fleet.loopback import LoopbackCsms, start_key
 
 pytestmark = pytest.mark.slow
@@ -80,18 +80,7 @@ def problems(station: str, msgs: list[tuple[int, str, dict]], start_ids: dict[st
     """Everything wrong with what the CSMS received from one member (empty = durable).
     ``seen``: (connectorId, idTag) -> how many distinct transactions the API showed."""
     out: list[str] = []
-    last_on_conn = {conn: i for i, (conn, _a, _p) in enumerate(msgs)}
-    previous: dict[str, int] = {}
-    firsts: list[tuple[int, str, dict]] = []
-    for i, (conn, action, payload) in enumerate(msgs):
-        key = action + json.dumps(payload, sort_keys=True)
-        j = previous.get(key)
-        if j is None:
-            firsts.append((i, action, payload))
-        elif last_on_conn[msgs[j][0]] != j:
-            out.append(f"{station}: {action} #{i} sent again, though its earlier copy #{j} was followed by later "
-                       f"transaction messages on connection {msgs[j][0]}: {payload}")
-        previous[key] = i
+    firsts = first_copies(msgs, out, f"{station}: ")
 
     starts = {start_ids[start_key(p)]: (i, p) for i, a, p in firsts if a == "StartTransaction"}
     if len(starts) != len([1 for _i, a, _p in firsts if a == "StartTransaction"]):
