@@ -120,7 +120,9 @@ class ProcessReport:
         lines = [f"process fuzz seed {self.seed}: {self.seconds:.1f} s, {s['csms-calls']} CSMS calls, "
                  f"{s['bench']} bench actions, {s['kills']} power cuts, {s['resets']} resets, "
                  f"{s['connections']} connections, {s['transactions']} transactions, "
-                 f"state polls {s['polls']} (slowest {s['slowest-poll-ms']} ms)"]
+                 f"{s['availability-restored']} returns to service, "
+                 f"state polls {s['polls']} (slowest {s['slowest-poll-ms']} ms)"
+                 + (f"; run {s['extended-s']} s past its budget for coverage" if s["extended-s"] else "")]
         lines.append("  call outcomes: " + ", ".join(f"{k[8:]} {v}" for k, v in sorted(s.items())
                                                        if k.startswith("outcome:")))
         lines.append("  calls answered: " + ", ".join(f"{k[6:]} {v}" for k, v in sorted(s.items())
@@ -447,6 +449,9 @@ class ProcessFuzz:
         # choices stay the sequence the seed gave them before these existed.
         self.drng = random.Random(seed * 7919 + 1)
         self.rule_seq = 0
+        self.disturbance_deck: list[str] = []
+        # connectorId -> when the CSMS puts it back in service (see _restore_availability).
+        self.inoperative_until: dict[int, float] = {}
         self.background: set[asyncio.Future] = set()
         self.stop_disturbing = asyncio.Event()
 
@@ -799,6 +804,9 @@ class ProcessFuzz:
             self.reset_conn = conn
         if outcome == "result":
             self.stats[f"reply:{action}:{reply.get('status', 'ok') if isinstance(reply, dict) else '?'}"] += 1
+            if action == "ChangeAvailability" and payload.get("type") == "Inoperative" and isinstance(reply, dict) \
+                    and reply.get("status") in ("Accepted", "Scheduled") and payload.get("connectorId") in (0, 1, 2):
+                self.inoperative_until[payload["connectorId"]] = ended + self.rng.uniform(2.0, 8.0)
             if action == "Reset" and clean:
                 self.stats["resets"] += 1
                 self.restart_until = time.monotonic() + RESTART_GRACE_S
@@ -814,8 +822,33 @@ class ProcessFuzz:
                     and self.csms.registration != "Rejected" and not explained:
                 self.violation("unanswered", f"{action} {str(payload)[:300]} got no reply within {CALL_TIMEOUT_S} s")
 
+    async def _restore_availability(self) -> bool:
+        """Put a connector the CSMS took out of service back in after a few seconds, as an
+        operator would. Inoperative persists over restarts (OCPP 1.6 §5.2), so without this
+        one early ChangeAvailability(0, Inoperative) kept a whole run from charging: a 60 s
+        run once saw one transaction."""
+        due = [cid for cid, at in self.inoperative_until.items() if at <= time.monotonic()]
+        if not due or self.csms.ws is None or self.csms.registration != "Accepted" \
+                or not (self.call_task is None or self.call_task.done()):
+            return False
+        cid = min(due)
+        del self.inoperative_until[cid]
+        self.stats["availability-restored"] += 1
+
+        async def restore() -> None:
+            outcome, reply = await self.csms.call("ChangeAvailability", {"connectorId": cid, "type": "Operative"})
+            self.stats[f"outcome:{outcome}"] += 1
+            if outcome == "error" and reply[0] == "InternalError":
+                self.violation("internal-error", f"ChangeAvailability({cid}, Operative) -> CALLERROR {reply}")
+
+        self.call_task = asyncio.ensure_future(restore())  # one CALL at a time (OCPP-J §4.1.1)
+        return True
+
     async def step(self) -> None:
         rng = self.rng
+        if await self._restore_availability():
+            await asyncio.sleep(0.05)
+            return
         roll = rng.random()
         if roll < 0.45:
             await self.bench_action()
@@ -842,12 +875,22 @@ class ProcessFuzz:
                     return
                 if not self.csms.configured_done or self.restart_until is not None or self.expect_exit:
                     continue
-                if self.drng.random() < 0.7:
+                if self._next_disturbance() == "rule":
                     await self.fault_action()
                 else:
                     await self.impairment_action()
             if self.restart_until is None and not self.expect_exit:
                 await self.clear_disturbances(keep_half_open=self.drng.random() < 0.25)
+
+    def _next_disturbance(self) -> str:
+        """"rule" or "impairment", dealt from a shuffled deck of two rules and one
+        impairment, so every three ticks hold one impairment: the mix of a run does not hang
+        on how many storm ticks a slow machine fits into the budget (a coin per tick once
+        gave a 28 s run a single impairment)."""
+        if not self.disturbance_deck:
+            self.disturbance_deck = ["rule", "rule", "impairment"]
+            self.drng.shuffle(self.disturbance_deck)
+        return self.disturbance_deck.pop()
 
     async def _pause(self, seconds: float) -> bool:
         """Sleep ``seconds``; True when the run wants the disturbances to stop."""
@@ -979,7 +1022,10 @@ class ProcessFuzz:
             self.violation("lost-start", f"a session of {tag!r} showed in /api/state but its StartTransaction "
                                          f"never reached the CSMS")
 
-    async def run(self, seconds: float) -> None:
+    async def run(self, seconds: float, *, extend_s: float = 0.0) -> None:
+        """Fuzz for ``seconds``; with ``extend_s``, go on for up to that much longer while
+        :func:`coverage_gaps` still names something the run has not done (a slow machine fits
+        fewer steps into the budget; the floors must not hang on its speed)."""
         await self.csms.start()
         await self.start_station()
         watcher = asyncio.ensure_future(self.watch())
@@ -991,8 +1037,11 @@ class ProcessFuzz:
             end = time.monotonic() + seconds
             disturber = asyncio.ensure_future(self.disturb())
             self._keep(disturber)
-            while time.monotonic() < end and not self.aborted:
+            hard_end = end + extend_s
+            while not self.aborted and (time.monotonic() < end
+                                        or (time.monotonic() < hard_end and coverage_gaps(self.stats))):
                 await self.step()
+            self.stats["extended-s"] = max(0, round(time.monotonic() - end))
             # Let a rule or impairment on its way land before the drain clears them all.
             self.stop_disturbing.set()
             await disturber
@@ -1021,13 +1070,30 @@ class ProcessFuzz:
             await self.csms.stop()
 
 
+def coverage_gaps(stats: Counter) -> list[str]:
+    """What a bounded run must have done to count (the CI test's floors): enough CSMS calls,
+    bench actions, sessions, a power cut, state polls, fault rules of both directions and
+    several kinds, and impairment. Empty once all are met."""
+    gaps = []
+    for key, floor in (("csms-calls", 40), ("bench", 40), ("transactions", 3), ("kills", 1), ("polls", 50)):
+        if stats[key] < floor:
+            gaps.append(f"{key} {stats[key]} < {floor}")
+    rules = {k for k, v in stats.items() if k.startswith("fault-rule:") and v}
+    if len(rules) < 3 or {k.split(":")[1] for k in rules} != {"in", "out"}:
+        gaps.append(f"fault rules {sorted(rules)}: fewer than 3 kinds or not both directions")
+    impairments = sum(v for k, v in stats.items() if k.startswith("impairment:"))
+    if impairments < 2:
+        gaps.append(f"impairments {impairments} < 2")
+    return gaps
+
+
 async def run_process(seed: int, *, seconds: float = 30.0, workdir: Path | None = None,
-                      keep: bool = False) -> ProcessReport:
+                      keep: bool = False, extend_s: float = 0.0) -> ProcessReport:
     own = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix=f"fuzz-process-{seed}-")) if own else workdir
     fuzz = ProcessFuzz(seed, workdir)
     began = time.monotonic()
-    await fuzz.run(seconds)
+    await fuzz.run(seconds, extend_s=extend_s)
     report = ProcessReport(seed, time.monotonic() - began, fuzz.violations, fuzz.stats, workdir)
     if keep or fuzz.violations:  # every frame both ways, for reading what led to it
         with open(workdir / "frames.jsonl", "w", encoding="utf-8") as out:

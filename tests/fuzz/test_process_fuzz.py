@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from tests.fuzz.process_fuzz import DISTURBANCE_GRACE_S, Disturbances, ProcessFuzz, TxMsg, run_process
+from tests.fuzz.process_fuzz import (DISTURBANCE_GRACE_S, Disturbances, ProcessFuzz, TxMsg, coverage_gaps,
+                                     run_process)
 from tests.fuzz.payloads import canonical_json
 
 SEED = int(os.environ.get("TWIN_FUZZ_SEED", "20261201"))
@@ -24,17 +25,13 @@ SECONDS = float(os.environ.get("TWIN_FUZZ_PROCESS_SECONDS", "28"))
 async def test_process_fuzz_within_budget(tmp_path) -> None:
     print(f"process fuzz seed {SEED} for {SECONDS} s (rerun: .venv/bin/python -m tests.fuzz process "
           f"--seed {SEED} --seconds {SECONDS:g} --keep)")
-    report = await run_process(SEED, seconds=SECONDS, workdir=tmp_path)
+    # Up to 45 s more while a floor below is unmet: the floors test the station (a session
+    # that never starts, a rule that is never installed), not how fast this machine steps.
+    report = await run_process(SEED, seconds=SECONDS, workdir=tmp_path, extend_s=45.0)
     print(report.summary())
     assert not report.violations, report.summary()
-    stats = report.stats
-    assert stats["csms-calls"] >= 40 and stats["bench"] >= 40, report.summary()
-    assert stats["transactions"] >= 3 and stats["kills"] >= 1, report.summary()
-    assert stats["polls"] >= 50, report.summary()
-    # Fault rules and impairment were in play (docs/fuzzing.md), and judged.
-    rules = {k for k, v in stats.items() if k.startswith("fault-rule:") and v}
-    assert len(rules) >= 3 and {k.split(":")[1] for k in rules} == {"in", "out"}, report.summary()
-    assert sum(v for k, v in stats.items() if k.startswith("impairment:")) >= 2, report.summary()
+    # Enough was done, fault rules and impairment included (docs/fuzzing.md), and judged.
+    assert not coverage_gaps(report.stats), (coverage_gaps(report.stats), report.summary())
 
 
 # ---------------------------------------------------------------------- the ledger rules
