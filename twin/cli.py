@@ -166,8 +166,16 @@ def _load(args) -> "object":
 # ------------------------------------------------------------------------------ run
 def cmd_run(args, argv: list[str]) -> int:
     cfg = _load(args)
+    from twin.service.lock import DataDirBusy, hold
     from twin.service.logs import setup_logging
 
+    if os.environ.get("OCPP_TWIN_CHILD") != "1":
+        # The launcher (this process) holds the data dir for the firmware slot's child.
+        try:
+            data_dir_lock = hold(Path(cfg.data_dir))  # noqa: F841 - held until the process exits or execs
+        except (DataDirBusy, OSError) as e:
+            print(f"twin: cannot take the data dir: {e}", file=sys.stderr)
+            return 3
     setup_logging(cfg.log_level, Path(cfg.data_dir))
     if os.environ.get("OCPP_TWIN_CHILD") != "1":
         try:

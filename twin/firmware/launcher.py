@@ -138,7 +138,9 @@ class _Supervisor:
         else:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (str(slot), env.get("PYTHONPATH", "")) if p)
             cmd = [self.python, "-P", "-m", "twin", *self.argv]
-        return subprocess.Popen(cmd, env=env)
+        from twin.service.lock import held_descriptors
+
+        return subprocess.Popen(cmd, env=env, pass_fds=held_descriptors())
 
     def _watch(self, version: str, on_trial: bool) -> str | None:
         """Wait for the child; during a trial also for mark_boot_ok or the deadline."""

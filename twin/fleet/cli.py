@@ -74,8 +74,14 @@ def run_fleet_command(args) -> int:
     except (ConfigError, ValueError) as e:
         print(f"twin: configuration error: {e}", file=sys.stderr)
         return 2
+    from twin.service.lock import DataDirBusy, hold
     from twin.service.logs import setup_logging
 
+    try:
+        data_dir_lock = hold(Path(blueprint.data_dir), "fleet")  # noqa: F841 - held until the process exits
+    except (DataDirBusy, OSError) as e:
+        print(f"twin: cannot take the data dir: {e}", file=sys.stderr)
+        return 3
     try:
         setup_logging(args.log_level, Path(blueprint.data_dir))
     except ValueError as e:
