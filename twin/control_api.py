@@ -31,6 +31,7 @@ well-formed values.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import inspect
 import ipaddress
@@ -167,6 +168,22 @@ def _response(status: int, payload: Any, *, close: bool, extra: dict[str, str] |
              f"Connection: {'close' if close else 'keep-alive'}"]
     lines += [f"{name}: {value}" for name, value in (extra or {}).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def _conditional(req: _Request, resp: web.Response) -> web.Response:
+    """A strong ETag on a GET's JSON answer, and 304 Not Modified when the client already
+    holds that body (RFC 9110 §13.1.2: If-None-Match, a list of tags or "*"). A poller (the
+    fleet list of a dashboard, a script) then costs the server the body it builds, not the
+    bytes it sends, while nothing changes."""
+    body = resp.body if isinstance(resp.body, bytes) else b""
+    tag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+    resp.headers["ETag"] = tag
+    wanted = req.headers.get("if-none-match")
+    if wanted is not None:
+        tags = {t.strip().removeprefix("W/") for t in wanted.split(",")}  # weak comparison (§13.1.2)
+        if tag in tags or "*" in tags:
+            return web.Response(status=304, headers={"ETag": tag})
+    return resp
 
 
 def _json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> web.Response:
@@ -917,7 +934,8 @@ class ControlApi:
                 return result
             if not isinstance(result, dict):
                 raise TypeError(f"backend returned {type(result).__name__}, not a dict")
-            return _json_response(200, result)  # json.dumps fails here, as a 500, not mid-answer
+            resp = _json_response(200, result)  # json.dumps fails here, as a 500, not mid-answer
+            return _conditional(req, resp) if req.method in ("GET", "HEAD") else resp
         except web.HTTPMethodNotAllowed as exc:
             allowed = ", ".join(sorted(exc.allowed_methods))
             return _error(405, f"method {req.method} not allowed on {req.path}; allowed: {allowed}", {"Allow": allowed})

@@ -83,6 +83,8 @@ async def test_fleet_list_opens_one_station_drives_it_and_comes_back(fleet_env):
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("request", lambda r: requests.append((time.monotonic(), r.url[len(base):])))
+        answers: list[tuple[float, str, int]] = []
+        page.on("response", lambda r: answers.append((time.monotonic(), r.url[len(base):], r.status)))
         await page.goto(base + "/")
 
         # The list: every member, registered and online, each connector Available.
@@ -151,7 +153,13 @@ async def test_fleet_list_opens_one_station_drives_it_and_comes_back(fleet_env):
         await expect(rows(page)).to_have_attribute("data-station", "P0003")
         await page.get_by_label("Filter stations").fill("")
         await expect(rows(page)).to_have_count(N)
+        quiet = time.monotonic()
         await page.wait_for_timeout(4500)  # two or three polls
+        # Nothing changed meanwhile: the server answered the page's ETag with 304, no body.
+        quiet_answers = [st for t, path, st in answers if t > quiet and path.startswith("/api/stations?")]
+        assert quiet_answers and set(quiet_answers) == {304}, quiet_answers
+        assert all("limit=50" in path for _, path, _ in answers if path.startswith("/api/stations?"))
+        await expect(rows(page)).to_have_count(N)  # and the list still shows
 
         # A welded contactor on P0002 (its simulated aux contact stays closed, coil open): the
         # supervisor's fault shows on the list and in the connector panel.
@@ -194,7 +202,7 @@ async def test_fleet_list_opens_one_station_drives_it_and_comes_back(fleet_env):
     for starts in (first_document, second_document):
         gaps = [b - a for a, b in zip(starts, starts[1:])]
         assert all(g >= 1.99 for g in gaps), gaps
-    polls = [t for t, path in requests if path == "/api/stations"]
+    polls = [t for t, path in requests if path.split("?")[0] == "/api/stations"]
     assert not [t for t in polls if opened + 0.5 < t < back - 2.5], "polled while P0003's page showed"
     assert not [t for t in polls if listed + 0.5 < t < left], "polled while P0002's page showed"
     assert len([t for t in polls if back < t < listed]) >= 2  # but polled while the list showed

@@ -125,6 +125,53 @@ async def test_a_session_on_one_member_through_its_routes(env):
     assert (await env.post("/api/stations/P0007/rfid", {"idTag": ""}))[0] == 400  # the single twin's validation
 
 
+async def test_the_list_pages_and_filters_on_the_server(env):
+    status, body = await env.get("/api/stations?offset=5&limit=4")
+    assert status == 200, body
+    assert [s["id"] for s in body["stations"]] == IDS[5:9]
+    assert (body["count"], body["matched"], body["offset"]) == (N, N, 5)
+    assert (await env.get("/api/stations?offset=18&limit=10"))[1]["stations"][-1]["id"] == IDS[-1]
+    assert (await env.get("/api/stations?offset=99"))[1]["stations"] == []
+    # Words: each in the id, or the start of a status; all must match.
+    _, body = await env.get("/api/stations?q=p001")
+    assert [s["id"] for s in body["stations"]] == IDS[9:19] and body["matched"] == 10
+    assert (await env.get("/api/stations?q=preparing"))[1]["matched"] == 0
+    await env.post("/api/stations/P0012/connectors/2/plug")
+    await env.until(lambda: env.fleet.member("P0012").state()["connectors"][1]["status"] == "Preparing")
+    _, body = await env.get("/api/stations?q=PREP%20p001")
+    assert [s["id"] for s in body["stations"]] == ["P0012"] and body["matched"] == 1
+    assert (await env.get("/api/stations?q=prep%20p002"))[1]["matched"] == 0
+    assert (await env.get("/api/stations?q=avail"))[1]["matched"] == N  # P0012's connector 1 still is
+    assert (await env.get("/api/stations?q=unavail"))[1]["matched"] == 0
+    assert (await env.get("/api/stations?q=online&limit=3"))[1]["matched"] == N
+    for bad in ("limit=0", "limit=-1", "limit=x", "offset=1.5", "limit=10001", "page=2", "q=" + "x" * 201):
+        status, answer = await env.get("/api/stations?" + bad)
+        assert status == 400 and "error" in answer, (bad, answer)
+
+
+async def test_an_unchanged_answer_is_304_by_its_etag(env):
+    async with env.http.get(env.api.url + "/api/stations?limit=5") as resp:
+        assert resp.status == 200
+        tag = resp.headers["ETag"]
+        assert tag.startswith('"') and tag.endswith('"')
+    async with env.http.get(env.api.url + "/api/stations?limit=5", headers={"If-None-Match": tag}) as resp:
+        assert resp.status == 304 and resp.headers["ETag"] == tag and await resp.read() == b""
+    async with env.http.get(env.api.url + "/api/stations?limit=5",
+                            headers={"If-None-Match": f'"other", W/{tag}'}) as resp:
+        assert resp.status == 304  # a list of tags; weak comparison
+    await env.post("/api/stations/P0003/connectors/1/plug")
+    await env.until(lambda: env.fleet.member("P0003").state()["connectors"][0]["status"] == "Preparing")
+    async with env.http.get(env.api.url + "/api/stations?limit=5", headers={"If-None-Match": tag}) as resp:
+        assert resp.status == 200 and resp.headers["ETag"] != tag  # the list changed: the new body
+        assert (await resp.json())["stations"][2]["connectors"][0]["status"] == "Preparing"
+    # A member's state route has one too; a POST never answers 304.
+    async with env.http.get(env.api.url + "/api/stations/P0003/state") as resp:
+        assert "ETag" in resp.headers
+    async with env.http.post(env.api.url + "/api/stations/P0003/connectors/1/unplug", json={},
+                             headers={"If-None-Match": "*"}) as resp:
+        assert resp.status == 200
+
+
 async def test_the_dashboard_and_one_member_s_event_stream(env):
     status, page = await env.get("/")
     assert status == 200 and "<html" in page.lower()

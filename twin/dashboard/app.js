@@ -5,8 +5,9 @@
 // request.
 //
 // Served by a fleet (`twin fleet`, docs/fleet.md) the page first shows the fleet's station
-// list, read from GET /api/stations at most every 2 s and only while the list is on screen (a
-// fleet has no event stream of its own). A station's page is then the same single-station view
+// list, one page of it read from GET /api/stations (filtered by the server, 304 when nothing
+// changed) at most every 2 s and only while the list is on screen (a fleet has no event
+// stream of its own). A station's page is then the same single-station view
 // with every route under /api/stations/{id}, at #/stations/{id}. Which server it is is told by
 // that one route: a fleet answers it, a single twin has no such route (404).
 "use strict";
@@ -58,7 +59,7 @@ async function api(method, path, body) {
     init.body = JSON.stringify(body);
   }
   const resp = await fetch(path, init);
-  if (resp.status === 204) return null;
+  if (resp.status === 204 || resp.status === 304) return null;
   let data = null;
   try { data = await resp.json(); } catch (e) { data = null; }
   if (!resp.ok) {
@@ -110,8 +111,9 @@ $("token-form").addEventListener("submit", (ev) => {
 async function start() {
   if (mode === null) {
     let stations;
+    const query = fleetQuery();
     try {
-      stations = await api("GET", "/api/stations");
+      stations = await api("GET", query);
       mode = "fleet";
     } catch (err) {
       if (err.status === 401) return;   // the token form is shown; start() runs again from it
@@ -125,6 +127,7 @@ async function start() {
     if (mode === "fleet") {
       fleetPolledAt = Date.now();       // that answer is the list's first poll
       fleet = stations;
+      fleetShownQuery = query;
       window.addEventListener("hashchange", navigate);
     }
   }
@@ -203,6 +206,8 @@ let fleetPolledAt = 0;
 let fleetTimer = null;
 let fleetBusy = false;
 let fleetPage = 0;
+let fleetShownQuery = "";           // the GET /api/stations URL that ``fleet`` answers
+let fleetEtag = null;               // and its ETag
 
 function stationInUrl() {
   const m = /^#\/stations\/([^/?#]+)$/.exec(location.hash);
@@ -273,12 +278,30 @@ function pollFleet() {
   if (wait > 0) { fleetTimer = setTimeout(pollFleet, wait); return; }
   fleetBusy = true;
   fleetPolledAt = Date.now();
-  api("GET", "/api/stations").then((data) => {
+  const query = fleetQuery();
+  const headers = {};
+  if (token) headers["Authorization"] = "Bearer " + token;
+  // The server filters and pages (only FLEET_PAGE rows travel), and answers 304 when the
+  // page is what this one already shows (its ETag).
+  if (query === fleetShownQuery && fleetEtag) headers["If-None-Match"] = fleetEtag;
+  fetch(query, { headers, cache: "no-store" }).then(async (resp) => {
+    let data = null;
+    if (resp.status !== 304) {
+      try { data = await resp.json(); } catch (e) { data = null; }
+      if (!resp.ok) {
+        if (resp.status === 401) askToken(data && data.error);
+        throw new HttpError(resp.status, (data && data.error) || resp.statusText);
+      }
+    }
+    return { data, etag: resp.headers.get("ETag") };
+  }).then(({ data, etag }) => {
     // The next read waits 2 s after this answer, not after this request: a fleet busy enough
     // to answer slowly (a thousand members on one loop) is asked less often, never more.
     fleetBusy = false;
     fleetPolledAt = Date.now();
-    fleet = data;
+    if (data !== null) { fleet = data; fleetShownQuery = query; fleetEtag = etag; }
+    $("fleet-updated").textContent = fleetQuery() === fleetShownQuery
+      ? "read at " + new Date().toLocaleTimeString() : "updating…";   // changed while asking
     if (station === null) { showError(null); renderFleet(); }
     pollFleet();
   }, (err) => {
@@ -297,34 +320,41 @@ function linkText(link) {
   return link.online ? "offline (reconnecting)" : "offline (cut)";
 }
 
-// A word matches a station when its id contains it or one of its statuses starts with it
-// ("avail" finds Available, not Unavailable); every word of the filter must match.
-function matches(s, words) {
-  if (!words.length) return true;
-  const id = s.id.toLowerCase();
-  const tags = [s.registration, linkText(s.link), ...(s.connectors || []).flatMap((c) => [c.status, c.errorCode])]
-    .filter(Boolean).map((t) => t.toLowerCase());
-  return words.every((w) => id.includes(w) || tags.some((t) => t.startsWith(w)));
+// The list's page and filter as a GET /api/stations URL. The server matches the filter's
+// words (each one in the id, or the start of a status: "avail" finds Available, not
+// Unavailable; twin.fleet.fleet.station_matches) and sends only this page.
+function fleetQuery() {
+  const q = $("fleet-filter").value.trim().split(/\s+/).filter(Boolean).join(" ");
+  return `/api/stations?offset=${fleetPage * FLEET_PAGE}&limit=${FLEET_PAGE}` + (q ? "&q=" + encodeURIComponent(q) : "");
+}
+
+// A new filter or page: read it as soon as the spacing of the reads allows (at most one every
+// FLEET_POLL_MS, typing included); until then the list says it is behind.
+function fleetChanged() {
+  $("fleet-updated").textContent = "updating…";
+  pollFleet();
 }
 
 function renderFleet() {
   const f = fleet;
   if (!f || !Array.isArray(f.stations)) return;
-  const words = $("fleet-filter").value.trim().toLowerCase().split(/\s+/).filter(Boolean);
-  const shown = f.stations.filter((s) => matches(s, words));
-  const pages = Math.max(1, Math.ceil(shown.length / FLEET_PAGE));
-  fleetPage = Math.min(fleetPage, pages - 1);
-  const first = fleetPage * FLEET_PAGE;
-  const rows = shown.slice(first, first + FLEET_PAGE);
-  text("fleet-counts", `registered ${f.registered} / ${f.count}` + (words.length ? `, ${shown.length} match` : ""));
+  const filtered = /[?&]q=/.test(fleetShownQuery);
+  const rows = f.stations;
+  const pages = Math.max(1, Math.ceil(f.matched / FLEET_PAGE));
+  if (f.matched && f.offset >= f.matched && fleetPage > 0) {   // the page ran out (fewer matches now)
+    fleetPage = pages - 1;
+    fleetChanged();
+    return;
+  }
+  const first = f.offset;
+  text("fleet-counts", `registered ${f.registered} / ${f.count}` + (filtered ? `, ${f.matched} match` : ""));
   const notes = [];
   if (f.online === false) notes.push("fleet network cut (blackout)");
   if (f.reboot && !f.reboot.finished) notes.push(`rebooting: batch ${f.reboot.done} of ${f.reboot.batches}`);
   $("fleet-notes").textContent = notes.join("; ");
-  $("fleet-updated").textContent = "read at " + new Date().toLocaleTimeString();
-  text("page-info", shown.length ? `${first + 1}–${first + rows.length} of ${shown.length}` : "no station matches");
+  text("page-info", rows.length ? `${first + 1}–${first + rows.length} of ${f.matched}` : "no station matches");
   $("page-prev").disabled = fleetPage === 0;
-  $("page-next").disabled = fleetPage >= pages - 1;
+  $("page-next").disabled = first + rows.length >= f.matched;
   // Only the rows on this page are drawn, and only when what they show has changed.
   const key = JSON.stringify(rows);
   const body = $("fleet-rows");
@@ -345,9 +375,9 @@ function fleetRow(s) {
     el("td", {}, open), reg, el("td", {}, linkText(s.link)), el("td", { class: "chips" }, ...chips));
 }
 
-$("fleet-filter").addEventListener("input", () => { fleetPage = 0; renderFleet(); });
-$("page-prev").addEventListener("click", () => { fleetPage = Math.max(0, fleetPage - 1); renderFleet(); });
-$("page-next").addEventListener("click", () => { fleetPage += 1; renderFleet(); });
+$("fleet-filter").addEventListener("input", () => { fleetPage = 0; fleetChanged(); });
+$("page-prev").addEventListener("click", () => { fleetPage = Math.max(0, fleetPage - 1); fleetChanged(); });
+$("page-next").addEventListener("click", () => { fleetPage += 1; fleetChanged(); });
 
 // ------------------------------------------------------------------ rendering
 

@@ -41,6 +41,9 @@ MEMBER_EVENTS_RE = re.compile(r"/api/stations/[^/]+/events")
 STATION_PARAM = {"name": "station", "in": "path", "required": True, "schema": {"type": "string"},
                  "description": "the member's chargePointId, e.g. P0001"}
 REBOOT_INTERVAL_MAX_S = 3600.0
+MAX_PAGE = 10_000  # GET /api/stations?limit=
+MAX_OFFSET = 10**9
+MAX_QUERY_CHARS = 200
 TRAFFIC_SEED_MAX = 2**63 - 1
 
 
@@ -74,8 +77,19 @@ class FleetApi(ControlApi):
         obj = {"type": "object", "additionalProperties": False}
         single = ControlApi._route_table(self)  # the single twin's table: paths, schemas, summaries
         routes = [
-            _Route("GET", "/api/stations", self._stations, "Every member: registration, link, connector statuses",
-                   tag="fleet", result={"type": "object", "additionalProperties": True}),
+            _Route("GET", "/api/stations", self._stations,
+                   "Every member (or one page of those that match q): registration, link, connector statuses",
+                   tag="fleet", result={"type": "object", "additionalProperties": True},
+                   params=({"name": "offset", "in": "query", "required": False,
+                            "schema": {"type": "integer", "minimum": 0, "default": 0},
+                            "description": "skip this many of the matching members"},
+                           {"name": "limit", "in": "query", "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
+                            "description": "at most this many members (default: all)"},
+                           {"name": "q", "in": "query", "required": False,
+                            "schema": {"type": "string", "maxLength": MAX_QUERY_CHARS},
+                            "description": "words that must all match: in the id, or the start of a "
+                                           "registration, link, connector status or errorCode"})),
             _Route("POST", "/api/fleet/reboot", self._fleet_reboot,
                    "Reboot every member: rolling (batch every interval_s) or all at once (a boot storm)",
                    tag="fleet", body_required=True, errors=(409,), result={"type": "object"},
@@ -133,8 +147,18 @@ class FleetApi(ControlApi):
     # -- fleet handlers
 
     async def _stations(self, request: web.Request) -> dict:
-        _json_object(request[_TWIN], set(), body_required=False)
-        return self.backend.stations()
+        req = request[_TWIN]
+        _json_object(req, set(), body_required=False)
+        unknown = sorted(set(req.query) - {"offset", "limit", "q"})
+        if unknown:
+            raise ApiError(400, f"unknown query parameter(s) {', '.join(map(repr, unknown))}; "
+                                "allowed: 'offset', 'limit', 'q'")
+        offset = _query_integer(req.query, "offset", 0, MAX_OFFSET)
+        limit = _query_integer(req.query, "limit", 1, MAX_PAGE)
+        query = req.query.get("q", "")
+        if len(query) > MAX_QUERY_CHARS:
+            raise ApiError(400, f"'q' is longer than {MAX_QUERY_CHARS} characters")
+        return self.backend.stations(offset=offset or 0, limit=limit, query=query)
 
     async def _fleet_reboot(self, request: web.Request) -> dict:
         data = _json_object(request[_TWIN], {"rolling", "batch", "interval_s"}, body_required=True)
@@ -171,3 +195,12 @@ class FleetApi(ControlApi):
     async def _fleet_network(self, request: web.Request) -> dict:
         data = _json_object(request[_TWIN], {"online"}, body_required=True)
         return self.backend.set_network(_boolean("online", _required(data, "online")))
+
+
+def _query_integer(query: dict[str, str], name: str, minimum: int, maximum: int) -> int | None:
+    raw = query.get(name)
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or not minimum <= int(raw) <= maximum:
+        raise ApiError(400, f"{name!r} must be an integer from {minimum} to {maximum}, got {raw[:40]!r}")
+    return int(raw)

@@ -47,6 +47,28 @@ class _Slot:
     up: asyncio.Event = field(default_factory=asyncio.Event)  # the current Runtime has started
 
 
+def link_text(link: dict) -> str:
+    """A member's link in the words the dashboard shows (and a filter matches)."""
+    if link.get("connected"):
+        return "online"
+    return "offline (reconnecting)" if link.get("online") else "offline (cut)"
+
+
+def station_matches(row: dict, words: list[str]) -> bool:
+    """Every (lower-case) word matches: the id contains it, or one of the member's statuses
+    (registration, link, a connector's status or errorCode) starts with it, so "avail" finds
+    Available and not Unavailable, and "p00 charging" the P00… members with a charging
+    connector."""
+    if not words:
+        return True
+    tags = [row.get("registration"), link_text(row.get("link") or {})]
+    for c in row.get("connectors") or []:
+        tags += [c.get("status"), c.get("errorCode")]
+    tags = [t.lower() for t in tags if t]
+    ident = str(row.get("id", "")).lower()
+    return all(w in ident or any(t.startswith(w) for t in tags) for w in words)
+
+
 class Fleet:
     def __init__(self, blueprint: Any, count: int, *, id_prefix: str = "P", first_id: int = 1,
                  id_width: int | None = None, data_dir: Path | None = None,
@@ -166,9 +188,12 @@ class Fleet:
         return sum(1 for s in self.slots.values() if s.up.is_set() and s.rt is not None and s.rt.station is not None
                    and s.rt.station.registration.value == "Accepted")
 
-    def stations(self) -> dict:
-        """GET /api/stations."""
+    def stations(self, *, offset: int = 0, limit: int | None = None, query: str = "") -> dict:
+        """GET /api/stations: every member, or the ``limit`` from ``offset`` on of those that
+        match ``query`` (see :func:`station_matches`); ``matched`` counts them all."""
+        words = query.lower().split()
         rows = []
+        matched = 0
         for slot in self.slots.values():
             rt = slot.rt if slot.up.is_set() else None
             row = {"id": slot.id, "runs": slot.runs}
@@ -176,9 +201,14 @@ class Fleet:
                        {"registration": "Starting", "link": {"online": False, "connected": False}, "connectors": []})
             if slot.error:
                 row["error"] = slot.error
-            rows.append(row)
-        return {"count": len(rows), "registered": self.registered(), "online": self.online,
-                "reboot": dict(self.reboot_progress) or None, "traffic": self.traffic.snapshot(), "stations": rows}
+            if not station_matches(row, words):
+                continue
+            if matched >= offset and (limit is None or len(rows) < limit):
+                rows.append(row)
+            matched += 1
+        return {"count": len(self.slots), "registered": self.registered(), "online": self.online,
+                "reboot": dict(self.reboot_progress) or None, "traffic": self.traffic.snapshot(),
+                "matched": matched, "offset": offset, "stations": rows}
 
     # ------------------------------------------------------------------ fleet behaviours
     def reboot(self, *, rolling: bool, batch: int = 1, interval_s: float = 0.0) -> dict:
