@@ -169,24 +169,31 @@ def cmd_run(args, argv: list[str]) -> int:
     from twin.service.lock import DataDirBusy, hold
     from twin.service.logs import setup_logging
 
+    data_dir_lock = None
     if os.environ.get("OCPP_TWIN_CHILD") != "1":
         # The launcher (this process) holds the data dir for the firmware slot's child.
         try:
-            data_dir_lock = hold(Path(cfg.data_dir))  # noqa: F841 - held until the process exits or execs
+            data_dir_lock = hold(Path(cfg.data_dir))  # held until this returns, the process exits or execs
         except (DataDirBusy, OSError) as e:
             print(f"twin: cannot take the data dir: {e}", file=sys.stderr)
             return 3
-    setup_logging(cfg.log_level, Path(cfg.data_dir))
-    if os.environ.get("OCPP_TWIN_CHILD") != "1":
-        try:
-            from twin.firmware.launcher import run_with_slots
-        except ImportError:  # pragma: no cover
-            run_with_slots = None
-        if run_with_slots is not None:
-            code = run_with_slots(["run"] + [a for a in argv if a != "run"], Path(cfg.data_dir),
-                                  lambda: _run_in_process(cfg))
-            return _maybe_reexec(code, argv)
-    return _maybe_reexec(_run_in_process(cfg), argv)
+        if data_dir_lock.unlocked_reason:
+            print(f"twin: warning: {data_dir_lock.unlocked_reason}", file=sys.stderr)
+    try:
+        setup_logging(cfg.log_level, Path(cfg.data_dir))
+        if os.environ.get("OCPP_TWIN_CHILD") != "1":
+            try:
+                from twin.firmware.launcher import run_with_slots
+            except ImportError:  # pragma: no cover
+                run_with_slots = None
+            if run_with_slots is not None:
+                code = run_with_slots(["run"] + [a for a in argv if a != "run"], Path(cfg.data_dir),
+                                      lambda: _run_in_process(cfg))
+                return _maybe_reexec(code, argv)
+        return _maybe_reexec(_run_in_process(cfg), argv)
+    finally:
+        if data_dir_lock is not None:
+            data_dir_lock.release()
 
 
 def _maybe_reexec(code: int, argv: list[str]) -> int:

@@ -64,6 +64,63 @@ def test_a_child_that_inherits_the_lock_keeps_the_dir_held_after_the_parent_lets
     hold(tmp_path).release()
 
 
+def test_the_firmware_launcher_hands_the_lock_to_its_child(tmp_path):
+    """_Supervisor._spawn, as it starts a slot's station: its child keeps the dir held after
+    the launcher's own descriptor is gone (a launcher killed alone)."""
+    from twin.firmware.launcher import _Supervisor
+
+    stand_in = tmp_path / "python"  # the "interpreter" the launcher runs: sleeps, whatever its arguments
+    stand_in.write_text("#!/bin/sh\nexec sleep 60\n")
+    stand_in.chmod(0o755)
+    lock = hold(tmp_path / "data")
+    child = _Supervisor(["run"], tmp_path / "data", 10.0, str(stand_in), 0.1)._spawn(None)
+    try:
+        lock.release()
+        with pytest.raises(DataDirBusy):
+            hold(tmp_path / "data")
+    finally:
+        child.kill()
+        child.wait()
+    hold(tmp_path / "data").release()
+
+
+@pytest.mark.needs_root("mounts a tmpfs for a real ENOSPC")
+def test_a_full_disk_does_not_keep_the_station_from_starting(tmp_path):
+    from tests.test_store_faults import tmpfs
+
+    with tmpfs(tmp_path / "small", "size=64k,nr_inodes=64") as fs:
+        kept = fs / "kept"  # a dir whose lock file exists from an earlier start
+        hold(kept).release()
+        fresh = fs / "fresh"
+        fresh.mkdir()
+        filler = fs / "filler"
+        with open(filler, "wb", buffering=0) as out:  # fill every block, then every inode
+            try:
+                while True:
+                    out.write(b"x" * 4096)
+            except OSError:
+                pass
+        n = 0
+        try:
+            while True:
+                (fs / f"inode-{n}").touch()
+                n += 1
+        except OSError:
+            pass
+        # The lock file exists: the lock is taken, whether or not its pid could be written.
+        lock = hold(kept)
+        try:
+            assert lock.fd is not None and not lock.unlocked_reason
+            with pytest.raises(DataDirBusy):
+                hold(kept)
+        finally:
+            lock.release()
+        # No room for the file at all: the station runs without the lock, and says so.
+        unlocked = hold(fresh)
+        assert unlocked.fd is None and "running without the data-dir lock" in unlocked.unlocked_reason
+        unlocked.release()
+
+
 async def _run(*args: str, timeout: float = 30) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "twin", *args, env=twin_process_env(),
                                                 cwd=ROOT, stdout=asyncio.subprocess.DEVNULL,
@@ -95,7 +152,7 @@ async def test_a_second_twin_run_on_a_running_stations_data_dir_exits_3_and_the_
         finally:
             first.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(first.wait(), timeout=20) == 0
-    hold(data).release()  # a clean exit leaves the dir free
+    hold(data).release()  # and, the holder gone, there is nothing to clean up
 
 
 async def test_a_twin_run_on_a_running_fleets_data_dir_is_refused(tmp_path):

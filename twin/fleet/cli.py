@@ -78,19 +78,24 @@ def run_fleet_command(args) -> int:
     from twin.service.logs import setup_logging
 
     try:
-        data_dir_lock = hold(Path(blueprint.data_dir), "fleet")  # noqa: F841 - held until the process exits
+        data_dir_lock = hold(Path(blueprint.data_dir), "fleet")  # held until this returns or the process exits
     except (DataDirBusy, OSError) as e:
         print(f"twin: cannot take the data dir: {e}", file=sys.stderr)
         return 3
+    if data_dir_lock.unlocked_reason:
+        print(f"twin: warning: {data_dir_lock.unlocked_reason}", file=sys.stderr)
     try:
-        setup_logging(args.log_level, Path(blueprint.data_dir))
-    except ValueError as e:
-        print(f"twin: {e}", file=sys.stderr)
-        return 2
-    try:
-        return asyncio.run(run_fleet(fleet, blueprint, args))
-    except KeyboardInterrupt:
-        return 130
+        try:
+            setup_logging(args.log_level, Path(blueprint.data_dir))
+        except ValueError as e:
+            print(f"twin: {e}", file=sys.stderr)
+            return 2
+        try:
+            return asyncio.run(run_fleet(fleet, blueprint, args))
+        except KeyboardInterrupt:
+            return 130
+    finally:
+        data_dir_lock.release()
 
 
 async def run_fleet(fleet, blueprint, args) -> int:

@@ -29,9 +29,13 @@ class DataDirBusy(Exception):
 class DataDirLock:
     """The held lock; :meth:`release` (or process exit) gives it up."""
 
-    def __init__(self, path: Path, fd: int):
+    def __init__(self, path: Path, fd: int | None, unlocked_reason: str = ""):
         self.path = path
         self._fd: int | None = fd
+        # Set when the lock file could not even be created (a full disk): the station runs
+        # unguarded rather than not at all, as it runs on a full disk otherwise
+        # (docs/durability.md), and says so.
+        self.unlocked_reason = unlocked_reason
 
     @property
     def fd(self) -> int | None:
@@ -62,7 +66,13 @@ def hold(data_dir: Path, what: str = "station") -> DataDirLock:
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return DataDirLock(path, None, f"cannot create {path} ({e.strerror}): running without the "
+                                           "data-dir lock; nothing stops a second station on this dir")
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
@@ -74,8 +84,14 @@ def hold(data_dir: Path, what: str = "station") -> DataDirLock:
                               "would send the same durable queue twice: stop the other one or give this "
                               "one its own --data-dir") from None
         raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()} {what}\n".encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    try:  # the pid only names the holder in the error: a full disk must not stop the start
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {what}\n".encode(), 0)
+    except OSError:
+        pass
     lock = _HELD[path] = DataDirLock(path, fd)
     return lock
 
