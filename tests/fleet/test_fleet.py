@@ -144,7 +144,8 @@ async def test_the_list_pages_and_filters_on_the_server(env):
     assert (await env.get("/api/stations?q=avail"))[1]["matched"] == N  # P0012's connector 1 still is
     assert (await env.get("/api/stations?q=unavail"))[1]["matched"] == 0
     assert (await env.get("/api/stations?q=online&limit=3"))[1]["matched"] == N
-    for bad in ("limit=0", "limit=-1", "limit=x", "offset=1.5", "limit=10001", "page=2", "q=" + "x" * 201):
+    for bad in ("limit=0", "limit=-1", "limit=x", "offset=1.5", "limit=10001", "page=2", "q=" + "x" * 201,
+                "offset=" + "9" * 5000):
         status, answer = await env.get("/api/stations?" + bad)
         assert status == 400 and "error" in answer, (bad, answer)
 

@@ -341,7 +341,7 @@ function renderFleet() {
   const filtered = /[?&]q=/.test(fleetShownQuery);
   const rows = f.stations;
   const pages = Math.max(1, Math.ceil(f.matched / FLEET_PAGE));
-  if (f.matched && f.offset >= f.matched && fleetPage > 0) {   // the page ran out (fewer matches now)
+  if (f.offset > 0 && f.offset >= f.matched) {   // the page ran out (fewer matches now): the last one
     fleetPage = pages - 1;
     fleetChanged();
     return;

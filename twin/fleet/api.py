@@ -201,6 +201,7 @@ def _query_integer(query: dict[str, str], name: str, minimum: int, maximum: int)
     raw = query.get(name)
     if raw is None:
         return None
-    if not (raw.isascii() and raw.isdigit()) or not minimum <= int(raw) <= maximum:
+    # The length first: int() of a 5,000-digit string raises (the interpreter's digit limit).
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 10) or not minimum <= int(raw) <= maximum:
         raise ApiError(400, f"{name!r} must be an integer from {minimum} to {maximum}, got {raw[:40]!r}")
     return int(raw)
