@@ -450,8 +450,10 @@ class ProcessFuzz:
         self.drng = random.Random(seed * 7919 + 1)
         self.rule_seq = 0
         self.disturbance_deck: list[str] = []
-        # connectorId -> when the CSMS puts it back in service (see _restore_availability).
+        # connectorId -> when the CSMS puts it back in service (see _restore_availability),
+        # drawn from a generator of its own so the seed's other choices stay as they were.
         self.inoperative_until: dict[int, float] = {}
+        self.arng = random.Random(seed * 7919 + 2)
         self.background: set[asyncio.Future] = set()
         self.stop_disturbing = asyncio.Event()
 
@@ -806,7 +808,7 @@ class ProcessFuzz:
             self.stats[f"reply:{action}:{reply.get('status', 'ok') if isinstance(reply, dict) else '?'}"] += 1
             if action == "ChangeAvailability" and payload.get("type") == "Inoperative" and isinstance(reply, dict) \
                     and reply.get("status") in ("Accepted", "Scheduled") and payload.get("connectorId") in (0, 1, 2):
-                self.inoperative_until[payload["connectorId"]] = ended + self.rng.uniform(2.0, 8.0)
+                self.inoperative_until[payload["connectorId"]] = ended + self.arng.uniform(2.0, 8.0)
             if action == "Reset" and clean:
                 self.stats["resets"] += 1
                 self.restart_until = time.monotonic() + RESTART_GRACE_S
@@ -833,13 +835,16 @@ class ProcessFuzz:
             return False
         cid = min(due)
         del self.inoperative_until[cid]
-        self.stats["availability-restored"] += 1
 
         async def restore() -> None:
             outcome, reply = await self.csms.call("ChangeAvailability", {"connectorId": cid, "type": "Operative"})
             self.stats[f"outcome:{outcome}"] += 1
             if outcome == "error" and reply[0] == "InternalError":
                 self.violation("internal-error", f"ChangeAvailability({cid}, Operative) -> CALLERROR {reply}")
+            if outcome == "result" and isinstance(reply, dict) and reply.get("status") in ("Accepted", "Scheduled"):
+                self.stats["availability-restored"] += 1
+            else:  # dropped, garbled, refused meanwhile: ask again in a while
+                self.inoperative_until.setdefault(cid, time.monotonic() + 2.0)
 
         self.call_task = asyncio.ensure_future(restore())  # one CALL at a time (OCPP-J §4.1.1)
         return True
