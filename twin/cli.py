@@ -166,19 +166,16 @@ def _load(args) -> "object":
 # ------------------------------------------------------------------------------ run
 def cmd_run(args, argv: list[str]) -> int:
     cfg = _load(args)
-    from twin.service.lock import DataDirBusy, hold
+    from twin.service.lock import hold_for_command
     from twin.service.logs import setup_logging
 
     data_dir_lock = None
     if os.environ.get("OCPP_TWIN_CHILD") != "1":
-        # The launcher (this process) holds the data dir for the firmware slot's child.
-        try:
-            data_dir_lock = hold(Path(cfg.data_dir))  # held until this returns, the process exits or execs
-        except (DataDirBusy, OSError) as e:
-            print(f"twin: cannot take the data dir: {e}", file=sys.stderr)
+        # The launcher (this process) holds the data dir for the firmware slot's child; held
+        # until this returns, the process exits or execs.
+        data_dir_lock = hold_for_command(Path(cfg.data_dir))
+        if data_dir_lock is None:
             return 3
-        if data_dir_lock.unlocked_reason:
-            print(f"twin: warning: {data_dir_lock.unlocked_reason}", file=sys.stderr)
     try:
         setup_logging(cfg.log_level, Path(cfg.data_dir))
         if os.environ.get("OCPP_TWIN_CHILD") != "1":

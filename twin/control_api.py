@@ -170,6 +170,27 @@ def _response(status: int, payload: Any, *, close: bool, extra: dict[str, str] |
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
+def _query(req: _Request, allowed: tuple[str, ...]) -> dict[str, str]:
+    """The request's query parameters, refused with 400 if one is not in ``allowed``."""
+    unknown = sorted(set(req.query) - set(allowed))
+    if unknown:
+        raise ApiError(400, f"unknown query parameter(s) {', '.join(map(repr, unknown))}; "
+                            f"allowed: {', '.join(map(repr, allowed))}")
+    return req.query
+
+
+def _query_integer(query: dict[str, str], name: str, minimum: int, maximum: int, what: str = "") -> int | None:
+    """An integer query parameter in [minimum, maximum], None when absent; 400 otherwise."""
+    raw = query.get(name)
+    if raw is None:
+        return None
+    # The length first: int() of a 5,000-digit string raises (the interpreter's digit limit).
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18) or not minimum <= int(raw) <= maximum:
+        raise ApiError(400, f"{name!r} must be {what or f'an integer from {minimum} to {maximum}'}, "
+                            f"got {raw[:40]!r}")
+    return int(raw)
+
+
 def _conditional(req: _Request, resp: web.Response) -> web.Response:
     """A strong ETag on a GET's JSON answer, and 304 Not Modified when the client already
     holds that body (RFC 9110 §13.1.2: If-None-Match, a list of tags or "*"). A poller (the
@@ -1098,13 +1119,8 @@ class ControlApi:
     async def _trace(self, request: web.Request) -> dict:
         req = request[_TWIN]
         _json_object(req, set(), body_required=False)
-        unknown = sorted(set(req.query) - {"since"})
-        if unknown:
-            raise ApiError(400, f"unknown query parameter(s) {', '.join(map(repr, unknown))}; allowed: 'since'")
-        raw = req.query.get("since", "0")
-        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-            raise ApiError(400, f"'since' must be a frame number >= 0, got {raw[:40]!r}")
-        return await self._contract("trace_since", "the wire trace", int(raw))
+        since = _query_integer(_query(req, ("since",)), "since", 0, 10**18 - 1, "a frame number >= 0")
+        return await self._contract("trace_since", "the wire trace", since or 0)
 
     async def _openapi(self, request: web.Request) -> dict:
         _json_object(request[_TWIN], set(), body_required=False)

@@ -21,7 +21,8 @@ from typing import Any
 from aiohttp import web
 
 from twin.control_api import (
-    _TWIN, ApiError, ControlApi, _boolean, _integer, _json_object, _number, _required, _Route,
+    _TWIN, ApiError, ControlApi, _boolean, _integer, _json_object, _number, _query, _query_integer, _required,
+    _Route,
 )
 from twin.fleet import traffic as fleet_traffic
 
@@ -149,13 +150,10 @@ class FleetApi(ControlApi):
     async def _stations(self, request: web.Request) -> dict:
         req = request[_TWIN]
         _json_object(req, set(), body_required=False)
-        unknown = sorted(set(req.query) - {"offset", "limit", "q"})
-        if unknown:
-            raise ApiError(400, f"unknown query parameter(s) {', '.join(map(repr, unknown))}; "
-                                "allowed: 'offset', 'limit', 'q'")
-        offset = _query_integer(req.query, "offset", 0, MAX_OFFSET)
-        limit = _query_integer(req.query, "limit", 1, MAX_PAGE)
-        query = req.query.get("q", "")
+        params = _query(req, ("offset", "limit", "q"))
+        offset = _query_integer(params, "offset", 0, MAX_OFFSET)
+        limit = _query_integer(params, "limit", 1, MAX_PAGE)
+        query = params.get("q", "")
         if len(query) > MAX_QUERY_CHARS:
             raise ApiError(400, f"'q' is longer than {MAX_QUERY_CHARS} characters")
         return self.backend.stations(offset=offset or 0, limit=limit, query=query)
@@ -196,12 +194,3 @@ class FleetApi(ControlApi):
         data = _json_object(request[_TWIN], {"online"}, body_required=True)
         return self.backend.set_network(_boolean("online", _required(data, "online")))
 
-
-def _query_integer(query: dict[str, str], name: str, minimum: int, maximum: int) -> int | None:
-    raw = query.get(name)
-    if raw is None:
-        return None
-    # The length first: int() of a 5,000-digit string raises (the interpreter's digit limit).
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 10) or not minimum <= int(raw) <= maximum:
-        raise ApiError(400, f"{name!r} must be an integer from {minimum} to {maximum}, got {raw[:40]!r}")
-    return int(raw)

@@ -74,16 +74,12 @@ def run_fleet_command(args) -> int:
     except (ConfigError, ValueError) as e:
         print(f"twin: configuration error: {e}", file=sys.stderr)
         return 2
-    from twin.service.lock import DataDirBusy, hold
+    from twin.service.lock import hold_for_command
     from twin.service.logs import setup_logging
 
-    try:
-        data_dir_lock = hold(Path(blueprint.data_dir), "fleet")  # held until this returns or the process exits
-    except (DataDirBusy, OSError) as e:
-        print(f"twin: cannot take the data dir: {e}", file=sys.stderr)
+    data_dir_lock = hold_for_command(Path(blueprint.data_dir), "fleet")  # held until this returns or the process exits
+    if data_dir_lock is None:
         return 3
-    if data_dir_lock.unlocked_reason:
-        print(f"twin: warning: {data_dir_lock.unlocked_reason}", file=sys.stderr)
     try:
         try:
             setup_logging(args.log_level, Path(blueprint.data_dir))

@@ -96,6 +96,22 @@ def hold(data_dir: Path, what: str = "station") -> DataDirLock:
     return lock
 
 
+def hold_for_command(data_dir: Path, what: str = "station") -> DataDirLock | None:
+    """:func:`hold` for ``twin run`` / ``twin fleet``: the lock, with a warning on stderr when
+    it could not be taken for want of space; None, with the reason on stderr, when the dir is
+    busy or unusable (the command then exits 3)."""
+    import sys
+
+    try:
+        lock = hold(data_dir, what)
+    except (DataDirBusy, OSError) as e:
+        print(f"twin: cannot take the data dir: {e}", file=sys.stderr)
+        return None
+    if lock.unlocked_reason:
+        print(f"twin: warning: {lock.unlocked_reason}", file=sys.stderr)
+    return lock
+
+
 def _read_holder(fd: int) -> str:
     try:
         return os.pread(fd, 64, 0).decode("ascii", "replace").split(maxsplit=1)[0]
